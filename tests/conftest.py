@@ -1,0 +1,10 @@
+"""Test configuration: runtime-check every jaxtyping annotation in vit_patching with beartype."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TIMM_FUSED_ATTN", "1")
+
+from jaxtyping import install_import_hook
+
+# Installed for the whole session (not as a context manager), so lazily imported submodules are checked too.
+_HOOK = install_import_hook("vit_patching", "beartype.beartype")
