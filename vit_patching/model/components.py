@@ -1,0 +1,311 @@
+"""HookedViT building blocks, each with its TransformerLens-named HookPoints.
+
+Weights are exposed in TransformerLens's right-multiplying convention (``W_Q [head d_model d_head]``,
+``W_in [d_model d_mlp]``) as views of parameters kept in timm's layout, with timm's LayerScale folded into ``W_O``/``b_O`` and ``W_out``/``b_out`` so that ``hook_attn_out`` and
+``hook_mlp_out`` are exactly what is added to the residual stream.
+
+Fast paths: a LayerNorm with no hook on ``hook_scale``/``hook_normalized`` runs ``F.layer_norm``; attention
+with no hook on ``hook_attn_scores``/``hook_pattern`` (and ``use_fused_attn``) runs
+``F.scaled_dot_product_attention``. Hooks on ``q``/``k``/``v``/``z`` fire on both paths. Every hook's return
+value replaces the activation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from .config import ViTConfig
+
+
+def is_hooked(*points: HookPoint) -> bool:
+    """True if any forward or backward hook is attached to one of ``points``."""
+    return any(p._forward_hooks or p._backward_hooks or p._backward_pre_hooks for p in points)
+
+
+def _act(x: Tensor, name: str) -> Tensor:
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    return x * torch.sigmoid(1.702 * x)  # quick_gelu, as timm and OpenAI CLIP
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with ``hook_scale`` and ``hook_normalized``.
+
+    After ``fold_ln`` the affine parameters are folded into the next linear map and this module only
+    normalises (TransformerLens's ``LNPre``): ``w``/``b`` are then ``None``.
+    """
+
+    def __init__(self, length: int, eps: float):
+        super().__init__()
+        self.length = length
+        self.eps = eps
+        self.w: nn.Parameter | None = nn.Parameter(torch.ones(length))
+        self.b: nn.Parameter | None = nn.Parameter(torch.zeros(length))
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    @property
+    def folded(self) -> bool:
+        return self.w is None
+
+    def remove_affine(self) -> None:
+        """Drop ``w``/``b`` (after folding them elsewhere): the module becomes a pure normalisation."""
+        del self.w, self.b
+        self.w = None
+        self.b = None
+
+    def forward(self, x: Float[Tensor, "... length"]) -> Float[Tensor, "... length"]:
+        if not is_hooked(self.hook_scale, self.hook_normalized):
+            return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        x = self.hook_normalized(x / scale)
+        if self.w is None:
+            return x
+        return x * self.w + self.b
+
+
+class Embed(nn.Module):
+    """Conv patch embedding plus the prefix tokens (CLS, DIST, registers), as full-``pos`` rows."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        ph, pw = cfg.patch_size
+        self.W_E = nn.Parameter(torch.zeros(cfg.d_model, cfg.in_chans, ph, pw))
+        self.b_E = nn.Parameter(torch.zeros(cfg.d_model))
+        self.cls_token = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.has_cls else None
+        self.dist_token = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.has_dist else None
+        self.reg_tokens = nn.Parameter(torch.zeros(cfg.n_registers, cfg.d_model)) if cfg.n_registers else None
+
+    def prefix(self) -> Float[Tensor, "n_prefix d_model"]:
+        parts = [t[None] for t in (self.cls_token, self.dist_token) if t is not None]
+        if self.reg_tokens is not None:
+            parts.append(self.reg_tokens)
+        if not parts:
+            return self.W_E.new_zeros(0, self.cfg.d_model)
+        return torch.cat(parts, dim=0)
+
+    def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
+        x = F.conv2d(images, self.W_E, self.b_E, stride=self.cfg.patch_size)
+        x = x.flatten(2).transpose(1, 2)  # row-major patches, as timm
+        if self.cfg.n_prefix:
+            x = torch.cat([self.prefix()[None].expand(x.shape[0], -1, -1), x], dim=1)
+        return x
+
+
+class PosEmbed(nn.Module):
+    """Learned absolute position embedding (zero rows for prefix tokens under ``no_embed_class``)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_pos = nn.Parameter(torch.zeros(cfg.n_pos_embed, cfg.d_model))
+
+    def table(self, grid_size: tuple[int, int]) -> Float[Tensor, "pos d_model"]:
+        """Position rows for every token of an input with this patch grid."""
+        cfg = self.cfg
+        w = self.W_pos
+        if tuple(grid_size) != cfg.grid_size:
+            from timm.layers import resample_abs_pos_embed
+
+            w = resample_abs_pos_embed(
+                w[None],
+                new_size=list(grid_size),
+                old_size=list(cfg.grid_size),
+                num_prefix_tokens=0 if cfg.no_embed_class else cfg.n_prefix,
+            )[0]
+        if cfg.no_embed_class and cfg.n_prefix:
+            w = torch.cat([w.new_zeros(cfg.n_prefix, cfg.d_model), w], dim=0)
+        return w
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with per-head weights and TransformerLens hook points."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, dm, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        # Stored in timm's fused (out, in) layout so the unhooked forward runs the same kernels as timm;
+        # the TransformerLens-convention tensors below are views (in-place writes reach these parameters).
+        self.w_qkv = nn.Parameter(torch.zeros(3 * h * dh, dm))
+        self.b_qkv = nn.Parameter(torch.zeros(3 * h * dh))
+        self.w_proj = nn.Parameter(torch.zeros(dm, h * dh))
+        self.b_O = nn.Parameter(torch.zeros(dm))
+        if cfg.qk_norm:
+            self.q_norm = LayerNorm(dh, cfg.eps_qk)
+            self.k_norm = LayerNorm(dh, cfg.eps_qk)
+        self.scale = dh**-0.5
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+        self.hook_result = HookPoint()
+
+    def _w(self, j: int) -> Tensor:
+        h, dh, dm = self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model
+        return self.w_qkv.view(3, h, dh, dm)[j].transpose(1, 2)
+
+    def _b(self, j: int) -> Tensor:
+        return self.b_qkv.view(3, self.cfg.n_heads, self.cfg.d_head)[j]
+
+    @property
+    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._w(0)
+
+    @property
+    def W_K(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._w(1)
+
+    @property
+    def W_V(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._w(2)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "head d_head"]:
+        return self._b(0)
+
+    @property
+    def b_K(self) -> Float[Tensor, "head d_head"]:
+        return self._b(1)
+
+    @property
+    def b_V(self) -> Float[Tensor, "head d_head"]:
+        return self._b(2)
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
+        return self.w_proj.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+
+    def forward(
+        self,
+        q_in: Float[Tensor, "batch pos ..."],
+        k_in: Float[Tensor, "batch pos ..."] | None = None,
+        v_in: Float[Tensor, "batch pos ..."] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
+        if k_in is None:  # shared (layer-normed) input: one fused matmul, as timm
+            b, p = q_in.shape[:2]
+            q, k, v = F.linear(q_in, self.w_qkv, self.b_qkv).view(b, p, 3, cfg.n_heads, cfg.d_head).unbind(2)
+        else:  # per-head inputs [batch pos head d_model]
+            q = torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q
+            k = torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K
+            v = torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cfg.use_fused_attn and not is_hooked(self.hook_attn_scores, self.hook_pattern):
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            z = z.transpose(1, 2)
+        else:
+            scores = (q.transpose(1, 2) * self.scale) @ k.permute(0, 2, 3, 1)  # [b h q k], as timm
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)
+        z = self.hook_z(z)
+        if cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(dim=2) + self.b_O
+        return F.linear(z.flatten(2), self.w_proj, self.b_O)
+
+
+class MLP(nn.Module):
+    """fc1 -> activation -> fc2, with ``hook_pre`` and ``hook_post``."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        # timm (out, in) layout; W_in / W_out are TransformerLens-convention views.
+        self.w_fc1 = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.w_fc2 = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+    @property
+    def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.w_fc1.T
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        return self.w_fc2.T
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(F.linear(x, self.w_fc1, self.b_in))
+        post = self.hook_post(_act(pre, self.cfg.act_fn))
+        return F.linear(post, self.w_fc2, self.b_out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: ``resid_mid = resid_pre + attn(ln1(.))``, ``resid_post = resid_mid + mlp(ln2(.))``."""
+
+    def __init__(self, cfg: ViTConfig, index: int):
+        super().__init__()
+        self.cfg = cfg
+        self.index = index
+        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
+        self.mlp = MLP(cfg)
+        for name in (
+            "hook_resid_pre", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
+            "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post",
+        ):  # fmt: skip
+            setattr(self, name, HookPoint())
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
+        resid = self.hook_resid_pre(resid)
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            per_head = resid[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)
+            if cfg.use_split_qkv_input:
+                qkv_in = [hp(per_head.clone()) for hp in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            else:
+                qkv_in = [self.hook_attn_in(per_head.clone())] * 3
+            # One LN1 call over the stacked q/k/v inputs, so its hooks fire once with every value.
+            normed = self.ln1(torch.stack(qkv_in, dim=2))  # [batch pos 3 head d_model]
+            attn_out = self.attn(*normed.unbind(2))
+        else:
+            attn_out = self.attn(self.ln1(resid))
+        attn_out = self.hook_attn_out(attn_out)
+        resid_mid = self.hook_resid_mid(resid + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+
+class Head(nn.Module):
+    """Classifier head ``W_H [d_model n_classes]`` (and the distillation head of distilled DeiT)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.w_head = nn.Parameter(torch.zeros(cfg.n_classes, cfg.d_model))
+        self.b_H = nn.Parameter(torch.zeros(cfg.n_classes))
+        if cfg.has_dist:
+            self.w_head_dist = nn.Parameter(torch.zeros(cfg.n_classes, cfg.d_model))
+            self.b_H_dist = nn.Parameter(torch.zeros(cfg.n_classes))
+
+    @property
+    def W_H(self) -> Float[Tensor, "d_model n_classes"]:
+        return self.w_head.T
+
+    @property
+    def W_H_dist(self) -> Float[Tensor, "d_model n_classes"]:
+        return self.w_head_dist.T
+
+    def forward(self, pooled: Tensor, pooled_dist: Tensor | None = None) -> Tensor:
+        logits = F.linear(pooled, self.w_head, self.b_H)
+        if pooled_dist is not None:  # distilled DeiT at eval: mean of the two heads
+            logits = (logits + F.linear(pooled_dist, self.w_head_dist, self.b_H_dist)) / 2
+        return logits
