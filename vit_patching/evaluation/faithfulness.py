@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -18,10 +19,7 @@ from torch import Tensor
 
 from vit_patching.evaluation.perturbation import (
     Model,
-    Score,
     Substrate,
-    Unit,
-    UpsampleMode,
     as_float_images,
     check_choice,
     check_images,
@@ -142,13 +140,13 @@ def insertion_deletion(
     saliency: Float[Tensor, "_batch map_h map_w"],
     targets: Int[Tensor, "_batch"] | None = None,
     *,
-    mode: Literal["insertion", "deletion"],
-    unit: Unit = "pixel",
+    mode: str,
+    unit: str = "pixel",
     step: int | None = None,
     patch_size: int | None = None,
     substrate: Substrate | None = None,
-    score: Score = "prob",
-    upsample: UpsampleMode = "bilinear",
+    score: str = "prob",
+    upsample: str = "bilinear",
     batch_size: int = 64,
     progress: bool = False,
 ) -> PerturbationCurve:
@@ -280,12 +278,12 @@ def perturbation_test(
     saliency: Float[Tensor, "_batch map_h map_w"],
     labels: Int[Tensor, "_batch"] | None = None,
     *,
-    order: Literal["positive", "negative"],
+    order: str,
     fractions: Sequence[int | float] = DEFAULT_FRACTIONS,
-    unit: Unit = "pixel",
+    unit: str = "pixel",
     patch_size: int | None = None,
     substrate: Substrate = "zero",
-    upsample: UpsampleMode = "bilinear",
+    upsample: str = "bilinear",
     batch_size: int = 64,
     progress: bool = False,
 ) -> PerturbationTestResult:

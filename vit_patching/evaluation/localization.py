@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,6 @@ from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from vit_patching.evaluation.perturbation import (
-    UpsampleMode,
     check_choice,
     check_map_batch,
     check_targets,
@@ -29,8 +29,7 @@ from vit_patching.evaluation.perturbation import (
 
 logger = logging.getLogger(__name__)
 
-TieRule = Literal["first", "any", "all"]
-Threshold = Union[Literal["mean"], float, int]
+Threshold = Union[str, float, int]  # "mean" or a number
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -42,7 +41,7 @@ def _check_masks(masks: Tensor, batch: int) -> Tensor:
     return masks != 0
 
 
-def _maps_at_mask_size(saliency: Tensor, masks: Tensor, upsample: UpsampleMode) -> tuple[Tensor, Tensor]:
+def _maps_at_mask_size(saliency: Tensor, masks: Tensor, upsample: str) -> tuple[Tensor, Tensor]:
     """Validate the pair and return ``(maps at mask resolution, boolean masks)``."""
     check_map_batch(saliency, saliency.shape[0])
     gt = _check_masks(masks, saliency.shape[0])
@@ -172,8 +171,8 @@ def pointing_game(
     masks: Shaped[Tensor, "_batch height width"],
     *,
     tolerance: int | float = 15,
-    tie: TieRule = "first",
-    upsample: UpsampleMode = "bilinear",
+    tie: str = "first",
+    upsample: str = "bilinear",
     classes: Int[Tensor, "_batch"] | None = None,
 ) -> PointingGameResult:
     """Pointing game (Zhang et al., ECCV 2016) with a pixel tolerance.
@@ -240,7 +239,7 @@ def energy_pointing_game(
     saliency: Float[Tensor, "batch map_h map_w"],
     masks: Shaped[Tensor, "_batch height width"],
     *,
-    upsample: UpsampleMode = "bilinear",
+    upsample: str = "bilinear",
 ) -> Float[Tensor, "batch"]:
     """Energy-based pointing game (Score-CAM): share of the min-max rescaled map's mass inside the mask.
 
@@ -271,7 +270,7 @@ def mask_iou(
     *,
     threshold: Threshold = "mean",
     top_fraction: int | float | None = None,
-    upsample: UpsampleMode = "bilinear",
+    upsample: str = "bilinear",
 ) -> Float[Tensor, "batch"]:
     """Per-image foreground IoU between the binarised map (:func:`binarize_map`) and the mask.
 
@@ -406,7 +405,7 @@ def segmentation_metrics(
     *,
     threshold: Threshold = "mean",
     top_fraction: int | float | None = None,
-    upsample: UpsampleMode = "bilinear",
+    upsample: str = "bilinear",
 ) -> SegmentationResult:
     """Segmentation test (Chefer et al., 2021): pixel accuracy, mIoU, mAP and mF1 of maps against masks.
 

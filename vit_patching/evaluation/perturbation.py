@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Literal, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,8 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-UpsampleMode = Literal["nearest", "bilinear"]
-Unit = Literal["pixel", "patch"]
-Score = Literal["prob", "logit"]
-SubstrateName = Literal["blur", "zero", "mean"]
+# A substrate name ("blur", "zero", "mean") or a tensor. Choice arguments are typed ``str`` (not Literal) so that a
+# bad value always meets our ValueError, with or without a runtime type checker.
 Substrate = Union[str, Tensor]
 Model = Callable[[Tensor], Tensor]
 
@@ -78,7 +77,7 @@ def check_targets(targets: Tensor, batch: int, name: str = "targets") -> None:
 def upsample_map(
     saliency: Float[Tensor, "batch map_h map_w"],
     size: tuple[int, int],
-    mode: UpsampleMode = "bilinear",
+    mode: str = "bilinear",
 ) -> Float[Tensor, "batch height width"]:
     """Resize a batch of saliency maps to ``size`` = (height, width).
 
@@ -268,10 +267,10 @@ def perturbation_ranks(
     saliency: Float[Tensor, "batch map_h map_w"],
     image_size: tuple[int, int],
     *,
-    unit: Unit = "pixel",
+    unit: str = "pixel",
     patch_size: int | None = None,
     descending: bool = True,
-    upsample: UpsampleMode = "bilinear",
+    upsample: str = "bilinear",
 ) -> tuple[Int[Tensor, "batch height width"], int, int | None]:
     """For every pixel, the position of its unit (pixel or patch) in the perturbation order.
 
