@@ -292,3 +292,29 @@ def test_runs_without_grad_and_never_prints(capsys):
     assert seen and not any(seen) and not res.curves.requires_grad
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_timm_vit_end_points_of_the_curves():
+    """With a real (tiny, random) timm ViT: the deletion curve starts at the clean image's score and ends at the
+    substrate's; the insertion curve the other way round."""
+    import timm  # a test dependency (installed); the library itself never imports it
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2,
+        num_classes=5,
+    ).eval()
+    images = torch.randn(2, 3, 32, 32)
+    maps = torch.rand(2, 4, 4)
+    with torch.no_grad():
+        clean = model(images).softmax(-1)
+        blurred = model(make_substrate(images, "blur")).softmax(-1)
+    dele = deletion_auc(model, images, maps, unit="patch", substrate="blur", batch_size=8)
+    ins = insertion_auc(model, images, maps, unit="patch", substrate="blur", batch_size=8)
+    idx = torch.arange(2)
+    assert torch.equal(dele.targets, clean.argmax(-1))
+    assert torch.allclose(dele.curves[:, 0], clean[idx, dele.targets], atol=1e-5)
+    assert torch.allclose(dele.curves[:, -1], blurred[idx, dele.targets], atol=1e-5)
+    assert torch.allclose(ins.curves[:, 0], blurred[idx, ins.targets], atol=1e-5)
+    assert torch.allclose(ins.curves[:, -1], clean[idx, ins.targets], atol=1e-5)
+    with pytest.raises(ValueError, match="model: expected an nn.Module in eval mode"):
+        deletion_auc(model.train(), images, maps)
