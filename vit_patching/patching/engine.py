@@ -1,0 +1,364 @@
+"""The batched patching engine shared by every experiment (sweeps, heads, paths, CAAP).
+
+Two layers:
+
+* :func:`run_interventions` — the primitive. One forward pass over a batch of *rows*, starting from a cached
+  residual stream at ``start_layer`` (or from images), with vectorised writes
+  (:class:`Intervention`: hook, rows, index, values) and optional recording of hook values per row.
+* :func:`run_patch_spec` — experiments as data. A :class:`PatchSpec` lists *variants*; each variant is a set of
+  :class:`Site` s patched together. Every (variant, image) pair becomes one row; rows are processed in chunks of
+  at most ``batch_size``, each chunk one forward that starts from the target run's cached prefix at the earliest
+  layer any variant touches. Values come from the *source* run's cache, written into the *target* run.
+
+Conventions: **denoising** = source is the clean run, target the corrupted run (how much does patching restore?);
+**noising** = source corrupted, target clean (how much does patching break?). The engine is the same; the
+experiment functions name the convention in their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+# Hook-name suffix -> names of the non-batch index axes a Site may address (leading axes of the activation).
+_AXES: dict[str, tuple[str, ...]] = {
+    "hook_resid_pre": ("pos",),
+    "hook_resid_mid": ("pos",),
+    "hook_resid_post": ("pos",),
+    "hook_attn_out": ("pos",),
+    "hook_mlp_out": ("pos",),
+    "hook_mlp_in": ("pos",),
+    "mlp.hook_pre": ("pos",),
+    "mlp.hook_post": ("pos",),
+    "hook_embed": ("pos",),
+    "hook_pos_embed": ("pos",),
+    "attn.hook_q": ("pos", "head"),
+    "attn.hook_k": ("pos", "head"),
+    "attn.hook_v": ("pos", "head"),
+    "attn.hook_z": ("pos", "head"),
+    "attn.hook_result": ("pos", "head"),
+    "hook_q_input": ("pos", "head"),
+    "hook_k_input": ("pos", "head"),
+    "hook_v_input": ("pos", "head"),
+    "hook_attn_in": ("pos", "head"),
+    "attn.hook_attn_scores": ("head", "pos"),
+    "attn.hook_pattern": ("head", "pos"),
+}
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_axes(hook: str) -> tuple[str, ...]:
+    """Index axes (after batch) that a :class:`Site` on ``hook`` may address, e.g. ``("pos", "head")``."""
+    for suffix, axes in _AXES.items():
+        if hook.endswith(suffix):
+            return axes
+    raise ValueError(f"hook {hook!r} cannot be patched by the engine; patchable suffixes: {sorted(_AXES)}")
+
+
+def hook_layer(hook: str) -> int | None:
+    """Block index of a hook name (``None`` for the embedding hooks)."""
+    m = _LAYER_RE.match(hook)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation slice to overwrite.
+
+    Attributes:
+        hook: Full hook name, e.g. ``"blocks.3.hook_resid_pre"`` or ``"blocks.2.attn.hook_z"``.
+        pos: Token position (``None`` = every position). For ``hook_pattern``/``hook_attn_scores`` this is the
+            query (destination) position.
+        head: Head index for per-head hooks (``None`` = every head).
+
+    Example:
+        >>> Site("blocks.1.hook_resid_pre", pos=5)
+        >>> Site("blocks.0.attn.hook_z", head=2)          # head 2, all positions
+    """
+
+    hook: str
+    pos: int | None = None
+    head: int | None = None
+
+    def index(self) -> tuple[int | None, ...]:
+        axes = hook_axes(self.hook)
+        if self.head is not None and "head" not in axes:
+            raise ValueError(f"Site on {self.hook!r} has no head axis, but head={self.head} was given")
+        return tuple(self.pos if a == "pos" else self.head for a in axes)
+
+
+Variant = tuple[Site, ...]
+
+
+@dataclass
+class PatchSpec:
+    """A list of patch variants (each a set of sites patched together), with optional labels.
+
+    Example:
+        >>> spec = PatchSpec([(Site(f"blocks.{l}.hook_resid_pre", pos=p),) for l in range(4) for p in range(65)])
+    """
+
+    variants: list[Variant]
+    labels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.variants = [tuple(v) if not isinstance(v, Site) else (v,) for v in self.variants]
+        if not self.variants:
+            raise ValueError("PatchSpec.variants must not be empty")
+        if self.labels is not None and len(self.labels) != len(self.variants):
+            raise ValueError(f"labels must match variants: {len(self.labels)} labels for {len(self.variants)} variants")
+
+    @property
+    def hooks(self) -> list[str]:
+        return sorted({s.hook for v in self.variants for s in v})
+
+    def start_layer(self) -> int | None:
+        """Earliest block any site touches (``None`` if a site is in the embedding: start from images)."""
+        layers = [hook_layer(h) for h in self.hooks]
+        return None if any(l is None for l in layers) else min(layers)
+
+
+@dataclass
+class Intervention:
+    """A vectorised write: ``act[rows, *index] = values`` on one hook (``None`` index entries mean 'all')."""
+
+    hook: str
+    rows: Int[Tensor, "n"]
+    index: tuple[Tensor | None, ...]
+    values: Tensor
+
+
+def _apply(act: Tensor, iv: Intervention) -> Tensor:
+    idx = (iv.rows,) + tuple(slice(None) if i is None else i for i in iv.index)
+    act = act.clone()
+    act[idx] = iv.values.to(act.dtype)
+    return act
+
+
+def run_interventions(
+    model: Any,
+    start_input: Tensor,
+    interventions: Sequence[Intervention] = (),
+    *,
+    start_layer: int | None = None,
+    record: Sequence[str] = (),
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One forward pass with vectorised writes, starting from images or a cached residual.
+
+    Args:
+        model: A HookedViT.
+        start_input: Images ``[rows, C, H, W]`` (``start_layer=None``) or the residual stream entering block
+            ``start_layer`` ``[rows, pos, d_model]``.
+        interventions: Writes applied when their hook fires (several on one hook are applied in order).
+        start_layer: Block to start at.
+        record: Hook names whose (post-intervention) values to return, per row.
+
+    Returns:
+        ``(output, recorded)`` — logits ``[rows, n_classes]`` and ``{hook: activation}``.
+
+    Example:
+        >>> iv = Intervention("blocks.1.hook_resid_pre", torch.tensor([0]), (torch.tensor([3]),), values)
+        >>> logits, _ = run_interventions(model, resid1, [iv], start_layer=1)
+    """
+    by_hook: dict[str, list[Intervention]] = {}
+    for iv in interventions:
+        by_hook.setdefault(iv.hook, []).append(iv)
+    recorded: dict[str, Tensor] = {}
+    fired: set[str] = set()
+
+    def make_hook(name: str) -> Callable:
+        ivs = by_hook.get(name, [])
+
+        def hook_fn(act: Tensor, hook: Any) -> Tensor:
+            fired.add(name)
+            for iv in ivs:
+                act = _apply(act, iv)
+            if name in record:
+                recorded[name] = act.detach()
+            return act
+
+        return hook_fn
+
+    names = sorted(set(by_hook) | set(record))
+    with torch.no_grad():
+        out = model.run_with_hooks(
+            start_input, fwd_hooks=[(n, make_hook(n)) for n in names], start_at_layer=start_layer
+        )
+    missing = set(names) - fired
+    if missing:  # a write that silently did nothing would corrupt every result downstream
+        raise RuntimeError(f"hooks never fired (before start_layer={start_layer}?): {sorted(missing)}")
+    return out, recorded
+
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class PatchRun:
+    """Raw output of :func:`run_patch_spec`.
+
+    Attributes:
+        values: Metric per variant and image ``[variant, batch]``.
+        target_score: Unpatched target-run metric per image ``[batch]``.
+        source_score: Unpatched source-run metric per image ``[batch]``.
+        n_forwards: Patched forward passes run (chunks).
+        start_layer: Block the patched runs started at (``None``: from images).
+    """
+
+    values: Float[Tensor, "variant batch"]
+    target_score: Float[Tensor, " batch"]
+    source_score: Float[Tensor, " batch"]
+    n_forwards: int
+    start_layer: int | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_for(model: Any, images: Tensor, hooks: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits and the named activations of one run (only those hooks are cached)."""
+    names = sorted(set(hooks))
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(images, names_filter=lambda n: n in names, return_cache_object=False)
+    return logits, cache
+
+
+def run_patch_spec(
+    model: Any,
+    spec: PatchSpec,
+    metric: Metric,
+    *,
+    target: Tensor | None = None,
+    source: Tensor | None = None,
+    target_cache: dict[str, Tensor] | None = None,
+    source_cache: dict[str, Tensor] | None = None,
+    target_logits: Tensor | None = None,
+    source_logits: Tensor | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> PatchRun:
+    """Run every (variant, image) pair of ``spec``, batched, from the target run's cached prefix.
+
+    Args:
+        model: A HookedViT (eval-mode function; no dropout).
+        spec: The variants to run.
+        metric: ``metric(logits [rows, n_classes], image_index [rows]) -> [rows]``.
+        target: Target images ``[batch, C, H, W]`` (the run that is patched into). Optional if
+            ``target_cache`` holds the residual entering the start layer and ``target_logits`` are given.
+        source: Source images (where patched values come from). Optional if ``source_cache`` has every hook.
+        target_cache, source_cache: Precomputed activations ``{hook: [batch, ...]}`` to reuse.
+        target_logits, source_logits: Precomputed unpatched logits for the baselines.
+        batch_size: Rows (variant x image) per forward pass.
+        progress: Show a tqdm bar.
+
+    Returns:
+        :class:`PatchRun` with ``values [variant, batch]`` and the unpatched baselines.
+
+    Example:
+        >>> spec = PatchSpec([(Site("blocks.2.hook_resid_pre", pos=p),) for p in range(model.cfg.n_pos)])
+        >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    start = spec.start_layer()
+    L = model.cfg.n_layers
+    for h in spec.hooks:
+        if h not in model.hook_dict:
+            raise ValueError(f"unknown or switched-off hook {h!r} in the patch spec")
+        layer = hook_layer(h)
+        if layer is not None and layer >= L:
+            raise ValueError(f"hook {h!r} is beyond the model's {L} layers")
+    # Validate every site's index against the model once, before any work.
+    n_pos = None
+    if target is not None:
+        n_pos = model.layout_for(target).n_pos
+    elif source is not None:
+        n_pos = model.layout_for(source).n_pos
+    else:
+        n_pos = model.cfg.n_pos
+    for v in spec.variants:
+        for s in v:
+            s.index()
+            if s.pos is not None and not 0 <= s.pos < n_pos:
+                raise ValueError(f"{s}: pos must be in [0, {n_pos}), got {s.pos}")
+            if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
+                raise ValueError(f"{s}: head must be in [0, {model.cfg.n_heads}), got {s.head}")
+
+    start_hook = None if start is None else f"blocks.{start}.hook_resid_pre"
+    need_target = [] if start_hook is None else [start_hook]
+    if target_cache is None or any(h not in target_cache for h in need_target) or target_logits is None:
+        if target is None:
+            raise ValueError("target images are needed (target_cache/target_logits do not cover the prefix)")
+        target_logits, target_cache = cache_for(model, target, need_target)
+    if source_cache is None or any(h not in source_cache for h in spec.hooks) or source_logits is None:
+        if source is None:
+            raise ValueError("source images are needed (source_cache/source_logits do not cover the spec's hooks)")
+        source_logits, source_cache = cache_for(model, source, spec.hooks)
+    batch = target_logits.shape[0]
+    if source_logits.shape[0] != batch:
+        raise ValueError(
+            f"source and target must have the same batch size, got {source_logits.shape[0]} and {batch}"
+        )
+    for h in spec.hooks:
+        if source_cache[h].shape[0] != batch:
+            raise ValueError(f"source_cache[{h!r}] has batch {source_cache[h].shape[0]}, expected {batch}")
+    if target is not None and source is not None and target.shape[-2:] != source.shape[-2:]:
+        raise ValueError(f"source and target image sizes differ: {tuple(source.shape)} vs {tuple(target.shape)}")
+
+    image_ids = torch.arange(batch, device=target_logits.device)
+    target_score = metric(target_logits, image_ids)
+    source_score = metric(source_logits, image_ids)
+
+    n_rows = len(spec.variants) * batch
+    values = torch.empty(n_rows, dtype=torch.float32)
+    n_chunks = math.ceil(n_rows / batch_size)
+    from tqdm.auto import tqdm
+
+    for c in tqdm(range(n_chunks), desc="patching", disable=not progress, leave=False):
+        rows = torch.arange(c * batch_size, min((c + 1) * batch_size, n_rows))
+        var_ids, img_ids = rows // batch, rows % batch
+        base = target_cache[start_hook][img_ids] if start_hook is not None else target[img_ids]
+        ivs = _compile(spec, var_ids.tolist(), img_ids, source_cache, base.device)
+        logits, _ = run_interventions(model, base, ivs, start_layer=start)
+        values[rows] = metric(logits, img_ids.to(logits.device)).float().cpu()
+    return PatchRun(
+        values=values.view(len(spec.variants), batch),
+        target_score=target_score.float().cpu(),
+        source_score=source_score.float().cpu(),
+        n_forwards=n_chunks,
+        start_layer=start,
+    )
+
+
+def _compile(
+    spec: PatchSpec, var_ids: list[int], img_ids: Tensor, source_cache: dict[str, Tensor], device: torch.device
+) -> list[Intervention]:
+    """Group one chunk's writes by (hook, which axes are indexed) and gather their source values at once."""
+    groups: dict[tuple[str, tuple[bool, ...]], tuple[list[int], list[int], list[list[int]]]] = {}
+    for r, v in enumerate(var_ids):
+        img = int(img_ids[r])
+        for s in spec.variants[v]:
+            idx = s.index()
+            key = (s.hook, tuple(i is None for i in idx))
+            rows, imgs, cols = groups.setdefault(key, ([], [], [[] for _ in idx]))
+            rows.append(r)
+            imgs.append(img)
+            for k, i in enumerate(idx):
+                if i is not None:
+                    cols[k].append(i)
+    out = []
+    for (hook, is_all), (rows, imgs, cols) in groups.items():
+        index = tuple(None if a else torch.tensor(cols[k], device=device) for k, a in enumerate(is_all))
+        src = source_cache[hook]
+        src_idx = (torch.tensor(imgs, device=src.device),) + tuple(
+            slice(None) if i is None else i.to(src.device) for i in index
+        )
+        out.append(Intervention(hook, torch.tensor(rows, device=device), index, src[src_idx].to(device)))
+    return out
