@@ -1,0 +1,128 @@
+"""Trace builders shared by the figure modules: image underlays and cell-grid heatmaps."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from vit_patching.plotting._common import Number, fmt
+from vit_patching.plotting._facets import TICK_FONT, figure_title
+from vit_patching.plotting.colors import diverging_coloraxis
+
+
+def png_data_uri(rgb: np.ndarray) -> str:
+    """Encode a uint8 [height, width, 3] array as a PNG data URI (compact in HTML, unlike a z array)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_trace(rgb: np.ndarray, axes: tuple[str, str], name: str = "image") -> go.Image:
+    """An image underlay in pixel coordinates: pixel (i, j) covers x in [j, j+1], y in [i, i+1]."""
+    return go.Image(
+        source=png_data_uri(rgb), x0=0.5, y0=0.5, dx=1, dy=1, xaxis=axes[0], yaxis=axes[1],
+        hoverinfo="skip", name=name, meta=dict(kind="image"),
+    )
+
+
+def grid_hover(grid: np.ndarray, header: str, value_label: str, pos_offset: int | None) -> list[list[str]]:
+    """Hover strings for a [rows, cols] grid: header, row, col, token position (if given) and value."""
+    rows, cols = grid.shape
+    out = []
+    for r in range(rows):
+        line = []
+        for c in range(cols):
+            where = f"row {r}, col {c}"
+            if pos_offset is not None:
+                where += f" (pos {pos_offset + r * cols + c})"
+            line.append(f"{header}<br>" * bool(header) + f"{where}<br>{value_label}: {fmt(grid[r, c])}")
+        out.append(line)
+    return out
+
+
+def cell_heatmap(
+    grid: np.ndarray,
+    axes: tuple[str, str],
+    *,
+    cell: tuple[float, float],
+    hover: list[list[str]] | None,
+    coloraxis: str = "coloraxis",
+    opacity: Number = 1.0,
+    name: str = "",
+    meta: dict | None = None,
+) -> go.Heatmap:
+    """Heatmap of a [rows, cols] grid whose cell (r, c) spans [c*cell_w, (c+1)*cell_w] x [r*cell_h, (r+1)*cell_h]."""
+    cell_h, cell_w = cell
+    kwargs = {}
+    if hover is not None:
+        kwargs = dict(customdata=hover, hovertemplate="%{customdata}<extra></extra>")
+    else:
+        kwargs = dict(hovertemplate="x %{x:.1f}, y %{y:.1f}<br>value: %{z:.4g}<extra></extra>")
+    return go.Heatmap(
+        z=grid, x0=cell_w / 2, dx=cell_w, y0=cell_h / 2, dy=cell_h, xaxis=axes[0], yaxis=axes[1],
+        coloraxis=coloraxis, opacity=opacity, name=name, meta=meta or {}, zsmooth=False, **kwargs,
+    )
+
+
+def colorbar_for(fig: go.Figure) -> dict:
+    """Colour bar settings: at most ~450 px long, top-aligned with the plot area."""
+    plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    return dict(thickness=14, len=min(1.0, 450 / plot_h), y=1.0, yanchor="top")
+
+
+def matrix_heatmap(
+    arr: np.ndarray,
+    row_labels: list[str],
+    col_labels: list[str],
+    *,
+    row_name: str,
+    col_name: str,
+    title: str,
+    value_label: str,
+    zmid: Number,
+    colorscale: str,
+    cell_px: Number | None,
+    coloraxis: dict | None = None,
+) -> go.Figure:
+    """A labelled [rows, cols] heatmap with square cells, row 0 at the top.
+
+    The colour axis is diverging around ``zmid`` unless ``coloraxis`` (a layout dict) is given.
+    """
+    n_rows, n_cols = arr.shape
+    cell_px = cell_px or min(40.0, max(14.0, 420.0 / max(n_rows, n_cols)))
+    long_x = max((len(s) for s in col_labels), default=1) > 3
+    margin = dict(
+        l=int(30 + 7 * max((len(s) for s in row_labels), default=1)),
+        r=110, t=60 if title else 25,
+        b=int(45 + (6 * max(len(s) for s in col_labels) if long_x else 0)),
+    )
+    hover = [[f"{row_name}: {row_labels[r]}<br>{col_name}: {col_labels[c]}<br>{value_label}: {fmt(arr[r, c])}"
+              for c in range(n_cols)] for r in range(n_rows)]
+    fig = go.Figure(cell_heatmap(arr, ("x", "y"), cell=(1.0, 1.0), hover=hover, name=title, meta=dict(kind="grid")))
+    step_x = 1 if long_x or cell_px >= 18 else 2  # short labels ("H11") need ~18 px each
+    fig.update_layout(
+        width=int(margin["l"] + margin["r"] + n_cols * cell_px),
+        height=int(margin["t"] + margin["b"] + n_rows * cell_px),
+        margin=dict(margin, autoexpand=False), plot_bgcolor="white", paper_bgcolor="white",
+        xaxis=dict(
+            title=dict(text=col_name, font=dict(size=11)), range=[0, n_cols], tickmode="array",
+            tickvals=[c + 0.5 for c in range(0, n_cols, step_x)], ticktext=col_labels[::step_x],
+            tickangle=-45 if long_x else 0, showgrid=False, zeroline=False, tickfont=TICK_FONT,
+            constrain="domain",
+        ),
+        yaxis=dict(
+            title=dict(text=row_name, font=dict(size=11)), range=[n_rows, 0], tickmode="array",
+            tickvals=[r + 0.5 for r in range(n_rows)], ticktext=row_labels, showgrid=False,
+            zeroline=False, tickfont=TICK_FONT, scaleanchor="x", scaleratio=1, constrain="domain",
+        ),
+    )
+    if title:
+        fig.update_layout(title=figure_title(title))
+    if coloraxis is None:
+        coloraxis = diverging_coloraxis(arr, zmid=zmid, colorscale=colorscale, title=value_label)
+    coloraxis["colorbar"] = {**coloraxis.get("colorbar", {}), **colorbar_for(fig)}
+    fig.update_layout(coloraxis=coloraxis)
+    return fig
