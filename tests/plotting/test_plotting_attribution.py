@@ -1,0 +1,163 @@
+"""Attribution figures: overlays, patch maps, comparisons, window heatmap and slider."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from plot_test_helpers import decode_image_trace, to_uint8, traces
+
+from vit_patching.plotting import attribution_overlay, compare_maps, patch_map, window_heatmap, window_slider
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(0))
+
+
+def test_overlay_nearest_draws_the_map_cells_over_the_image(image):
+    att = torch.tensor([[0.0, 1.0, -0.5], [2.0, 0.25, 0.0]])  # 2 x 3 patches of 8 x 8 pixels
+    fig = attribution_overlay(image, att, title="caap", value_label="score")
+    (img,) = traces(fig, "image")
+    (hm,) = traces(fig, "map")
+    np.testing.assert_array_equal(decode_image_trace(img), to_uint8(image))
+    np.testing.assert_allclose(np.asarray(hm.z), att.double().numpy())
+    assert (hm.dx, hm.dy, hm.x0, hm.y0) == (8.0, 8.0, 4.0, 4.0)
+    assert fig.data.index(img) < fig.data.index(hm)
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-2.0, 2.0)
+    assert "row 1, col 0" in hm.customdata[1][0] and "score: 2" in hm.customdata[1][0]
+    assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]
+    assert fig.layout.title.text == "caap"
+    plain = attribution_overlay(image, att, fade=False, opacity=0.3)
+    assert traces(plain, "map")[0].opacity == 0.3 and not plain.layout.coloraxis.colorscale[0][1].startswith("rgba")
+
+
+def test_overlay_bilinear_interpolates_to_pixels():
+    image = torch.rand(3, 2, 8)
+    att = torch.tensor([[0.0, 1.0]])
+    fig = attribution_overlay(image, att, upsample="bilinear")
+    z = np.asarray(traces(fig, "map")[0].z)
+    # align_corners=False: source x = (i + 0.5) * 2 / 8 - 0.5, clamped to [0, 1].
+    expected = [0.0, 0.0, 0.125, 0.375, 0.625, 0.875, 1.0, 1.0]
+    np.testing.assert_allclose(z, [expected, expected])
+    assert (traces(fig, "map")[0].dx, traces(fig, "map")[0].dy) == (1.0, 1.0)
+
+
+def test_overlay_bad_input(image):
+    with pytest.raises(ValueError, match=r"upsample: expected one of \['nearest', 'bilinear'\], got 'cubic'"):
+        attribution_overlay.__wrapped__(image, torch.rand(2, 3), upsample="cubic")  # the Literal hint is checked first under the hook
+    with pytest.raises(ValueError, match=r"image: expected pixel values in \[0, 1\]"):
+        attribution_overlay(image * 255, torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"attribution: expected a 2-D array .*got shape \(1, 2, 3\)"):
+        attribution_overlay.__wrapped__(image, torch.rand(1, 2, 3))
+
+
+def test_patch_map():
+    att = torch.arange(6.0).reshape(2, 3)
+    fig = patch_map(att, value_label="a")
+    (hm,) = traces(fig, "grid")
+    np.testing.assert_allclose(np.asarray(hm.z), att.double().numpy())
+    assert hm.customdata[1][2] == "row: 1<br>col: 2<br>a: 5"
+    assert list(fig.layout.xaxis.ticktext) == ["0", "1", "2"] and list(fig.layout.yaxis.ticktext) == ["0", "1"]
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-5.0, 5.0)
+    assert fig.layout.yaxis.scaleanchor == "x"
+
+
+def test_compare_maps_shared_scale_over_image(image):
+    maps = {"caap": torch.tensor([[1.0, -3.0, 0.0], [0.0, 0.0, 0.0]]), "pixels": torch.rand(16, 24)}
+    fig = compare_maps(maps, image)
+    assert [a.text for a in fig.layout.annotations] == ["caap", "pixels"]
+    assert len(traces(fig, "image")) == 2
+    np.testing.assert_allclose(np.asarray(traces(fig, "map", facet=0)[0].z), maps["caap"].double().numpy())
+    np.testing.assert_allclose(np.asarray(traces(fig, "map", facet=1)[0].z), maps["pixels"].double().numpy())
+    assert traces(fig, "map", facet=0)[0].dx == 8.0 and traces(fig, "map", facet=1)[0].dx == 1.0
+    assert {t.coloraxis for t in traces(fig, "map")} == {"coloraxis"}
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-3.0, 3.0)
+
+
+def test_compare_maps_per_map_scales():
+    maps = {"a": torch.tensor([[1.0, -0.5]]), "b": torch.tensor([[10.0, 4.0]])}
+    fig = compare_maps(maps, shared_scale=False)
+    a, b = traces(fig, "map", facet=0)[0], traces(fig, "map", facet=1)[0]
+    assert (a.coloraxis, b.coloraxis) == ("coloraxis", "coloraxis2")
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-1.0, 1.0)
+    assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-10.0, 10.0)
+    assert "row 0, col 1" in b.customdata[0][1]
+
+
+def test_compare_maps_bad_input():
+    with pytest.raises(ValueError, match=r"maps\['bad'\]: expected a 2-D array .*got shape \(2, 2, 2\)"):
+        compare_maps({"ok": torch.rand(2, 2), "bad": torch.rand(2, 2, 2)})
+    with pytest.raises(ValueError, match="maps: expected at least one map"):
+        compare_maps({})
+
+
+def _scores() -> torch.Tensor:
+    s = torch.full((4, 4), math.nan)
+    for i in range(4):
+        for j in range(i, 4):
+            s[i, j] = 0.1 * (i + 1) + 0.01 * j
+    s[1, 2] = 0.95  # best when higher is better
+    s[0, 1] = -0.3  # best when lower is better
+    return s
+
+
+def test_window_heatmap_marks_best_cell():
+    s = _scores()
+    fig = window_heatmap(s, metric_name="insertion AUC", highlight=(2, 3), title="windows")
+    (hm,) = traces(fig, "grid")
+    np.testing.assert_allclose(np.asarray(hm.z, dtype=float), s.double().numpy())  # NaN cells stay NaN
+    (best,) = traces(fig, "best")
+    assert (best.meta["start"], best.meta["end"]) == (1, 2)
+    assert (best.x[0], best.y[0]) == (2.5, 1.5)  # cell centre: x = end, y = start
+    assert "0.95" in best.name
+    (hl,) = traces(fig, "highlight")
+    assert (hl.x[0], hl.y[0]) == (3.5, 2.5)
+    assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("end", "start")
+    assert fig.layout.coloraxis.reversescale is False
+    assert fig.layout.coloraxis.cmax == pytest.approx(0.95) and fig.layout.coloraxis.cmin == pytest.approx(-0.3)
+    low = window_heatmap(s, metric_name="deletion AUC", higher_is_better=False)
+    (best,) = traces(low, "best")
+    assert (best.meta["start"], best.meta["end"]) == (0, 1)
+    assert low.layout.coloraxis.reversescale is True
+
+
+def test_window_heatmap_bad_input():
+    with pytest.raises(ValueError, match="scores: expected at least one finite score"):
+        window_heatmap(torch.full((2, 2), math.nan))
+    with pytest.raises(ValueError, match=r"highlight: expected \(start, end\) inside .*got \(2, 0\)"):
+        window_heatmap(_scores()[:2, :2], highlight=(2, 0))
+    with pytest.raises(ValueError, match=r"end_labels: expected 4 labels"):
+        window_heatmap(_scores(), end_labels=["a"])
+
+
+def test_window_slider_steps_and_traces(image):
+    g = torch.Generator().manual_seed(3)
+    maps = [torch.randn(2, 3, generator=g) for _ in range(3)]
+    maps[1][0, 0] = 5.0
+    labels = ["L0-3", "L4-7", "L8-11"]
+    fig = window_slider(maps, labels, image, title="caap")
+    (slider,) = fig.layout.sliders
+    assert [s.label for s in slider.steps] == labels
+    heat = traces(fig, "map")
+    assert len(heat) == 3 and len(traces(fig, "image")) == 1
+    for i, (m, t) in enumerate(zip(maps, heat)):
+        np.testing.assert_allclose(np.asarray(t.z), m.double().numpy())
+        assert t.meta["step"] == i and t.coloraxis == "coloraxis"
+    assert [t.visible for t in heat] == [True, False, False]
+    for i, step in enumerate(slider.steps):
+        visible = step.args[0]["visible"]
+        assert visible[fig.data.index(traces(fig, "image")[0])] is True
+        assert [visible[fig.data.index(t)] for t in heat] == [j == i for j in range(3)]
+        assert step.args[1]["title.text"] == f"caap: {labels[i]}"
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-5.0, 5.0)
+
+
+def test_window_slider_bad_input():
+    with pytest.raises(ValueError, match=r"labels: expected 2 labels \(one per map\), got 1"):
+        window_slider([torch.rand(2, 2), torch.rand(2, 2)], ["a"])
+    with pytest.raises(ValueError, match=r"maps: expected maps of one shape"):
+        window_slider([torch.rand(2, 2), torch.rand(3, 3)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"maps\[1\]: expected a 2-D array .*got shape \(4,\)"):
+        window_slider([torch.rand(2, 2), torch.rand(4)], ["a", "b"])
