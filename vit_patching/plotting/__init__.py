@@ -22,6 +22,7 @@ from vit_patching.plotting.colors import (
     DIVERGING,
     SEQUENTIAL,
     diverging_coloraxis,
+    faded_colorscale,
     sequential_coloraxis,
     symmetric_range,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "compare_maps",
     "curve_auc",
     "diverging_coloraxis",
+    "faded_colorscale",
     "find_chromium",
     "head_position_facets",
     "layer_head_grid",
@@ -54,4 +56,5 @@ __all__ = [
     "symmetric_range",
     "window_heatmap",
     "window_slider",
+    "write_report",
 ]

@@ -121,8 +121,8 @@ def sequential_coloraxis(
 
     Example:
         >>> import torch
-        >>> sequential_coloraxis(torch.tensor([0.2, 0.8]))["cmax"]
-        0.8
+        >>> sequential_coloraxis(torch.tensor([0.25, 0.75]))["cmax"]
+        0.75
     """
     finite = [a[np.isfinite(a)] for a in (to_numpy(v, f"values[{i}]") for i, v in enumerate(values))]
     finite = [a for a in finite if a.size]

@@ -36,7 +36,7 @@ nav ol{margin:.2rem 0 1rem;padding-left:1.4rem;columns:2}nav a{color:#2f5fa7;tex
 table{border-collapse:collapse;font-size:.88rem;margin:.4rem 0}th,td{border:1px solid #d9dee3;padding:4px 9px;text-align:left;vertical-align:top}
 th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .caption{color:#52606d;font-size:.9rem;margin:.3rem 0 0}.gallery{display:flex;flex-wrap:wrap;gap:14px}
-figure{margin:0}figure img{image-rendering:pixelated;border:1px solid #d9dee3;max-width:256px}figcaption{font-size:.85rem;color:#52606d}
+figure{margin:0}figure img{image-rendering:pixelated;border:1px solid #d9dee3;width:192px;height:auto}figcaption{font-size:.85rem;color:#52606d}
 footer{margin-top:3rem;color:#9aa5b1;font-size:.8rem}
 """
 
