@@ -268,13 +268,16 @@ class TransformerBlock(nn.Module):
         resid = self.hook_resid_pre(resid)
         if cfg.use_split_qkv_input or cfg.use_attn_in:
             per_head = resid[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)
+            if cfg.use_attn_in:  # fires first, so it also feeds the q/k/v forks when both are on
+                per_head = self.hook_attn_in(per_head.clone())
             if cfg.use_split_qkv_input:
                 qkv_in = [hp(per_head.clone()) for hp in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+                # One LN1 call over the stacked q/k/v inputs, so its hooks fire once with every value.
+                normed = self.ln1(torch.stack(qkv_in, dim=2))  # [batch pos 3 head d_model]
+                attn_out = self.attn(*normed.unbind(2))
             else:
-                qkv_in = [self.hook_attn_in(per_head.clone())] * 3
-            # One LN1 call over the stacked q/k/v inputs, so its hooks fire once with every value.
-            normed = self.ln1(torch.stack(qkv_in, dim=2))  # [batch pos 3 head d_model]
-            attn_out = self.attn(*normed.unbind(2))
+                normed = self.ln1(per_head)  # [batch pos head d_model], as TransformerLens
+                attn_out = self.attn(normed, normed, normed)
         else:
             attn_out = self.attn(self.ln1(resid))
         attn_out = self.hook_attn_out(attn_out)

@@ -273,6 +273,9 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         raise UnsupportedModelError(f"unsupported classifier head {type(head).__name__}")
     if has_dist and global_pool != "token":
         raise UnsupportedModelError("distilled models must use token pooling")
+    if has_dist and eps_fc is not None:
+        # VisionTransformerDistilled.forward_head reads tokens 0 and 1 directly and never calls fc_norm.
+        raise UnsupportedModelError("fc_norm on a distilled DeiT is not supported (timm never applies it)")
 
     from timm.data import resolve_data_config
 

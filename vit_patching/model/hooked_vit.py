@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -241,7 +242,8 @@ class HookedViT(HookedRootModule):
         if self.cfg.fc_norm:
             pooled = self.fc_norm(pooled)
         if not self.cfg.n_classes:
-            return pooled
+            # timm's distilled DeiT returns the mean of the CLS and DIST features when it has no heads.
+            return pooled if pooled_dist is None else (pooled + pooled_dist) / 2
         return self.hook_logits(self.head(pooled, pooled_dist))
 
     def forward(
@@ -309,6 +311,11 @@ class HookedViT(HookedRootModule):
         super().setup()
         disabled = self._disabled_hook_names()
         self.hook_dict = {n: hp for n, hp in self.hook_dict.items() if n not in disabled}
+
+    def hook_points(self):
+        """Every HookPoint, switched-off gated ones included, so ``reset_hooks`` also clears hooks that were
+        added while a gate was on (``hook_dict`` only lists the points that fire)."""
+        return [m for m in self.mod_dict.values() if isinstance(m, HookPoint)]
 
     def _gate_error(self, name: str) -> ValueError:
         for flag, suffixes, setter in _GATES:
@@ -395,6 +402,13 @@ class HookedViT(HookedRootModule):
         Example:
             >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_z"))
         """
+        names = kwargs.get("names_filter")
+        # TransformerLens silently caches nothing for a listed name that never fires; say why instead.
+        for name in [names] if isinstance(names, str) else (names if isinstance(names, (list, tuple)) else []):
+            if name not in self.hook_dict:
+                if isinstance(self.mod_dict.get(name), HookPoint):
+                    raise self._gate_error(name)
+                raise ValueError(f"unknown hook point {name!r} in names_filter; see model.hook_dict")
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         if return_cache_object:
             return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
