@@ -123,25 +123,52 @@ class PatchSpec:
 
     def start_layer(self) -> int | None:
         """Earliest block any site touches (``None`` if a site is in the embedding: start from images)."""
-        layers = [hook_layer(h) for h in self.hooks]
-        return None if any(l is None for l in layers) else min(layers)
+        return variant_start(tuple(Site(h) for h in self.hooks))
 
 
 @dataclass
 class Intervention:
-    """A vectorised write: ``act[rows, *index] = values`` on one hook (``None`` index entries mean 'all')."""
+    """A vectorised write: ``act[rows, *index] = values`` on one hook (``None`` index entries mean 'all').
+
+    With ``add=True`` the values are added instead (``act[rows, *index] += values``), as direct-path patching
+    adds a sender's write to a receiver's input.
+    """
 
     hook: str
     rows: Int[Tensor, "n"]
     index: tuple[Tensor | None, ...]
     values: Tensor
+    add: bool = False
 
 
 def _apply(act: Tensor, iv: Intervention) -> Tensor:
     idx = (iv.rows,) + tuple(slice(None) if i is None else i for i in iv.index)
     act = act.clone()
-    act[idx] = iv.values.to(act.dtype)
+    values = iv.values.to(act.dtype)
+    act[idx] = act[idx] + values if iv.add else values
     return act
+
+
+def variant_start(variant: Variant) -> int | None:
+    """Earliest block a variant's sites touch (``None`` if one is in the embedding)."""
+    layers = [hook_layer(s.hook) for s in variant]
+    return None if any(l is None for l in layers) else min(layers)
+
+
+def row_chunks(n_rows: int, batch_size: int, *, progress: bool = False, desc: str = "patching") -> Iterable[Tensor]:
+    """Consecutive row-index chunks of at most ``batch_size`` rows, with an optional tqdm bar.
+
+    Example:
+        >>> [c.tolist() for c in row_chunks(5, 2)]
+        [[0, 1], [2, 3], [4]]
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    from tqdm.auto import tqdm
+
+    n_chunks = math.ceil(n_rows / batch_size)
+    for c in tqdm(range(n_chunks), desc=desc, disable=not progress, leave=False):
+        yield torch.arange(c * batch_size, min((c + 1) * batch_size, n_rows))
 
 
 def run_interventions(
@@ -291,12 +318,24 @@ def run_patch_spec(
             if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
                 raise ValueError(f"{s}: head must be in [0, {model.cfg.n_heads}), got {s.head}")
 
-    start_hook = None if start is None else f"blocks.{start}.hook_resid_pre"
-    need_target = [] if start_hook is None else [start_hook]
+    # Rows run variant-major, variants sorted by the block they start at; a chunk starts at its first row's
+    # block (the earliest it needs), so a layer sweep's late layers skip the early blocks.
+    starts = [variant_start(v) for v in spec.variants]
+    order = sorted(range(len(starts)), key=lambda v: -1 if starts[v] is None else starts[v])
+    chunk_starts = None if target is None and target_logits is None else _chunk_starts(
+        [starts[v] for v in order], target.shape[0] if target is not None else target_logits.shape[0], batch_size
+    )
+    need_target = sorted({f"blocks.{s}.hook_resid_pre" for s in chunk_starts or [start] if s is not None})
     if target_cache is None or any(h not in target_cache for h in need_target) or target_logits is None:
         if target is None:
-            raise ValueError("target images are needed (target_cache/target_logits do not cover the prefix)")
-        target_logits, target_cache = cache_for(model, target, need_target)
+            if target_cache is not None and target_logits is not None and (
+                start is not None and f"blocks.{start}.hook_resid_pre" in target_cache
+            ):  # a caller's cache with only the spec-wide prefix: every chunk starts there
+                chunk_starts = [start] * len(chunk_starts)
+            else:
+                raise ValueError("target images are needed (target_cache/target_logits do not cover the prefix)")
+        else:
+            target_logits, target_cache = cache_for(model, target, need_target)
     if source_cache is None or any(h not in source_cache for h in spec.hooks) or source_logits is None:
         if source is None:
             raise ValueError("source images are needed (source_cache/source_logits do not cover the spec's hooks)")
@@ -321,12 +360,17 @@ def run_patch_spec(
     n_chunks = math.ceil(n_rows / batch_size)
     from tqdm.auto import tqdm
 
+    row_order = (torch.tensor(order)[:, None] * batch + torch.arange(batch)).reshape(-1)
     for c in tqdm(range(n_chunks), desc="patching", disable=not progress, leave=False):
-        rows = torch.arange(c * batch_size, min((c + 1) * batch_size, n_rows))
+        rows = row_order[c * batch_size : (c + 1) * batch_size]
         var_ids, img_ids = rows // batch, rows % batch
-        base = target_cache[start_hook][img_ids] if start_hook is not None else target[img_ids]
+        chunk_start = chunk_starts[c]
+        if chunk_start is None:
+            base = target[img_ids]
+        else:
+            base = target_cache[f"blocks.{chunk_start}.hook_resid_pre"][img_ids]
         ivs = _compile(spec, var_ids.tolist(), img_ids, source_cache, base.device)
-        logits, _ = run_interventions(model, base, ivs, start_layer=start)
+        logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start)
         values[rows] = metric(logits, img_ids.to(logits.device)).float().cpu()
     return PatchRun(
         values=values.view(len(spec.variants), batch),
@@ -334,7 +378,14 @@ def run_patch_spec(
         source_score=source_score.float().cpu(),
         n_forwards=n_chunks,
         start_layer=start,
+        info={"chunk_start_layers": chunk_starts},
     )
+
+
+def _chunk_starts(sorted_starts: list[int | None], batch: int, batch_size: int) -> list[int | None]:
+    """Start block of each chunk of the variant-major rows: that of the chunk's first (earliest) variant."""
+    n_rows = len(sorted_starts) * batch
+    return [sorted_starts[r // batch] for r in range(0, n_rows, batch_size)]
 
 
 def _compile(
