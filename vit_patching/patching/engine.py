@@ -234,16 +234,17 @@ class PatchRun:
     """Raw output of :func:`run_patch_spec`.
 
     Attributes:
-        values: Metric per variant and image ``[variant, batch]``.
-        target_score: Unpatched target-run metric per image ``[batch]``.
-        source_score: Unpatched source-run metric per image ``[batch]``.
+        values: Metric per variant and image ``[variant, batch]`` (``[variant, batch, *extra]`` for a metric
+            that returns more than one value per row).
+        target_score: Unpatched target-run metric per image ``[batch, *extra]``.
+        source_score: Unpatched source-run metric per image ``[batch, *extra]``.
         n_forwards: Patched forward passes run (chunks).
         start_layer: Block the patched runs started at (``None``: from images).
     """
 
-    values: Float[Tensor, "variant batch"]
-    target_score: Float[Tensor, " batch"]
-    source_score: Float[Tensor, " batch"]
+    values: Float[Tensor, "variant batch *extra"]
+    target_score: Float[Tensor, "batch *extra"]
+    source_score: Float[Tensor, "batch *extra"]
     n_forwards: int
     start_layer: int | None
     info: dict[str, Any] = field(default_factory=dict)
@@ -276,7 +277,8 @@ def run_patch_spec(
     Args:
         model: A HookedViT (eval-mode function; no dropout).
         spec: The variants to run.
-        metric: ``metric(logits [rows, n_classes], image_index [rows]) -> [rows]``.
+        metric: ``metric(logits [rows, n_classes], image_index [rows]) -> [rows, *extra]``; most metrics return
+            one value per row, an identity-like metric may keep every class (``extra = (n_classes,)``).
         target: Target images ``[batch, C, H, W]`` (the run that is patched into). Optional if
             ``target_cache`` holds the residual entering the start layer and ``target_logits`` are given.
         source: Source images (where patched values come from). Optional if ``source_cache`` has every hook.
@@ -286,7 +288,7 @@ def run_patch_spec(
         progress: Show a tqdm bar.
 
     Returns:
-        :class:`PatchRun` with ``values [variant, batch]`` and the unpatched baselines.
+        :class:`PatchRun` with ``values [variant, batch, *extra]`` and the unpatched baselines.
 
     Example:
         >>> spec = PatchSpec([(Site("blocks.2.hook_resid_pre", pos=p),) for p in range(model.cfg.n_pos)])
@@ -356,8 +358,9 @@ def run_patch_spec(
     source_score = metric(source_logits, image_ids)
 
     n_rows = len(spec.variants) * batch
-    values = torch.empty(n_rows, dtype=torch.float32)
     n_chunks = math.ceil(n_rows / batch_size)
+    uniform = _UniformSpec.build(spec)  # None unless every variant has the same hooks and index pattern
+    chunks: list[Tensor] = []  # kept on the device until the end: no host sync between chunks
     from tqdm.auto import tqdm
 
     row_order = (torch.tensor(order)[:, None] * batch + torch.arange(batch)).reshape(-1)
@@ -366,14 +369,20 @@ def run_patch_spec(
         var_ids, img_ids = rows // batch, rows % batch
         chunk_start = chunk_starts[c]
         if chunk_start is None:
-            base = target[img_ids]
+            base = target[img_ids.to(target.device)]
         else:
-            base = target_cache[f"blocks.{chunk_start}.hook_resid_pre"][img_ids]
-        ivs = _compile(spec, var_ids.tolist(), img_ids, source_cache, base.device)
+            prefix = target_cache[f"blocks.{chunk_start}.hook_resid_pre"]
+            base = prefix[img_ids.to(prefix.device)]
+        if uniform is not None:
+            ivs = uniform.compile(var_ids, img_ids, source_cache, base.device)
+        else:
+            ivs = _compile(spec, var_ids.tolist(), img_ids, source_cache, base.device)
         logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start)
-        values[rows] = metric(logits, img_ids.to(logits.device)).float().cpu()
+        chunks.append(metric(logits, img_ids.to(logits.device)).float())
+    values = torch.cat(chunks).cpu()
+    values = torch.empty_like(values).index_copy_(0, row_order, values)  # back to variant-major row order
     return PatchRun(
-        values=values.view(len(spec.variants), batch),
+        values=values.view(len(spec.variants), batch, *values.shape[1:]),
         target_score=target_score.float().cpu(),
         source_score=source_score.float().cpu(),
         n_forwards=n_chunks,
@@ -413,3 +422,57 @@ def _compile(
         )
         out.append(Intervention(hook, torch.tensor(rows, device=device), index, src[src_idx].to(device)))
     return out
+
+
+@dataclass
+class _UniformSpec:
+    """A spec whose variants all write the same hooks with the same index pattern, only at other indices.
+
+    (E.g. CAAP: variant ``i`` = the resid_pre of every window layer at position ``i``.) Its indices are stacked
+    once into tensors, so a chunk's writes are gathered with a few tensor ops instead of a Python loop over rows.
+
+    Attributes:
+        groups: ``(hook, which index axes are None, cols [variant, slots, n_indexed_axes])`` per hook and pattern.
+    """
+
+    groups: list[tuple[str, tuple[bool, ...], Tensor]]
+
+    @classmethod
+    def build(cls, spec: PatchSpec) -> "_UniformSpec | None":
+        def key(v: Variant) -> list[tuple[str, tuple[bool, ...]]]:
+            return sorted((s.hook, tuple(i is None for i in s.index())) for s in v)
+
+        first = key(spec.variants[0])
+        if any(key(v) != first for v in spec.variants[1:]):
+            return None
+        patterns = sorted(set(first))
+        cols = {p: [] for p in patterns}
+        for v in spec.variants:
+            per: dict[tuple[str, tuple[bool, ...]], list[list[int]]] = {p: [] for p in patterns}
+            for s in v:
+                idx = s.index()
+                per[(s.hook, tuple(i is None for i in idx))].append([i for i in idx if i is not None])
+            for p in patterns:
+                cols[p].append(per[p])
+        return cls([(h, none, torch.tensor(cols[(h, none)], dtype=torch.long)) for h, none in patterns])
+
+    def compile(
+        self, var_ids: Tensor, img_ids: Tensor, source_cache: dict[str, Tensor], device: torch.device
+    ) -> list[Intervention]:
+        out = []
+        for hook, is_none, cols in self.groups:
+            src = source_cache[hook]
+            c = cols.to(src.device)[var_ids.to(src.device)]  # [rows, slots, n_indexed]
+            n_slots = c.shape[1]
+            rows = torch.arange(len(var_ids), device=src.device).repeat_interleave(n_slots)
+            imgs = img_ids.to(src.device).repeat_interleave(n_slots)
+            flat = c.reshape(-1, c.shape[-1])
+            index, k = [], 0
+            for none in is_none:
+                index.append(None if none else flat[:, k])
+                k += not none
+            src_idx = (imgs,) + tuple(slice(None) if i is None else i for i in index)
+            out.append(Intervention(
+                hook, rows.to(device), tuple(None if i is None else i.to(device) for i in index), src[src_idx].to(device)
+            ))
+        return out
