@@ -533,6 +533,7 @@ class HookedViT(HookedRootModule):
         Returns:
             ``self``.
         """
+        self._check_processing(fold_ln, center_writing_weights)
         with torch.no_grad():
             if fold_ln:
                 self._fold_ln()
@@ -545,14 +546,26 @@ class HookedViT(HookedRootModule):
         self.setup()
         return self
 
+    def _check_processing(self, fold_ln: bool, center_writing_weights: bool) -> None:
+        """Refuse inexact processing before any weight is touched (no half-processed model on error)."""
+        cfg = self.cfg
+        if fold_ln:
+            if cfg.normalization_type == "LNPre":
+                raise ValueError("LayerNorms are already folded")
+            if cfg.global_pool in ("max", "avgmax") and cfg.final_norm:
+                raise UnsupportedModelError(
+                    f"cannot fold the per-token final norm through global_pool={cfg.global_pool!r} (not linear)"
+                )
+        if center_writing_weights:
+            if not (cfg.final_norm or cfg.fc_norm):
+                raise UnsupportedModelError("center_writing_weights needs a final norm or fc_norm reading the residual")
+            if cfg.fc_norm and cfg.global_pool in ("max", "avgmax"):
+                raise UnsupportedModelError(
+                    f"center_writing_weights does not commute with global_pool={cfg.global_pool!r}"
+                )
+
     def _fold_ln(self) -> None:
         cfg = self.cfg
-        if cfg.normalization_type == "LNPre":
-            raise ValueError("LayerNorms are already folded")
-        if cfg.global_pool in ("max", "avgmax") and cfg.final_norm:
-            raise UnsupportedModelError(
-                f"cannot fold the per-token final norm through global_pool={cfg.global_pool!r} (not linear)"
-            )
         for b in self.blocks:
             w, bb = b.ln1.w, b.ln1.b
             for n in "QKV":
@@ -575,10 +588,6 @@ class HookedViT(HookedRootModule):
 
     def _center_writing_weights(self) -> None:
         cfg = self.cfg
-        if not (cfg.final_norm or cfg.fc_norm):
-            raise UnsupportedModelError("center_writing_weights needs a final norm or fc_norm reading the residual")
-        if cfg.fc_norm and cfg.global_pool in ("max", "avgmax"):
-            raise UnsupportedModelError(f"center_writing_weights does not commute with global_pool={cfg.global_pool!r}")
 
         def center(t: Tensor) -> None:
             t.sub_(t.mean(-1, keepdim=True))
