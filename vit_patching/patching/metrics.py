@@ -7,7 +7,7 @@ one input image, whose target class (or classes) the metric looks up. Build them
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int

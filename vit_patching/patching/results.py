@@ -78,6 +78,56 @@ class PatchingResult:
         cols["recovery"] = self.normalized.reshape(-1).numpy()
         return pd.DataFrame(cols)
 
+    # ------------------------------------------------------------------ figures
+    def plot(
+        self,
+        kind: str | None = None,
+        *,
+        site: str | None = None,
+        receiver: int = 0,
+        image: int | None = None,
+        normalized: bool = True,
+        underlay: bool = True,
+        **kwargs: Any,
+    ):
+        """A Plotly figure of the result (returns ``plotly.graph_objects.Figure``; nothing is shown).
+
+        Kinds (default from the axes): ``"layer_grid"`` — one patch grid per (site, layer), the prefix tokens in
+        a strip, over the image when ``options["pixels"]`` holds it (axes ``site, layer, pos``);
+        ``"layer_head"`` — layer x head heatmap (axes ``site, layer, head``; for a path result whose senders
+        are single heads, the effect of each head through receiver ``receiver``); ``"head_facets"`` — patch
+        grids per (layer, head) (axes ``site, layer, pos, head``); ``"path"`` — sender x receiver heatmap.
+
+        Args:
+            kind: Figure kind (see above).
+            site: Show only this site (default: every site, as facet rows / stacked rows; ``head_facets``
+                needs one site when there are several).
+            receiver: Receiver column for ``kind="layer_head"`` on a path result.
+            image: Show this image's values (default the mean over images).
+            normalized: Plot recovery (0 = target run, 1 = source run) instead of the raw metric.
+            underlay: Draw the image under patch grids when the result carries ``options["pixels"]`` (the
+                image shown is ``image``, or the only one of a batch of one).
+            **kwargs: Passed to the plotting function (``title``, ``facet_px``, ``zmid``, ...).
+
+        Example:
+            >>> fig = layer_sweep(model, clean, corrupted).plot(site="resid_pre")
+            >>> fig.write_html("sweep.html")
+        """
+        from . import _plot
+
+        return _plot.plot_result(self, kind, site=site, receiver=receiver, image=image, normalized=normalized,
+                                 underlay=underlay, **kwargs)
+
+    def save_html(self, path: Any, **plot_kwargs: Any) -> Any:
+        """Write :meth:`plot` (with ``plot_kwargs``) as a standalone, offline HTML file; returns the path.
+
+        Example:
+            >>> res.save_html("heads.html", kind="layer_head")
+        """
+        from vit_patching.plotting import save_html
+
+        return save_html(self.plot(**plot_kwargs), path)
+
     def __repr__(self) -> str:
         dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.values.shape))
         return (
