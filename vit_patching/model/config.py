@@ -284,6 +284,10 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     except Exception:  # a bare model without pretrained_cfg still converts
         data_config = {}
     data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()}
+    if data_config:
+        # timm's pretrained_cfg keeps the registry size (224) when the model is built with another img_size;
+        # preprocess to the size this instance accepts.
+        data_config["input_size"] = [conv.in_channels, *_pair(pe.img_size or 224)]
 
     return ViTConfig(
         n_layers=len(blocks),

@@ -275,6 +275,7 @@ class HookedViT(HookedRootModule):
         if stop < start:
             raise ValueError(f"stop_at_layer ({stop}) must be >= start_at_layer ({start})")
         if start_at_layer is None:
+            self.check_images(input)  # clear errors before any (jaxtyping) annotation check of embed_input
             resid = self.embed_input(input)
         else:
             if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
