@@ -1,0 +1,409 @@
+"""The shared interface of every attribution method: :class:`AttributionMethod`, :class:`AttributionMaps` and the
+registry (:func:`get_method`, :func:`available_methods`, :func:`register_method`).
+
+A method is built once for a model (``get_method("rollout", model)``) and then explains any number of image
+batches with :meth:`AttributionMethod.attribute`. Every method returns maps at both resolutions:
+
+* ``patch_map [batch grid_h grid_w]``: one value per patch token (row-major grid from the model's patch size);
+* ``pixel_map [batch height width]``: one value per input pixel.
+
+Each method has a *native* resolution. Patch-native methods (attention, Grad-CAM, occlusion, AtMan, CAAP) are
+upsampled to pixels with :func:`vit_patching.evaluation.upsample_map` (``upsample`` option, bilinear by default,
+the metrics' own rule); pixel-native methods (Integrated Gradients, SmoothGrad, RISE) are summed over each patch.
+
+Example:
+    >>> from vit_patching.attribution import get_method
+    >>> maps = get_method("rollout", model).attribute(images)
+    >>> maps.patch_map.shape, maps.pixel_map.shape
+    (torch.Size([2, 4, 4]), torch.Size([2, 32, 32]))
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AttributionMaps",
+    "AttributionMethod",
+    "available_methods",
+    "get_method",
+    "image_seeds",
+    "patch_sums",
+    "register_method",
+]
+
+# Shapes of targets are checked by hand (``[batch]``), so the error names the argument.
+Target = int | Tensor | None
+
+
+# ------------------------------------------------------------------------------------------------------ result
+@dataclass
+class AttributionMaps:
+    """Attribution maps of one method for a batch of images.
+
+    Attributes:
+        patch_map: one value per patch ``[batch, grid_h, grid_w]``; higher = more evidence for ``target``.
+        pixel_map: one value per pixel ``[batch, height, width]``.
+        target: the class explained for each image ``[batch]``.
+        method: registry name of the method.
+        settings: everything needed to reproduce the maps (options, native resolution, upsampling, ...).
+        seconds: wall-clock seconds spent in :meth:`AttributionMethod.attribute` (including target resolution).
+
+    Example:
+        >>> maps = get_method("raw_attention", model).attribute(images)
+        >>> len(maps), maps.method
+        (2, 'raw_attention')
+    """
+
+    patch_map: Float[Tensor, "batch grid_h grid_w"]
+    pixel_map: Float[Tensor, "batch height width"]
+    target: Int[Tensor, "batch"]
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        b = self.patch_map.shape[0]
+        if self.pixel_map.shape[0] != b or self.target.shape[0] != b:
+            raise ValueError(
+                f"patch_map, pixel_map, target: expected the same batch size, got {tuple(self.patch_map.shape)}, "
+                f"{tuple(self.pixel_map.shape)}, {tuple(self.target.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.patch_map.shape[0]
+
+    @property
+    def seconds_per_image(self) -> float:
+        """``seconds`` divided by the number of images."""
+        return self.seconds / len(self)
+
+    @classmethod
+    def cat(cls, parts: Sequence["AttributionMaps"]) -> "AttributionMaps":
+        """Concatenate batches of the same method (seconds add up).
+
+        Example:
+            >>> both = AttributionMaps.cat([method.attribute(x[:2]), method.attribute(x[2:])])
+        """
+        if not parts:
+            raise ValueError("parts: expected at least one AttributionMaps, got an empty sequence")
+        names = {p.method for p in parts}
+        if len(names) != 1:
+            raise ValueError(f"parts: expected maps of one method, got methods {sorted(names)}")
+        return cls(
+            patch_map=torch.cat([p.patch_map for p in parts]),
+            pixel_map=torch.cat([p.pixel_map for p in parts]),
+            target=torch.cat([p.target for p in parts]),
+            method=parts[0].method,
+            settings=dict(parts[0].settings),
+            seconds=sum(p.seconds for p in parts),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_fraction(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
+    """Return ``value`` as a float if it lies in [0, 1] (ends excluded when asked), else raise a ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    v = float(value) if ok else float("nan")
+    lo_ok = v > 0 if open_low else v >= 0
+    hi_ok = v < 1 if open_high else v <= 1
+    if not (ok and lo_ok and hi_ok):
+        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def image_seeds(images: Float[Tensor, "batch channel height width"], seed: int) -> list[int]:
+    """One 63-bit seed per image from ``seed`` and the image's bytes.
+
+    Random methods (SmoothGrad noise, the random baseline) draw from these, so an image gets the same map
+    whatever batch, chunk or process it is explained in.
+
+    Example:
+        >>> x = torch.zeros(2, 3, 4, 4); x[1] += 1
+        >>> a, b = image_seeds(x, 0); a != b, image_seeds(x[1:], 0) == [b]
+        (True, True)
+    """
+    out = []
+    data = images.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    for img in data:
+        h = hashlib.blake2b(img.numpy().tobytes(), digest_size=8, key=str(int(seed)).encode())
+        out.append(int.from_bytes(h.digest(), "little") >> 1)
+    return out
+
+
+def patch_sums(
+    pixel_map: Float[Tensor, "batch height width"], patch_size: tuple[int, int]
+) -> Float[Tensor, "batch grid_h grid_w"]:
+    """Sum a pixel map over each ``patch_h x patch_w`` patch (pixels past the last whole patch are dropped).
+
+    Example:
+        >>> patch_sums(torch.ones(1, 4, 6), (2, 3))
+        tensor([[[6., 6.],
+                 [6., 6.]]])
+    """
+    ph, pw = patch_size
+    b, h, w = pixel_map.shape
+    gh, gw = h // ph, w // pw
+    cropped = pixel_map[:, : gh * ph, : gw * pw]
+    return cropped.reshape(b, gh, ph, gw, pw).sum(dim=(2, 4))
+
+
+# ------------------------------------------------------------------------------------------------------- base
+class AttributionMethod:
+    """Base class of all attribution methods (captum-style: build once, call :meth:`attribute` per batch).
+
+    Subclasses set :attr:`name`, :attr:`native` (``"patch"`` or ``"pixel"``) and :attr:`rows_per_image` and
+    implement :meth:`_attribute`, which receives a chunk of images with resolved targets and returns maps at the
+    native resolution. :meth:`attribute` does the validation, target resolution, chunking, timing and the
+    conversion to the other resolution.
+
+    Args:
+        model: a :class:`~vit_patching.model.HookedViT` with a classification head, in eval mode.
+        upsample: how patch-native maps become ``pixel_map``: ``"bilinear"`` (default, the metrics' rule) or
+            ``"nearest"``.
+
+    Example:
+        >>> class Ones(AttributionMethod):
+        ...     name, native = "ones", "patch"
+        ...     def _attribute(self, images, target, batch_size):
+        ...         return images.new_ones(images.shape[0], *self.model.grid_size_for(images))
+        >>> Ones(model).attribute(images).patch_map.shape
+        torch.Size([2, 4, 4])
+    """
+
+    name: ClassVar[str] = "base"
+    native: ClassVar[str] = "patch"
+    #: Forward rows one image costs, used to pick how many images go into one chunk of ``batch_size`` rows.
+    rows_per_image: int = 1
+    default_batch_size: ClassVar[int] = 64
+
+    def __init__(self, model: Any, *, upsample: str = "bilinear") -> None:
+        from vit_patching.model import HookedViT
+
+        if not isinstance(model, HookedViT):
+            raise TypeError(
+                f"model: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got {type(model).__name__}"
+            )
+        if not model.cfg.n_classes:
+            raise ValueError("model: expected a model with a classification head (n_classes > 0), got a headless model")
+        self.model = model
+        self.upsample = check_choice(upsample, ("bilinear", "nearest"), "upsample")
+
+    # -------------------------------------------------------------------------------------------- public
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The method's options, native resolution and resolution conversion (recorded with every result)."""
+        conversion = f"upsample_{self.upsample}" if self.native == "patch" else "sum_per_patch"
+        return {"method": self.name, "native": self.native, "conversion": conversion, **self.options()}
+
+    def options(self) -> dict[str, Any]:
+        """Method-specific options (override)."""
+        return {}
+
+    def attribute(
+        self,
+        images: Float[Tensor, "batch channel height width"],
+        target: Target = None,
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> AttributionMaps:
+        """Explain ``target`` for every image.
+
+        Args:
+            images: normalised images on the model's device, at the model's input size.
+            target: class per image (an int for all, or ``[batch]``); ``None`` = the model's top-1 prediction.
+            batch_size: forward-pass rows (images x perturbations / noise samples / suppressed tokens) per pass;
+                default :attr:`default_batch_size`.
+            progress: show a tqdm bar over the images.
+
+        Returns:
+            :class:`AttributionMaps` (maps on the CPU, float32).
+
+        Example:
+            >>> maps = get_method("gradcam", model).attribute(images, target=3, batch_size=16)
+        """
+        model = self.model
+        model.check_images(images)
+        if images.device != model.device:
+            raise ValueError(f"images: expected a tensor on the model's device {model.device}, got {images.device}")
+        if model.training:
+            raise ValueError("model: expected eval mode (call model.eval() first), got training=True")
+        bs = check_positive_int(self.default_batch_size if batch_size is None else batch_size, "batch_size")
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+        images = images.to(model.dtype)
+        start = time.perf_counter()
+        tgt = self._resolve_target(images, target, bs)
+        per_chunk = max(1, bs // max(1, self.rows_per_image_for(images)))
+        from tqdm.auto import tqdm
+
+        parts = []
+        with tqdm(total=images.shape[0], desc=self.name, unit="img", disable=not progress, leave=False) as bar:
+            for s in range(0, images.shape[0], per_chunk):
+                chunk = images[s : s + per_chunk]
+                parts.append(self._attribute(chunk, tgt[s : s + per_chunk], bs).detach().float().cpu())
+                bar.update(chunk.shape[0])
+        native = torch.cat(parts)
+        patch, pixel = self._both_resolutions(native, images)
+        seconds = time.perf_counter() - start
+        logger.debug("%s: %d images in %.3f s", self.name, images.shape[0], seconds)
+        return AttributionMaps(patch, pixel, tgt.cpu(), self.name, self.settings, seconds)
+
+    __call__ = attribute
+
+    # ---------------------------------------------------------------------------------------- subclass API
+    def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
+        """Native-resolution maps ``[chunk, grid_h, grid_w]`` or ``[chunk, H, W]`` for one chunk of images."""
+        raise NotImplementedError
+
+    def rows_per_image_for(self, images: Tensor) -> int:
+        """Forward rows per image for this input size (override when it depends on the grid)."""
+        return self.rows_per_image
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def _resolve_target(self, images: Tensor, target: Target, batch_size: int) -> Tensor:
+        batch = images.shape[0]
+        if target is None:
+            with torch.no_grad():
+                preds = [self.model(images[i : i + batch_size]).argmax(dim=-1) for i in range(0, batch, batch_size)]
+            return torch.cat(preds).to(images.device)
+        if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+            raise TypeError(f"target: expected None, an int or an integer tensor [batch], got {type(target).__name__}")
+        t = torch.as_tensor(target)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"target: expected one class per image, shape [{batch}], got shape {tuple(t.shape)}")
+        self.model.check_classes(t, "target")
+        return t.to(device=images.device, dtype=torch.long)
+
+    def _both_resolutions(self, native: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        from vit_patching.evaluation import upsample_map
+
+        h, w = images.shape[-2:]
+        grid = self.model.grid_size_for(images)
+        if self.native == "patch":
+            if tuple(native.shape[1:]) != grid:
+                raise RuntimeError(f"{self.name} returned maps of shape {tuple(native.shape)}, expected grid {grid}")
+            return native, upsample_map(native, (h, w), mode=self.upsample)
+        if tuple(native.shape[1:]) != (h, w):
+            raise RuntimeError(f"{self.name} returned maps of shape {tuple(native.shape)}, expected {(h, w)}")
+        return patch_sums(native, tuple(self.model.cfg.patch_size)), native
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+# --------------------------------------------------------------------------------------------------- registry
+# name -> (module, class). Modules are imported on first use, so the registry costs nothing at import.
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "raw_attention": ("vit_patching.attribution.attention", "RawAttention"),
+    "rollout": ("vit_patching.attribution.attention", "Rollout"),
+    "gae": ("vit_patching.attribution.attention", "GradientAttention"),
+    "gradcam": ("vit_patching.attribution.gradients", "GradCAM"),
+    "integrated_gradients": ("vit_patching.attribution.gradients", "IntegratedGradients"),
+    "smoothgrad": ("vit_patching.attribution.gradients", "SmoothGrad"),
+    "occlusion": ("vit_patching.attribution.perturbation", "Occlusion"),
+    "rise": ("vit_patching.attribution.perturbation", "RISE"),
+    "atman": ("vit_patching.attribution.perturbation", "AtMan"),
+    "caap": ("vit_patching.attribution.caap", "CAAPMethod"),
+    "random": ("vit_patching.attribution.sanity", "RandomMap"),
+    "center": ("vit_patching.attribution.sanity", "CenterGaussian"),
+}
+_USER: dict[str, type[AttributionMethod]] = {}
+
+
+def available_methods() -> list[str]:
+    """Names accepted by :func:`get_method`, built-in methods first in a fixed order.
+
+    Example:
+        >>> available_methods()[:3]
+        ['raw_attention', 'rollout', 'gae']
+    """
+    return list(_BUILTIN) + [n for n in _USER if n not in _BUILTIN]
+
+
+def register_method(name: str, cls: type[AttributionMethod]) -> None:
+    """Register a user method class under ``name`` (it must subclass :class:`AttributionMethod`).
+
+    Example:
+        >>> register_method("ones", Ones)
+        >>> get_method("ones", model)
+        Ones()
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty str, got {name!r}")
+    if name in _BUILTIN:
+        raise ValueError(f"name: {name!r} is a built-in method; choose another name")
+    if not (isinstance(cls, type) and issubclass(cls, AttributionMethod)):
+        raise TypeError(f"cls: expected a subclass of AttributionMethod, got {cls!r}")
+    _USER[name] = cls
+
+
+def method_class(name: str) -> type[AttributionMethod]:
+    """The class registered under ``name``."""
+    if name in _USER:
+        return _USER[name]
+    if name not in _BUILTIN:
+        raise ValueError(f"name: expected one of the attribution methods {available_methods()}, got {name!r}")
+    module, cls = _BUILTIN[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_method(name: str, model: Any, **options: Any) -> AttributionMethod:
+    """Build attribution method ``name`` for ``model``; ``options`` are the method's keyword arguments.
+
+    Args:
+        name: one of :func:`available_methods`.
+        model: a HookedViT with a classification head.
+        **options: method options, e.g. ``n_masks=500`` for ``"rise"``, ``n_steps=64`` for
+            ``"integrated_gradients"``; an unknown option raises a TypeError naming it.
+
+    Returns:
+        The method; call :meth:`AttributionMethod.attribute` on image batches.
+
+    Example:
+        >>> rise = get_method("rise", model, n_masks=500, seed=0)
+        >>> rise.attribute(images).pixel_map.shape
+        torch.Size([2, 32, 32])
+    """
+    cls = method_class(name)
+    try:
+        return cls(model, **options)
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e):
+            import inspect
+
+            allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+            raise TypeError(f"options: {name!r} takes options {allowed}, got {sorted(options)} ({e})") from None
+        raise
