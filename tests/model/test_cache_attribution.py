@@ -217,3 +217,12 @@ def test_transformer_lens_head_patching_runs(vit):
 
         manual = vit.run_with_hooks(corrupted, fwd_hooks=[("blocks.2.attn.hook_z", patch)])[:, 1].mean()
     torch.testing.assert_close(got[1], manual, atol=1e-6, rtol=0)
+
+
+def test_class_index_checks(vit):
+    assert vit.tokens_to_residual_directions([3, 7]).shape == (2, vit.cfg.d_model)
+    with pytest.raises(TypeError, match="integer class indices"):
+        vit.check_classes(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"got values in \[-1, 2\]"):
+        vit.check_classes(torch.tensor([-1, 2]), "target")
+    vit.check_classes(torch.tensor([0, 9]))

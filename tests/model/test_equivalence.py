@@ -155,3 +155,20 @@ def test_vit_base_full_size_matches_timm():
         out = model(x)
     rel = ((out - ref).abs().max() / ref.abs().max()).item()
     assert rel <= 1e-4, rel
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, dict(global_pool="avg", init_values=1e-5, qk_norm=True)], ids=["vit", "gap_ls_qknorm"]
+)
+def test_input_gradients_match_timm(kwargs):
+    """Gradient-based attribution needs the backward pass to match too, on the fused and the explicit path."""
+    m, model = make_pair(**kwargs)
+    x = images(2)
+    grads = []
+    for run in (m, model, lambda t: model.run_with_hooks(t, fwd_hooks=[(lambda n: "hook_pattern" in n, lambda a, hook: a)])):
+        xi = x.clone().requires_grad_(True)
+        run(xi)[:, 3].sum().backward()
+        grads.append(xi.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[2], grads[0], atol=1e-5, rtol=1e-4)

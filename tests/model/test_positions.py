@@ -91,3 +91,13 @@ def test_model_layouts():
     assert dyn.layout.grid_size == (4, 4)  # the configured size
     # the grid never comes from the last axis alone (64 here would give nonsense)
     assert dyn.grid_size_for(x) == (6, 8)
+
+
+def test_to_grid_accepts_any_dtype():
+    """Masks and indices are laid out on the grid too, not only float maps."""
+    layout = TokenLayout((2, 2), ("CLS",))
+    mask = torch.tensor([False, True, False, False, True])
+    assert layout.to_grid(mask).tolist() == [[True, False], [False, True]]
+    assert layout.from_grid(layout.to_grid(mask)).tolist() == [False, True, False, False, True]
+    idx = torch.arange(5)
+    assert layout.to_grid(idx).tolist() == [[1, 2], [3, 4]]

@@ -212,3 +212,21 @@ def test_fold_ln_twice_refused():
         before = model(x)
         model.process_weights_(center_writing_weights=True, fold_value_biases=True)
         torch.testing.assert_close(model(x), before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(global_pool="avg"), dict(num_classes=0)], ids=["token", "gap_fc_norm", "features"]
+)
+@pytest.mark.parametrize("process", [False, True])
+def test_state_dict_round_trip_through_the_config(kwargs, process):
+    """HookedViT(model.cfg) rebuilds the architecture, processed models included, and loads strictly."""
+    import copy
+
+    _, model = make_pair(**kwargs)
+    if process:
+        model.process_weights_(fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+    rebuilt = HookedViT(copy.deepcopy(model.cfg))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), atol=0, rtol=0)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -65,6 +65,10 @@ class HookedViT(HookedRootModule):
         if cfg.n_classes:
             self.head = Head(cfg)
             self.hook_logits = HookPoint()
+        if cfg.normalization_type == "LNPre":  # the config of a processed model: its folded norms have no affine
+            for ln in [n for b in self.blocks for n in (b.ln1, b.ln2)] + [self._head_norm()]:
+                if ln is not None:
+                    ln.remove_affine()
         self.setup()
         self.eval()
 
@@ -507,7 +511,7 @@ class HookedViT(HookedRootModule):
         self.check_classes(idx, "classes")
         return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
 
-    def check_classes(self, classes: Int[Tensor, "..."], name: str = "target") -> None:
+    def check_classes(self, classes: Tensor, name: str = "target") -> None:
         """Raise a clear error if any class index is out of range."""
         self._require_head()
         if classes.is_floating_point():
@@ -577,8 +581,8 @@ class HookedViT(HookedRootModule):
             b.mlp.b_in.add_(b.ln2.b @ b.mlp.W_in)
             b.mlp.W_in.mul_(b.ln2.w[:, None])
             b.ln2.remove_affine()
-        final = self.fc_norm if cfg.fc_norm else (self.ln_final if cfg.final_norm else None)
-        if final is not None and cfg.n_classes:
+        final = self._head_norm()
+        if final is not None:
             for wn, bn in (("W_H", "b_H"), ("W_H_dist", "b_H_dist")):
                 if hasattr(self.head, wn):
                     W = getattr(self.head, wn)
@@ -586,6 +590,13 @@ class HookedViT(HookedRootModule):
                     W.mul_(final.w[:, None])
             final.remove_affine()
         cfg.normalization_type = "LNPre"
+
+    def _head_norm(self) -> LayerNorm | None:
+        """The norm that ``fold_ln`` folds into the head: ``fc_norm``, else the per-token final norm."""
+        cfg = self.cfg
+        if not cfg.n_classes:
+            return None
+        return self.fc_norm if cfg.fc_norm else (self.ln_final if cfg.final_norm else None)
 
     def _center_writing_weights(self) -> None:
         cfg = self.cfg

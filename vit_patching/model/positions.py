@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Shaped
 from torch import Tensor
 
 
@@ -74,15 +74,15 @@ class TokenLayout:
         """Sequence positions of all patches, row-major."""
         return list(range(self.n_prefix, self.n_pos))
 
-    def to_grid(self, values: Float[Tensor, "*batch pos"]) -> Float[Tensor, "*batch grid_h grid_w"]:
+    def to_grid(self, values: Shaped[Tensor, "*batch pos"]) -> Shaped[Tensor, "*batch grid_h grid_w"]:
         """Reshape the patch slice of a ``[..., pos]`` tensor to ``[..., grid_h, grid_w]`` (prefix dropped)."""
         if values.shape[-1] != self.n_pos:
             raise ValueError(f"values must have {self.n_pos} positions on the last axis, got shape {tuple(values.shape)}")
         return values[..., self.n_prefix :].reshape(*values.shape[:-1], *self.grid_size)
 
     def from_grid(
-        self, grid: Float[Tensor, "*batch grid_h grid_w"], prefix_fill: float = 0.0
-    ) -> Float[Tensor, "*batch pos"]:
+        self, grid: Shaped[Tensor, "*batch grid_h grid_w"], prefix_fill: float = 0.0
+    ) -> Shaped[Tensor, "*batch pos"]:
         """Inverse of :meth:`to_grid`: flatten a grid and prepend ``prefix_fill`` for prefix tokens."""
         if tuple(grid.shape[-2:]) != self.grid_size:
             raise ValueError(f"grid must end in {self.grid_size}, got shape {tuple(grid.shape)}")
