@@ -466,7 +466,7 @@ class _UniformSpec:
             n_slots = c.shape[1]
             rows = torch.arange(len(var_ids), device=src.device).repeat_interleave(n_slots)
             imgs = img_ids.to(src.device).repeat_interleave(n_slots)
-            flat = c.reshape(-1, c.shape[-1])
+            flat = c.reshape(c.shape[0] * n_slots, c.shape[-1])  # explicit: 0 indexed axes is legal
             index, k = [], 0
             for none in is_none:
                 index.append(None if none else flat[:, k])
