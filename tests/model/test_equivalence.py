@@ -35,6 +35,14 @@ FEATURES = {
         dict(pre_norm=True, patch_bias=False, eps=1e-5, act_fn="quick_gelu"),
     ),
     "no_qkv_bias": ("vit_tiny_patch16_224", dict(qkv_bias=False), {}),
+    "no_proj_bias": ("vit_tiny_patch16_224", dict(proj_bias=False, qkv_bias=False), {}),
+    "mlp_ratio_2_5": ("vit_tiny_patch16_224", dict(mlp_ratio=2.5), dict(d_mlp=80)),
+    "one_channel": ("vit_tiny_patch16_224", dict(in_chans=1), dict(in_chans=1)),
+    "no_pos_embed_dynamic_gap": (
+        "vit_tiny_patch16_224",
+        dict(class_token=False, global_pool="avg", pos_embed="none", dynamic_img_size=True),
+        dict(has_pos_embed=False, n_prefix=0),
+    ),
     "qk_norm": ("vit_tiny_patch16_224", dict(qk_norm=True), dict(qk_norm=True)),
     "layer_scale": ("vit_tiny_patch16_224", dict(init_values=1e-5), {}),
     "pool_avg": ("vit_tiny_patch16_224", dict(global_pool="avg"), dict(global_pool="avg", fc_norm=True)),
@@ -78,7 +86,7 @@ def test_feature_matches_timm(feature):
     m, model = make_pair(name, **kwargs)
     for key, value in expected_cfg.items():
         assert getattr(model.cfg, key) == value, key
-    x = images(2, *_input_size(kwargs))
+    x = images(2, *_input_size(kwargs))[:, : kwargs.get("in_chans", 3)]
     ref_logits, ref_blocks = timm_block_outputs(m, x)
     with torch.no_grad():
         logits, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_resid_post"))

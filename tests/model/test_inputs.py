@@ -146,10 +146,11 @@ def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol):
         out = model(x)  # float32 input is cast to the model dtype
         m.to(dtype)
         ref = m(x.to(dtype))
-        _, cache = model.run_with_cache(x.to(dtype))  # explicit paths in low precision too
+        cached, cache = model.run_with_cache(x.to(dtype))  # explicit paths in low precision too
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=0)
     torch.testing.assert_close(out.float(), ref32, atol=5 * atol, rtol=0)
+    torch.testing.assert_close(cached.float(), ref.float(), atol=atol, rtol=0)
     assert cache["blocks.1.attn.hook_pattern"].dtype == dtype
     # converting a low-precision timm model keeps its dtype
     assert HookedViT.from_timm(m).dtype == dtype

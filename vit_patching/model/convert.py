@@ -85,7 +85,9 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
                 out[q + f"attn.{nm}.b"] = take(p + f"attn.{nm}.bias")
         w_o = take(p + "attn.proj.weight")
         b_o = take(p + "attn.proj.bias") if p + "attn.proj.bias" in src else torch.zeros(dm, dtype=w_o.dtype)
-        w_fc2, b_out = take(p + "mlp.fc2.weight"), take(p + "mlp.fc2.bias")
+        w_fc2 = take(p + "mlp.fc2.weight")
+        # proj_bias=False drops the attention-proj and MLP biases: exactly zero, as for qkv_bias=False.
+        b_out = take(p + "mlp.fc2.bias") if p + "mlp.fc2.bias" in src else torch.zeros(dm, dtype=w_fc2.dtype)
         # LayerScale folds exactly into the output projections (a per-channel scale of a linear map).
         if p + "ls1.gamma" in src:
             g = take(p + "ls1.gamma")
@@ -94,7 +96,10 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
             g = take(p + "ls2.gamma")
             w_fc2, b_out = w_fc2 * g[:, None], b_out * g
         out[q + "attn.w_proj"], out[q + "attn.b_O"] = w_o, b_o
-        out[q + "mlp.w_fc1"], out[q + "mlp.b_in"] = take(p + "mlp.fc1.weight"), take(p + "mlp.fc1.bias")
+        out[q + "mlp.w_fc1"] = take(p + "mlp.fc1.weight")
+        out[q + "mlp.b_in"] = (
+            take(p + "mlp.fc1.bias") if p + "mlp.fc1.bias" in src else torch.zeros(cfg.d_mlp, dtype=w_fc2.dtype)
+        )
         out[q + "mlp.w_fc2"], out[q + "mlp.b_out"] = w_fc2, b_out
 
     if cfg.final_norm:
