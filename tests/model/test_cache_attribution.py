@@ -226,3 +226,15 @@ def test_class_index_checks(vit):
     with pytest.raises(ValueError, match=r"got values in \[-1, 2\]"):
         vit.check_classes(torch.tensor([-1, 2]), "target")
     vit.check_classes(torch.tensor([0, 9]))
+
+
+def test_pre_norm_decomposition_starts_at_ln_pre_output():
+    """CLIP pre_norm: the stream starts at ln_pre's output, so the exact decomposition is blocks.0.hook_resid_pre
+    plus the block outputs (TransformerLens's decompose_resid() would add the raw embed + pos_embed instead)."""
+    _, model = make_pair(pre_norm=True, act_layer="quick_gelu")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(images(2))
+    parts = torch.cat([cache["blocks.0.hook_resid_pre"][None], cache.decompose_resid(incl_embeds=False)])
+    torch.testing.assert_close(parts.sum(0), cache["blocks.1.hook_resid_post"], **CLOSE)
+    contrib = head_contributions(model, cache, parts)
+    torch.testing.assert_close(contrib.sum(0) + head_bias(model, cache), logits, **CLOSE)
