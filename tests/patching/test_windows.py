@@ -1,0 +1,122 @@
+"""Layer-window selection: every score recomputed independently, the recommendation, figures, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from caap_toys import tiny_images, tiny_model
+from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
+from vit_patching.patching.caap import caap
+from vit_patching.patching.windows import all_windows, select_window
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    images = tiny_images(3, seed=7)
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[0, 0:8, 8:16] = True
+    masks[1, 20:30, 4:12] = True
+    masks[2, 10:14, 22:30] = True
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def selection(model, data):
+    images, masks = data
+    return select_window(model, images, masks=masks, neutral="blur", readout="prob")
+
+
+def test_every_window_is_scored_as_the_evaluation_module_scores_its_caap_map(model, data, selection):
+    images, masks = data
+    assert [(int(s), int(e)) for s, e in zip(selection.table["start"], selection.table["end"])] == all_windows(4)
+    for _, row in selection.table.iterrows():
+        w = (int(row["start"]), int(row["end"]))
+        attr = caap(model, images, window=w, neutral="blur", readout="prob")
+        torch.testing.assert_close(selection.maps[w], attr.map)
+        ins = insertion_auc(model, images, attr.map, attr.target, unit="patch").auc.mean().item()
+        dele = deletion_auc(model, images, attr.map, attr.target, unit="patch").auc.mean().item()
+        pg = pointing_game(attr.map, masks, tolerance=4).accuracy  # default tolerance: half a patch
+        assert row["insertion_auc"] == pytest.approx(ins, abs=1e-6)
+        assert row["deletion_auc"] == pytest.approx(dele, abs=1e-6)
+        assert row["ins_minus_del"] == pytest.approx(ins - dele, abs=1e-6)
+        assert row["pointing_game"] == pytest.approx(pg)
+        assert row["width"] == w[1] - w[0]
+
+
+def test_recommendation_follows_the_criterion(model, data, selection):
+    t = selection.table
+    best = t["ins_minus_del"].idxmax()
+    assert selection.recommended == (int(t["start"][best]), int(t["end"][best]))
+    images, masks = data
+    by_deletion = select_window(model, images, [(0, 1), (1, 3), (3, 4)], criterion="deletion", neutral="blur", readout="prob")
+    d = by_deletion.table
+    worst_first = d["deletion_auc"].idxmin()
+    assert by_deletion.recommended == (int(d["start"][worst_first]), int(d["end"][worst_first]))
+    assert "pointing_game" not in d.columns and len(d) == 3
+
+
+def test_per_image_table_averages_to_the_table(selection):
+    per = selection.per_image
+    assert len(per) == len(selection.table) * 3
+    means = per.groupby(["start", "end"])["insertion_auc"].mean()
+    for _, row in selection.table.iterrows():
+        assert means[(row["start"], row["end"])] == pytest.approx(row["insertion_auc"])
+
+
+def test_scores_grid_and_heatmap(selection):
+    grid = selection.scores("deletion_auc")
+    assert grid.shape == (4, 4)
+    for _, row in selection.table.iterrows():
+        assert grid[int(row["start"]), int(row["end"]) - 1].item() == pytest.approx(row["deletion_auc"])
+    assert math.isnan(grid[3, 0].item()) and math.isnan(grid[1, 0].item())  # end <= start: no window
+    fig = selection.heatmap()
+    best = [t for t in fig.data if (t.meta or {}).get("kind") == "best"][0].meta
+    s, e = selection.recommended
+    assert (best["start"], best["end"]) == (s, e - 1)  # grid column e-1 is labelled end = e
+    assert list(fig.layout.xaxis.ticktext)[best["end"]] == str(e)
+    high = [t for t in fig.data if (t.meta or {}).get("kind") == "highlight"][0].meta
+    assert (high["start"], high["end"]) == (s, e - 1)
+
+
+def test_slider_and_compare(selection):
+    fig = selection.slider(1, windows=[(0, 1), (0, 2), (0, 4)])
+    assert [st.label for st in fig.layout.sliders[0].steps] == ["[0, 1)", "[0, 2)", "[0, 4)"]
+    maps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(maps) == 3 and [t.visible for t in maps] == [True, False, False]
+    assert len([t for t in selection.slider(0).data if t.type == "heatmap"]) == 10
+    comp = selection.compare([(0, 2), (2, 4)], i=2, over_image=False)
+    assert sum(t.type == "heatmap" for t in comp.data) == 2
+    with pytest.raises(ValueError, match="windows"):
+        selection.slider(0, windows=[(0, 3), (5, 6)])
+    with pytest.raises(ValueError, match="i:"):
+        selection.compare(i=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(windows=[(0, 1), (2, 2)]), "windows[1]"),
+        (dict(windows=[(3, 1)]), "windows[0]"),
+        (dict(windows=[(0, 5)]), "windows[0]"),
+        (dict(windows=[(0, 1), (0, 1)]), "windows"),
+        (dict(windows=[]), "windows"),
+        (dict(criterion="best"), "criterion"),
+        (dict(criterion="pointing_game"), "masks"),
+        (dict(masks=torch.zeros(3, 16, 16)), "masks"),
+        (dict(score="rank"), "score"),
+        (dict(eval_kwargs={"unit": "pixel"}), "eval_kwargs"),
+        (dict(readout="margin"), "readout"),
+        (dict(target=9), "target"),
+    ],
+)
+def test_bad_input_names_the_argument(model, data, kwargs, name):
+    with pytest.raises((ValueError, TypeError)) as err:
+        select_window(model, data[0], **kwargs)
+    assert name in str(err.value)

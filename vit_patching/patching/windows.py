@@ -1,0 +1,294 @@
+"""Layer-window selection for CAAP: sweep ``[start, end)`` windows, score each map, recommend one.
+
+Every candidate window gets a CAAP map per image (all windows share one source run and one neutral prefix per
+start: :func:`~vit_patching.patching.caap.prepare_caap`). Each map is scored with the evaluation module's
+faithfulness metrics, patch by patch (``unit="patch"``): insertion AUC (higher is better; RISE's blurred
+substrate) and deletion AUC (lower is better; RISE's zero = mean-colour substrate), both on the softmax
+probability of the explained class; plus the pointing game where evidence masks are given. The recommended
+window maximises the criterion (default: insertion - deletion) averaged over the images. Select on held-out
+images, never on the images you report.
+
+Example:
+    >>> from vit_patching.zoo import load_model, load_dataset
+    >>> batch = load_dataset("shapes", n=8, seed=1)
+    >>> sel = select_window(load_model(), batch.images, masks=batch.masks)
+    >>> sel.recommended, len(sel.table)                    # 4 layers: 10 windows
+    >>> sel.heatmap().show(); sel.slider(0).show()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int, Shaped
+from torch import Tensor
+
+from .caap import (
+    DEFAULT_NEUTRAL, DEFAULT_READOUT, _check_batch_size, _check_choice, _check_model, caap_from_context,
+    check_window, prepare_caap,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CRITERIA", "WindowSelection", "all_windows", "select_window"]
+
+#: Criterion -> (table column, higher is better).
+CRITERIA: dict[str, tuple[str, bool]] = {
+    "ins_minus_del": ("ins_minus_del", True),
+    "insertion": ("insertion_auc", True),
+    "deletion": ("deletion_auc", False),
+    "pointing_game": ("pointing_game", True),
+}
+_METRICS: dict[str, bool] = {"insertion_auc": True, "deletion_auc": False, "ins_minus_del": True, "pointing_game": True}
+
+
+def all_windows(n_layers: int) -> list[tuple[int, int]]:
+    """Every window ``[start, end)`` with ``0 <= start < end <= n_layers`` (``L (L + 1) / 2`` of them).
+
+    Example:
+        >>> all_windows(2)
+        [(0, 1), (0, 2), (1, 2)]
+    """
+    return [(s, e) for s in range(n_layers) for e in range(s + 1, n_layers + 1)]
+
+
+def _window_label(w: tuple[int, int]) -> str:
+    return f"[{w[0]}, {w[1]})"
+
+
+@dataclass
+class WindowSelection:
+    """Scores of CAAP layer windows and the recommended window.
+
+    Attributes:
+        table: One row per window (mean over images): ``start``, ``end``, ``width``, ``insertion_auc``,
+            ``deletion_auc``, ``ins_minus_del`` and ``pointing_game`` (with masks).
+        per_image: The same metrics per window and image (long format, column ``image``).
+        recommended: The window with the best mean ``criterion`` (ties: the earlier row).
+        criterion: Name of the selection criterion (a key of :data:`CRITERIA`).
+        n_layers: Depth of the model.
+        maps: CAAP patch maps per window ``{(start, end): [batch, grid_h, grid_w]}``.
+        pixels: The images in [0, 1] ``[batch, channel, height, width]`` (for overlays).
+        options: CAAP and evaluation settings.
+
+    Example:
+        >>> sel.table.sort_values("ins_minus_del", ascending=False).head(3)
+        >>> sel.heatmap("deletion_auc")
+    """
+
+    table: Any
+    per_image: Any
+    recommended: tuple[int, int]
+    criterion: str
+    n_layers: int
+    maps: dict[tuple[int, int], Tensor]
+    pixels: Tensor
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _metric(self, metric: str | None) -> str:
+        metric = CRITERIA[self.criterion][0] if metric is None else metric
+        available = [m for m in _METRICS if m in self.table.columns]
+        _check_choice(metric, available, "metric")
+        return metric
+
+    def scores(self, metric: str | None = None) -> Float[Tensor, "start end"]:
+        """Mean ``metric`` as a ``[start, end - 1]`` grid (``L x L``), NaN for windows not evaluated.
+
+        Example:
+            >>> sel.scores("insertion_auc")[0, 1]      # window [0, 2)
+        """
+        metric = self._metric(metric)
+        grid = torch.full((self.n_layers, self.n_layers), float("nan"), dtype=torch.float64)
+        for s, e, v in zip(self.table["start"], self.table["end"], self.table[metric]):
+            grid[int(s), int(e) - 1] = float(v)
+        return grid
+
+    def heatmap(self, metric: str | None = None, title: str | None = None):
+        """Start x end heatmap of a metric (default: the criterion), best window starred, recommended boxed."""
+        from vit_patching.plotting import window_heatmap
+
+        metric = self._metric(metric)
+        L = self.n_layers
+        return window_heatmap(
+            self.scores(metric), metric_name=metric, higher_is_better=_METRICS[metric],
+            highlight=(self.recommended[0], self.recommended[1] - 1),
+            start_labels=[str(s) for s in range(L)], end_labels=[str(e) for e in range(1, L + 1)],
+            title=f"CAAP layer windows: {metric}" if title is None else title,
+        )
+
+    def _check_windows(self, windows: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
+        windows = sorted(self.maps) if windows is None else [tuple(w) for w in windows]
+        missing = [w for w in windows if w not in self.maps]
+        if not windows or missing:
+            raise ValueError(f"windows: expected evaluated windows (see .table), got {missing or windows}")
+        return windows
+
+    def _check_image(self, i: int) -> None:
+        n = self.pixels.shape[0]
+        if not isinstance(i, int) or not 0 <= i < n:
+            raise ValueError(f"i: expected an image index in [0, {n}), got {i!r}")
+
+    def slider(self, i: int = 0, windows: Sequence[tuple[int, int]] | None = None, over_image: bool = True):
+        """One figure with a slider that steps through the maps of image ``i`` window by window.
+
+        Example:
+            >>> sel.slider(0, windows=[(0, 1), (0, 2), (0, 3), (0, 4)])   # widen the window step by step
+        """
+        from vit_patching.plotting import window_slider
+
+        self._check_image(i)
+        windows = self._check_windows(windows)
+        return window_slider(
+            [self.maps[w][i] for w in windows], [_window_label(w) for w in windows],
+            self.pixels[i] if over_image else None, upsample=self.options["upsample"],
+            title="CAAP window", value_label=self.options["readout"],
+        )
+
+    def compare(self, windows: Sequence[tuple[int, int]] | None = None, i: int = 0, over_image: bool = True):
+        """The maps of image ``i`` for several windows side by side (default: every window)."""
+        from vit_patching.plotting import compare_maps
+
+        self._check_image(i)
+        windows = self._check_windows(windows)
+        return compare_maps(
+            {_window_label(w): self.maps[w][i] for w in windows}, self.pixels[i] if over_image else None,
+            upsample=self.options["upsample"], value_label=self.options["readout"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowSelection(windows={len(self.table)}, recommended={self.recommended}, "
+            f"criterion={self.criterion!r}, images={self.pixels.shape[0]})"
+        )
+
+
+def select_window(
+    model: Any,
+    images: Float[Tensor, "batch channel height width"],
+    windows: Sequence[tuple[int, int]] | None = None,
+    *,
+    target: int | Int[Tensor, " batch"] | None = None,
+    masks: Shaped[Tensor, "batch height width"] | None = None,
+    criterion: str = "ins_minus_del",
+    neutral: str | Float[Tensor, "..."] = DEFAULT_NEUTRAL,
+    site: str = "resid_pre",
+    readout: str = DEFAULT_READOUT,
+    include_prefix: bool = False,
+    reference: Float[Tensor, "ref channel height width"] | None = None,
+    blur_sigma: float | None = None,
+    upsample: str = "nearest",
+    score: str = "prob",
+    pg_tolerance: int | float | None = None,
+    eval_kwargs: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> WindowSelection:
+    """Score CAAP maps of every candidate layer window and recommend one.
+
+    Args:
+        model: A HookedViT with a classification head.
+        images: Held-out normalised images ``[batch, C, H, W]``.
+        windows: Candidate ``(start, end)`` windows; ``None`` = all ``L (L + 1) / 2``.
+        target: Class per image; ``None`` = the prediction (also the class the metrics score).
+        masks: Evidence masks ``[batch, H, W]`` (non-zero = evidence) for the pointing game, optional.
+        criterion: ``"ins_minus_del"`` (default), ``"insertion"``, ``"deletion"`` or ``"pointing_game"``.
+        neutral, site, readout, include_prefix, reference, blur_sigma, upsample: CAAP options (see
+            :func:`~vit_patching.patching.caap.caap`).
+        score: Score of the insertion/deletion curves: ``"prob"`` (RISE) or ``"logit"``.
+        pg_tolerance: Pointing-game tolerance in pixels (default: half a patch).
+        eval_kwargs: Extra keyword arguments for :func:`~vit_patching.evaluation.insertion_deletion` (both
+            modes), e.g. ``{"step": 2}``.
+        batch_size: Rows per forward pass, for CAAP and the metrics.
+        progress: Show a tqdm bar over the windows.
+
+    Returns:
+        A :class:`WindowSelection`.
+
+    Raises:
+        ValueError: a bad window (naming ``windows``), an unknown criterion, ``criterion="pointing_game"``
+            without masks, masks of the wrong shape, or any CAAP input error.
+
+    Example:
+        >>> sel = select_window(model, images, [(0, 1), (0, 2), (1, 3)], masks=masks)
+        >>> sel.recommended
+        (0, 2)
+    """
+    import pandas as pd
+
+    from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
+    from vit_patching.evaluation.perturbation import check_choice as _eval_choice
+
+    _check_model(model)
+    model.check_images(images)
+    _check_batch_size(batch_size)
+    L = model.cfg.n_layers
+    if windows is None:
+        windows = all_windows(L)
+    elif isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence) or len(windows) == 0:
+        raise ValueError(f"windows: expected a non-empty sequence of (start, end) pairs or None, got {windows!r}")
+    windows = [check_window(w, L, name=f"windows[{k}]") for k, w in enumerate(windows)]
+    if len(set(windows)) != len(windows):
+        raise ValueError(f"windows: expected distinct windows, got duplicates in {windows}")
+    _check_choice(criterion, list(CRITERIA), "criterion")
+    _eval_choice("score", score, ("prob", "logit"))
+    if masks is not None:
+        if not isinstance(masks, Tensor) or masks.shape != (images.shape[0], *images.shape[-2:]):
+            raise ValueError(
+                f"masks: expected [batch, height, width] = {[images.shape[0], *images.shape[-2:]]}, "
+                f"got {tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}"
+            )
+    elif criterion == "pointing_game":
+        raise ValueError("masks: criterion='pointing_game' needs evidence masks, got None")
+    tolerance = model.cfg.patch_size[0] / 2 if pg_tolerance is None else pg_tolerance
+    eval_kwargs = dict(eval_kwargs or {})
+    reserved = {"mode", "unit", "score", "targets", "batch_size"} & set(eval_kwargs)
+    if reserved:
+        raise ValueError(f"eval_kwargs: {sorted(reserved)} are set by select_window, got them in eval_kwargs")
+
+    ctx = prepare_caap(
+        model, images, starts=[w[0] for w in windows], layers=range(min(w[0] for w in windows), max(w[1] for w in windows)),
+        target=target, neutral=neutral, site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
+    )
+    targets = ctx.target.to(images.device)
+    from tqdm.auto import tqdm
+
+    rows, per_image, maps = [], [], {}
+    pixels = None
+    for w in tqdm(windows, desc="windows", disable=not progress, leave=False):
+        attr = caap_from_context(
+            model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size
+        )
+        pixels = attr.pixels
+        maps[w] = attr.map
+        common = dict(targets=targets, unit="patch", score=score, batch_size=batch_size, **eval_kwargs)
+        ins = insertion_auc(model, images, attr.map.to(images.device), **common).auc.double().cpu()
+        dele = deletion_auc(model, images, attr.map.to(images.device), **common).auc.double().cpu()
+        metrics = {"insertion_auc": ins, "deletion_auc": dele, "ins_minus_del": ins - dele}
+        if masks is not None:
+            pg = pointing_game(attr.map, masks.cpu(), tolerance=tolerance)
+            metrics["pointing_game"] = torch.where(pg.valid, pg.hits.double(), torch.nan)
+        rows.append({"start": w[0], "end": w[1], "width": w[1] - w[0], **{k: float(v.nanmean()) for k, v in metrics.items()}})
+        for b in range(images.shape[0]):
+            per_image.append({"start": w[0], "end": w[1], "image": b, **{k: float(v[b]) for k, v in metrics.items()}})
+    table = pd.DataFrame(rows)
+    column, higher = CRITERIA[criterion]
+    values = torch.tensor(table[column].to_numpy(), dtype=torch.float64)
+    values = torch.where(values.isnan(), torch.tensor(-torch.inf if higher else torch.inf, dtype=torch.float64), values)
+    best = int(values.argmax() if higher else values.argmin())  # first best row on ties
+    recommended = windows[best]
+    options = dict(ctx.options)
+    options.update(
+        readout=readout, include_prefix=include_prefix, upsample=upsample, score=score, unit="patch",
+        insertion_substrate=eval_kwargs.get("substrate", "blur"), deletion_substrate=eval_kwargs.get("substrate", "zero"),
+        pg_tolerance=tolerance if masks is not None else None, batch_size=batch_size, n_images=images.shape[0],
+        **{k: v for k, v in eval_kwargs.items() if k != "substrate"},
+    )
+    logger.info("select_window: recommended %s by %s = %.4g", recommended, column, float(table[column][best]))
+    return WindowSelection(
+        table=table, per_image=pd.DataFrame(per_image), recommended=recommended, criterion=criterion,
+        n_layers=L, maps=maps, pixels=pixels, options=options,
+    )
