@@ -133,6 +133,7 @@ class IntegratedGradients(_CaptumPixelMethod):
         from vit_patching.attribution.perturbation import check_neutral
 
         self.baseline = check_neutral(baseline)
+        import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
     @property
     def rows_per_image(self) -> int:  # type: ignore[override]
@@ -206,6 +207,7 @@ class SmoothGrad(_CaptumPixelMethod):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
         self.seed = seed
+        import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
     @property
     def rows_per_image(self) -> int:  # type: ignore[override]

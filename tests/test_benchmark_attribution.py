@@ -1,0 +1,212 @@
+"""The attribution benchmark: statistics, resume, sharding (in-process and with 2 real processes), outputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit_patching.attribution import get_method
+from vit_patching.attribution.benchmark import (
+    BenchmarkConfig,
+    BenchmarkData,
+    chunk_ranges,
+    evaluate_maps,
+    markdown_table,
+    mean_ci,
+    merge,
+    run_shard,
+    t_quantile,
+    update_docs,
+    write_csv,
+)
+from vit_patching.model import HookedViT
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 5}
+
+
+def tiny_model() -> HookedViT:
+    torch.manual_seed(0)
+    return HookedViT.from_timm("vit_tiny_patch16_224", **TINY)
+
+
+def tiny_data(n: int = 5, masks: bool = True) -> BenchmarkData:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
+    m = torch.zeros(n, 32, 32, dtype=torch.bool)
+    m[:, 8:20, 4:16] = True
+    m[-1] = False  # an empty mask: the pointing game must skip it
+    return BenchmarkData(images=images, labels=torch.arange(n) % 5, masks=m if masks else None, source={"data": "test"})
+
+
+CFG = dict(methods=["rollout", "random"], chunk_size=2, batch_size=32)
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def test_t_quantile_known_values():
+    # Reference values from standard t tables (7 digits).
+    for df, ref in [(1, 12.7062047), (2, 4.3026527), (5, 2.5705818), (10, 2.2281389), (63, 1.9983405), (1000, 1.9623391)]:
+        assert t_quantile(0.975, df) == pytest.approx(ref, abs=1e-6)
+    assert t_quantile(0.5, 7) == 0.0 and t_quantile(0.025, 5) == -t_quantile(0.975, 5)
+    with pytest.raises(ValueError, match="p: expected a probability"):
+        t_quantile(1.0, 3)
+
+
+def test_mean_ci_ignores_nan_and_matches_the_formula():
+    mean, half, n = mean_ci([1.0, 2.0, float("nan"), 4.0])
+    sd = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    assert (mean, n) == (pytest.approx(7 / 3), 3) and half == pytest.approx(4.3026527 * sd / math.sqrt(3), rel=1e-6)
+    assert math.isnan(mean_ci([2.0])[1]) and mean_ci([])[2] == 0
+
+
+def test_chunks_and_config_errors():
+    assert chunk_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    with pytest.raises(ValueError, match="unit: expected one of"):
+        BenchmarkConfig(methods=["rollout"], unit="row")
+    with pytest.raises(ValueError, match="method_options: options given for methods not in the run"):
+        BenchmarkConfig(methods=["rollout"], method_options={"rise": {"n_masks": 3}})
+    with pytest.raises(ValueError, match="chunk_size: expected a positive int"):
+        BenchmarkConfig(methods=["rollout"], chunk_size=0)
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def test_evaluate_maps_uses_the_evaluation_metrics():
+    from vit_patching import evaluation as ev
+
+    model, data = tiny_model(), tiny_data(3)
+    maps = get_method("gae", model).attribute(data.images)
+    metrics, curves = evaluate_maps(model, data.images, maps, data.labels, data.masks, batch_size=32, pg_tolerance=0)
+    assert sorted(metrics) == sorted(["insertion", "deletion", "ins_minus_del", "pos_perturbation", "neg_perturbation",
+                                      "pointing_game", "energy_pg", "mask_iou", "mask_ap"])
+    ins = ev.insertion_auc(model, data.images, maps.patch_map, maps.target, unit="patch")
+    assert metrics["insertion"] == pytest.approx(ins.auc.tolist())
+    assert len(curves["insertion"][0]) == 17  # 16 patches + the start
+    pos = ev.perturbation_test(model, data.images, maps.patch_map, data.labels, order="positive", unit="patch",
+                               substrate=ev.black_substrate((0.5,) * 3, (0.5,) * 3))
+    assert sum(metrics["pos_perturbation"]) / 3 == pytest.approx(pos.auc)  # per-image AUCs average to the set AUC
+    assert math.isnan(metrics["pointing_game"][2])  # empty mask
+    no_masks, _ = evaluate_maps(model, data.images, maps, None, None)
+    assert "pointing_game" not in no_masks
+
+
+# ------------------------------------------------------------------------------------------ resume and sharding
+def test_resume_skips_finished_chunks_and_redoes_stale_ones(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    cfg = BenchmarkConfig(**CFG)
+    assert run_shard(model, data, cfg, tmp_path) == {"computed": 6, "skipped": 0}
+    first = (tmp_path / "partials/random/000002-000004.json").read_text()
+    assert run_shard(model, data, cfg, tmp_path) == {"computed": 0, "skipped": 6}
+    (tmp_path / "partials/rollout/000000-000002.json").unlink()  # a chunk lost in an interrupted run
+    (tmp_path / "partials/random/000004-000005.json").write_text("{truncated")  # a corrupt file
+    assert run_shard(model, data, cfg, tmp_path) == {"computed": 2, "skipped": 4}
+    changed = BenchmarkConfig(**{**CFG, "method_options": {"random": {"seed": 1}}})
+    assert run_shard(model, data, changed, tmp_path) == {"computed": 3, "skipped": 3}  # new settings: recomputed
+    assert (tmp_path / "partials/random/000002-000004.json").read_text() != first
+    other = tiny_data()
+    other.images[3] += 0.5  # different images in chunk [2, 4): its results no longer apply
+    assert run_shard(model, other, changed, tmp_path) == {"computed": 2, "skipped": 4}
+    assert run_shard(model, data, cfg, tmp_path, resume=False) == {"computed": 6, "skipped": 0}
+
+
+def test_manual_shards_merge_to_the_single_process_result(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    cfg = BenchmarkConfig(**CFG)
+    run_shard(model, data, cfg, tmp_path / "one")
+    with pytest.raises(RuntimeError, match="results are missing"):
+        run_shard(model, data, cfg, tmp_path / "two", rank=1, world_size=2)
+        merge(model, data, cfg, tmp_path / "two")
+    run_shard(model, data, cfg, tmp_path / "two", rank=0, world_size=2)
+    one, two = merge(model, data, cfg, tmp_path / "one"), merge(model, data, cfg, tmp_path / "two")
+    strip = lambda rows: [r for r in rows if r["metric"] != "seconds_per_image"]  # noqa: E731
+    assert json.dumps(strip(one.rows)) == json.dumps(strip(two.rows))
+    assert one.per_image == two.per_image and torch.equal(one.patch_maps["rollout"], two.patch_maps["rollout"])
+    assert one.row("rollout", "pointing_game")["n"] == 4  # the empty mask is excluded
+    with pytest.raises(ValueError, match="rank, world_size"):
+        run_shard(model, data, cfg, tmp_path, rank=2, world_size=2)
+
+
+def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    cfg = BenchmarkConfig(methods=["rollout", "caap", "random"], method_options={"caap": {"window": (0, 1)}}, chunk_size=5)
+    run_shard(model, data, cfg, tmp_path)
+    result = merge(model, data, cfg, tmp_path)
+    table = markdown_table(result)
+    lines = table.splitlines()
+    assert lines[0].count("|") == 1 + 9 + 2  # method + 9 metrics + time
+    assert [l.split("|")[1].strip() for l in lines[2:5]] == ["rollout", "**caap**", "random"]
+    assert "Rank of `caap`" in table and "Speed rank of `caap`" in table
+    for metric in ("insertion", "deletion", "mask_ap"):
+        means = {m: result.row(m, metric)["mean"] for m in cfg.methods}
+        best = max(means.values()) if metric != "deletion" else min(means.values())
+        assert all((result.row(m, metric)["rank"] == 1) == (means[m] == best) for m in cfg.methods)
+    csv = write_csv(result, tmp_path / "results.csv").read_text().splitlines()
+    assert csv[0] == "method,metric,higher_is_better,mean,ci95,n,rank,n_methods" and len(csv) == 1 + 3 * 10
+    doc = tmp_path / "bench.md"
+    update_docs(doc, "tiny", "### tiny\nv1")
+    update_docs(doc, "other", "### other\nw")
+    update_docs(doc, "tiny", "### tiny\nv2")
+    text = doc.read_text()
+    assert "v2" in text and "v1" not in text and text.index("tiny") < text.index("other")
+
+
+# --------------------------------------------------------------------------------------- script, 2 processes
+def _image_folder(root: Path, n: int = 6) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    for i in range(n):
+        a = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        r, c = rng.integers(0, 24, 2)
+        a[r : r + 8, c : c + 8] = (255, 0, 0)
+        m = np.zeros((32, 32), np.uint8)
+        m[r : r + 8, c : c + 8] = 255
+        Image.fromarray(a).save(root / "img" / f"im{i}.png")
+        Image.fromarray(m).save(root / "mask" / f"im{i}.png")
+    return root / "img", root / "mask"
+
+
+def _without_timing(out: Path) -> tuple[list[str], list[str]]:
+    csv = [l for l in (out / "results.csv").read_text().splitlines() if ",seconds_per_image," not in l]
+    md = [l.rsplit("|", 2)[0] if l.startswith("|") else l for l in (out / "results.md").read_text().splitlines()
+          if not l.startswith("Speed rank")]
+    return csv, md
+
+
+def test_script_two_processes_equal_one_process(tmp_path):
+    images, masks = _image_folder(tmp_path / "data")
+    args = [
+        "scripts/benchmark_attribution.py", "--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY),
+        "--images", str(images), "--masks", str(masks), "--n", "6", "--chunk-size", "2",
+        "--methods", "rollout,gae,occlusion,smoothgrad,caap", "--option", "smoothgrad.n_samples=4",
+        "--option", "caap.window=(0, 1)", "--no-png", "--threads", "1", "--no-progress",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    two = subprocess.run(
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "29563", *args, "--out", str(tmp_path / "two")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "rank 0/2" in two.stderr and "rank 1/2" in two.stderr  # really two processes, each with its shard
+    assert "rank 0/1" in one.stderr
+    assert _without_timing(tmp_path / "one") == _without_timing(tmp_path / "two")
+    shards = {p.name for p in (tmp_path / "two" / "partials" / "gae").iterdir()}
+    assert shards == {"000000-000002.json", "000002-000004.json", "000004-000006.json"}
+    assert (tmp_path / "two" / "curves.html").stat().st_size > 100_000  # plotly.js embedded once, offline
+    rerun = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "0 chunks computed, 15 resumed" in rerun.stderr
