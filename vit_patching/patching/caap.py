@@ -458,6 +458,11 @@ class Attribution:
         if not isinstance(i, int) or not 0 <= i < self.map.shape[0]:
             raise ValueError(f"i: expected an image index in [0, {self.map.shape[0]}), got {i!r}")
 
+    def zmid(self, i: int = 0) -> float:
+        """Centre of the diverging colour scale for image ``i``: the unpatched neutral score (0 for ``delta_*``),
+        so colours show how much each patch raises or lowers the score relative to the neutral context."""
+        return float(self.neutral_score[i])
+
     def _title(self, i: int) -> str:
         return f"CAAP window [{self.window[0]}, {self.window[1]}), class {int(self.target[i])}"
 
@@ -466,7 +471,9 @@ class Attribution:
         from vit_patching.plotting import patch_map
 
         self._check_index(i)
-        return patch_map(self.map[i], title=self._title(i) if title is None else title, value_label=self.readout)
+        return patch_map(
+            self.map[i], title=self._title(i) if title is None else title, value_label=self.readout, zmid=self.zmid(i)
+        )
 
     def overlay(self, i: int = 0, title: str | None = None, upsample: str | None = None):
         """The map of image ``i`` drawn over the image (Plotly figure)."""
@@ -475,7 +482,7 @@ class Attribution:
         self._check_index(i)
         return attribution_overlay(
             self.pixels[i], self.map[i], upsample=upsample or self.options["upsample"],
-            title=self._title(i) if title is None else title, value_label=self.readout,
+            title=self._title(i) if title is None else title, value_label=self.readout, zmid=self.zmid(i),
         )
 
     def __repr__(self) -> str:
@@ -503,6 +510,7 @@ def compare_attributions(
     return compare_maps(
         {k: a.map[i] for k, a in attributions.items()}, first.pixels[i] if over_image else None,
         shared_scale=shared_scale, upsample=first.options["upsample"], title=title, value_label=first.readout,
+        zmid=first.zmid(i),
     )
 
 

@@ -74,6 +74,7 @@ class WindowSelection:
         maps: CAAP patch maps per window ``{(start, end): [batch, grid_h, grid_w]}``.
         pixels: The images in [0, 1] ``[batch, channel, height, width]`` (for overlays).
         options: CAAP and evaluation settings.
+        zmid: Centre of the figures' diverging colour scale per image (the unpatched neutral score).
 
     Example:
         >>> sel.table.sort_values("ins_minus_del", ascending=False).head(3)
@@ -88,6 +89,7 @@ class WindowSelection:
     maps: dict[tuple[int, int], Tensor]
     pixels: Tensor
     options: dict[str, Any] = field(default_factory=dict)
+    zmid: list[float] = field(default_factory=list)
 
     def _metric(self, metric: str | None) -> str:
         metric = CRITERIA[self.criterion][0] if metric is None else metric
@@ -145,7 +147,7 @@ class WindowSelection:
         return window_slider(
             [self.maps[w][i] for w in windows], [_window_label(w) for w in windows],
             self.pixels[i] if over_image else None, upsample=self.options["upsample"],
-            title="CAAP window", value_label=self.options["readout"],
+            title="CAAP window", value_label=self.options["readout"], zmid=self.zmid[i],
         )
 
     def compare(self, windows: Sequence[tuple[int, int]] | None = None, i: int = 0, over_image: bool = True):
@@ -156,7 +158,7 @@ class WindowSelection:
         windows = self._check_windows(windows)
         return compare_maps(
             {_window_label(w): self.maps[w][i] for w in windows}, self.pixels[i] if over_image else None,
-            upsample=self.options["upsample"], value_label=self.options["readout"],
+            upsample=self.options["upsample"], value_label=self.options["readout"], zmid=self.zmid[i],
         )
 
     def __repr__(self) -> str:
@@ -262,7 +264,8 @@ def select_window(
         attr = caap_from_context(
             model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size
         )
-        pixels = attr.pixels
+        # The colour-scale centre is the neutral score: equal for every window unless neutral='mean_activations'.
+        pixels, zmid = attr.pixels, attr.neutral_score.tolist()
         maps[w] = attr.map
         common = dict(targets=targets, unit="patch", score=score, batch_size=batch_size, **eval_kwargs)
         ins = insertion_auc(model, images, attr.map.to(images.device), **common).auc.double().cpu()
@@ -290,5 +293,5 @@ def select_window(
     logger.info("select_window: recommended %s by %s = %.4g", recommended, column, float(table[column][best]))
     return WindowSelection(
         table=table, per_image=pd.DataFrame(per_image), recommended=recommended, criterion=criterion,
-        n_layers=L, maps=maps, pixels=pixels, options=options,
+        n_layers=L, maps=maps, pixels=pixels, options=options, zmid=zmid,
     )
