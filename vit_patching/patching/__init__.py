@@ -6,10 +6,15 @@ from .results import PatchingResult
 from .heads import HEAD_SITES, patch_heads
 from .paths import Node, all_heads, all_senders, direct_path_patch, path_patch
 from .sweeps import BLOCK_EVERY_SITES, SWEEP_SITES, block_every, layer_sweep
+# The function lives at vit_patching.patching.caap.caap; it is not re-exported here, because that would shadow
+# the submodule ``vit_patching.patching.caap`` (``from vit_patching.patching import caap`` must give the module).
+from .caap import Attribution, compare_attributions
+from .windows import WindowSelection, select_window
 
 __all__ = [
     "Intervention", "PatchRun", "PatchSpec", "Site", "run_interventions", "run_patch_spec",
     "logit_diff", "recovery", "target_logit", "target_prob", "PatchingResult",
     "HEAD_SITES", "patch_heads", "Node", "all_heads", "all_senders", "direct_path_patch", "path_patch",
     "BLOCK_EVERY_SITES", "SWEEP_SITES", "block_every", "layer_sweep",
+    "Attribution", "compare_attributions", "WindowSelection", "select_window",
 ]
