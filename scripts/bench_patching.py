@@ -9,6 +9,8 @@ Usage:
         [--batch-size 512] [--threads 2]
 
 Prints both times and the ratio TransformerLens / ours (target >= 5 on CPU for the default 6-layer model).
+TransformerLens runs as it is called (autograd on: ``generic_activation_patch`` does not disable it);
+``--tl-no-grad`` wraps it in ``torch.no_grad()`` for the compute-only comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512, help="our rows per forward pass")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tl-no-grad", action="store_true",
+                    help="run TransformerLens under torch.no_grad() (by default it runs as called: autograd on)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -60,8 +64,8 @@ def main() -> None:
     def theirs():
         _, clean_cache = model.run_with_cache(clean)
         index_df = pd.DataFrame([(l, p) for l in range(n_layers) for p in range(n_pos)], columns=["layer", "pos"])
-        with torch.no_grad():
-            return tlp.get_act_patch_resid_pre(model, corrupted, clean_cache, lambda lg: metric(lg, ids),
+        with torch.set_grad_enabled(not args.tl_no_grad):
+            return tlp.get_act_patch_resid_pre(model, corrupted, clean_cache, lambda lg: metric(lg, ids).detach(),
                                                index_axis_names=None, index_df=index_df, reduce="none")
 
     ours()  # warm-up
@@ -74,6 +78,7 @@ def main() -> None:
     err = (res.values[0] - tl.values.view(n_layers, n_pos, -1).to(res.values)).abs().max().item()
     print(f"model: {n_layers} layers, width {args.width}, {args.img}x{args.img} patch {args.patch} -> {n_pos} positions; "
           f"{args.batch} image pairs; {n_layers * n_pos} cells; device {args.device}, {args.threads} threads")
+    print(f"transformer_lens runs with autograd {'off (--tl-no-grad)' if args.tl_no_grad else 'on, as it is called'}")
     print(f"transformer_lens get_act_patch_resid_pre: {t_tl:8.2f} s  ({n_layers * n_pos} forwards)")
     print(f"vit_patching layer_sweep:                 {t_ours:8.2f} s  ({res.n_forwards} forwards of <= "
           f"{args.batch_size} rows, from cached prefixes)")
