@@ -320,7 +320,9 @@ def path_patch(
             freezes nothing (then a sender -> ``logits`` path is plain patching of the sender).
         direction: ``"denoising"`` (clean senders into the corrupted run) or ``"noising"`` (IOI's convention:
             corrupted senders into the clean run).
-        batch_size: Rows per forward pass (run 1: sender x image; run 2: sender x receiver x image).
+        batch_size: Rows per forward pass (run 1: sender x image; run 2: sender x receiver x image). Run 1
+            keeps the receivers' inputs of its rows: ``[batch_size, pos, head, d_model]`` per q/k/v input hook,
+            so lower it for large models.
         progress: Show a tqdm bar.
         pixels: Optional display images (kept in ``options`` for figures).
 
@@ -387,31 +389,40 @@ def path_patch(
                 ok = torch.tensor([valid[int(s)][j] for s in s_ids])
                 values[s_ids[ok], j, img_ids[ok]] = score1[ok]
             # Run-2 rows (run-1 row, receiver set) for the pairs that can carry an effect.
-            pairs = sorted(((i, j) for i in range(len(r1)) for j in input_cols if valid[int(s_ids[i])][j]),
-                           key=lambda p: receiver_start[p[1]])
-            for sub in row_chunks(len(pairs), batch_size):
-                part = [pairs[k] for k in sub.tolist()]
-                start2 = receiver_start[part[0][1]]
-                local = torch.tensor([i for i, _ in part])
-                entries = [(h, head, k, i) for k, (i, j) in enumerate(part) for n in receiver_sets[j]
-                           for h, head in _receiver_hooks(n, L)]
-
-                def recorded_values(hook: str, keys: list[int], heads: Tensor | None) -> Tensor:
-                    idx = torch.tensor(keys, device=device)
-                    return recorded[hook][idx] if heads is None else recorded[hook][idx, :, heads]
-
-                ivs2 = _write_groups(entries, device, False, recorded_values)
-                imgs2 = img_ids[local].to(device)
-                logits2, _ = run_interventions(
-                    model, target_cache[f"blocks.{start2}.hook_resid_pre"][imgs2], ivs2, start_layer=start2
-                )
+            pairs = [(i, j) for i in range(len(r1)) for j in input_cols if valid[int(s_ids[i])][j]]
+            for local, cols, score2 in _receiver_runs(model, pairs, recorded, receiver_sets, receiver_start,
+                                                     img_ids, target_cache, fn, batch_size):
                 n_forwards += 1
-                score2 = fn(logits2, imgs2).float().cpu()
-                values[s_ids[local], torch.tensor([j for _, j in part]), img_ids[local]] = score2
+                values[s_ids[local], cols, img_ids[local]] = score2
         ids = torch.arange(batch, device=device)
         source_score, target_score = fn(source_logits, ids), fn(target_logits, ids)
     return _result(values, sender_sets, receiver_sets, source_score, target_score, metric_name, direction,
                    "path_patch", layout, pixels, n_forwards, {"freeze": freeze_names, "batch_size": batch_size})
+
+
+def _receiver_runs(model: Any, pairs: list[tuple[int, int]], recorded: dict[str, Tensor],
+                   receiver_sets: list[NodeSet], receiver_start: list[int], img_ids: Tensor,
+                   target_cache: dict[str, Tensor], fn: Metric, batch_size: int):
+    """Run 2 of path patching for one run-1 chunk: the target run with only the receivers' inputs set to
+    their recorded run-1 values; yields ``(run-1 rows, receiver columns, metric)`` per forward pass."""
+    L = model.cfg.n_layers
+    device = next(iter(target_cache.values())).device
+    pairs = sorted(pairs, key=lambda p: receiver_start[p[1]])  # later receivers start later
+
+    def recorded_values(hook: str, keys: list[int], heads: Tensor | None) -> Tensor:
+        idx = torch.tensor(keys, device=device)
+        return recorded[hook][idx] if heads is None else recorded[hook][idx, :, heads]
+
+    for sub in row_chunks(len(pairs), batch_size):
+        part = [pairs[k] for k in sub.tolist()]
+        start = receiver_start[part[0][1]]
+        local = torch.tensor([i for i, _ in part])
+        entries = [(h, head, k, i) for k, (i, j) in enumerate(part) for n in receiver_sets[j]
+                   for h, head in _receiver_hooks(n, L)]
+        imgs = img_ids[local].to(device)
+        logits, _ = run_interventions(model, target_cache[f"blocks.{start}.hook_resid_pre"][imgs],
+                                      _write_groups(entries, device, False, recorded_values), start_layer=start)
+        yield local, torch.tensor([j for _, j in part]), fn(logits, imgs).float().cpu()
 
 
 def _sender_delta(node: Node, imgs: Tensor, source_cache: dict, target_cache: dict, model: Any) -> Tensor:
