@@ -53,6 +53,8 @@ def test_layer_sweep_equals_transformer_lens(model, direction):
     torch.testing.assert_close(res.source_score, m(model(source), ids), atol=ATOL, rtol=0)
     torch.testing.assert_close(res.normalized, (res.values - res.target_score) / (res.source_score - res.target_score))
     assert res.direction == direction
+    torch.testing.assert_close(res.clean_score, m(model(clean), ids), atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.corrupted_score, m(model(corrupted), ids), atol=ATOL, rtol=0)
 
 
 def test_layer_sweep_equals_naive_loop_with_prefix_tokens(reg_model):

@@ -56,6 +56,16 @@ class PatchingResult:
         """Recovery: 0 = unpatched target run, 1 = unpatched source run, per image."""
         return recovery(self.values, self.target_score, self.source_score)
 
+    @property
+    def clean_score(self) -> Float[Tensor, " batch"]:
+        """Unpatched metric of the clean run (the source when denoising, the target when noising)."""
+        return self.source_score if self.direction == "denoising" else self.target_score
+
+    @property
+    def corrupted_score(self) -> Float[Tensor, " batch"]:
+        """Unpatched metric of the corrupted run."""
+        return self.target_score if self.direction == "denoising" else self.source_score
+
     def mean(self, normalized: bool = True) -> Float[Tensor, "..."]:
         """Mean over images (NaN-aware for normalised values)."""
         v = self.normalized if normalized else self.values
