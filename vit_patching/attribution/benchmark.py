@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -768,8 +768,3 @@ def update_docs(path: str | os.PathLike, key: str, section: str, header: str = "
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-def settings_for_json(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """The config as plain JSON data."""
-    return asdict(cfg)
