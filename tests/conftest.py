@@ -8,3 +8,8 @@ from jaxtyping import install_import_hook
 
 # Installed for the whole session (not as a context manager), so lazily imported submodules are checked too.
 _HOOK = install_import_hook("vit_patching", "beartype.beartype")
+
+import torch  # noqa: E402
+
+# Tiny test models run fastest single-threaded; pytest -n 2 already uses both cores.
+torch.set_num_threads(1)

@@ -229,12 +229,16 @@ def test_class_index_checks(vit):
 
 
 def test_pre_norm_decomposition_starts_at_ln_pre_output():
-    """CLIP pre_norm: the stream starts at ln_pre's output, so the exact decomposition is blocks.0.hook_resid_pre
-    plus the block outputs (TransformerLens's decompose_resid() would add the raw embed + pos_embed instead)."""
+    """CLIP pre_norm: the stream starts at ln_pre's output, so decompose_resid() starts from
+    blocks.0.hook_resid_pre (TransformerLens's own would add the raw embed + pos_embed instead)."""
     _, model = make_pair(pre_norm=True, act_layer="quick_gelu")
     with torch.no_grad():
         logits, cache = model.run_with_cache(images(2))
-    parts = torch.cat([cache["blocks.0.hook_resid_pre"][None], cache.decompose_resid(incl_embeds=False)])
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert labels[0] == "embed_ln_pre" and labels[1:] == ["0_attn_out", "0_mlp_out", "1_attn_out", "1_mlp_out"]
+    torch.testing.assert_close(parts[0], cache["blocks.0.hook_resid_pre"])
     torch.testing.assert_close(parts.sum(0), cache["blocks.1.hook_resid_post"], **CLOSE)
+    # The raw embeddings do not sum to the stream here: the override is needed.
+    assert not torch.allclose(cache["hook_embed"] + cache["hook_pos_embed"], cache["blocks.0.hook_resid_pre"])
     contrib = head_contributions(model, cache, parts)
     torch.testing.assert_close(contrib.sum(0) + head_bias(model, cache), logits, **CLOSE)

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from .cache import ViTActivationCache
 from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
 from .convert import convert_timm_state_dict
@@ -402,7 +403,7 @@ class HookedViT(HookedRootModule):
             self.context_level -= 1
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns ``(output, ActivationCache)`` (TransformerLens semantics).
+        """Run and cache activations; returns ``(output, ViTActivationCache)`` (TransformerLens semantics).
 
         Example:
             >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_z"))
@@ -416,7 +417,7 @@ class HookedViT(HookedRootModule):
                 raise ValueError(f"unknown hook point {name!r} in names_filter; see model.hook_dict")
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+            return out, ViTActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache_dict
 
     # ------------------------------------------------------------------ weights
