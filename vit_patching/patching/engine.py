@@ -462,7 +462,7 @@ class _UniformSpec:
         out = []
         for hook, is_none, cols in self.groups:
             src = source_cache[hook]
-            c = cols.to(src.device)[var_ids.to(src.device)]  # [rows, slots, n_indexed]
+            c = cols[var_ids.cpu()].to(src.device)  # [rows, slots, n_indexed]; gathered on the host, one small copy
             n_slots = c.shape[1]
             rows = torch.arange(len(var_ids), device=src.device).repeat_interleave(n_slots)
             imgs = img_ids.to(src.device).repeat_interleave(n_slots)
