@@ -4,12 +4,14 @@ Protocol (numbers recorded in docs/caap_defaults.md):
 
 1. Selection split: ``--n`` held-out images of each model's dataset (seed ``--seed``). For every neutral context
    and every window ``[start, end)`` (logit readout), ``select_window`` scores the CAAP maps by insertion AUC
-   (higher is better, blurred substrate), deletion AUC (lower is better, mean-colour substrate), both on the
+   (higher is better) and deletion AUC (lower is better), both from/to the zero (mean-colour) substrate, on the
    softmax probability of the predicted class, patch by patch in steps of ``--step`` patches, and by the
    pointing game (tolerance half a patch) against the evidence masks.
 2. Readouts: ``prob`` against ``logit`` at each neutral's best window (``delta_*`` readouts rank patches exactly
    like their plain versions, so their rank metrics are identical and are not re-measured).
-3. Reference rows: a random map and the embedding-only window [0, 1) (= single-patch pixel insertion, caap.md 6.1).
+3. Reference rows: a random map (also scored with RISE's blurred insertion substrate, and the class probability of
+   the blurred and the zero image: why select_window's insertion starts from the zero image). The window [0, 1)
+   in the sweep is single-patch pixel insertion (caap.md 6.1).
 4. Confirmation split: the chosen defaults on a second, disjoint set of images (seed ``--seed + 1``).
 
 Usage:
@@ -41,16 +43,24 @@ def load(name: str, weights: str | None):
 
 
 def random_map_scores(model, batch, step: int, seed: int) -> dict[str, float]:
-    from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
+    """A random map's scores (zero substrates, as select_window), plus RISE's blurred insertion for reference."""
+    from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
 
     gh, gw = model.cfg.grid_size
     maps = torch.rand(batch.images.shape[0], gh, gw, generator=torch.Generator().manual_seed(seed))
     kw = dict(unit="patch", step=step)
-    ins = insertion_auc(model, batch.images, maps, **kw).auc.double()
-    dele = deletion_auc(model, batch.images, maps, **kw).auc.double()
+    ins = insertion_auc(model, batch.images, maps, substrate="zero", **kw).auc.double()
+    dele = deletion_auc(model, batch.images, maps, substrate="zero", **kw).auc.double()
+    ins_blur = insertion_auc(model, batch.images, maps, substrate="blur", **kw).auc.double()
     pg = pointing_game(maps, batch.masks, tolerance=model.cfg.patch_size[0] / 2).accuracy
+    with torch.no_grad():
+        target = model(batch.images).argmax(-1)
+        p_blur = model(make_substrate(batch.images, "blur")).softmax(-1).gather(1, target[:, None]).mean()
+        p_zero = model(make_substrate(batch.images, "zero")).softmax(-1).gather(1, target[:, None]).mean()
     return {"insertion_auc": float(ins.mean()), "deletion_auc": float(dele.mean()),
-            "ins_minus_del": float((ins - dele).mean()), "pointing_game": pg}
+            "ins_minus_del": float((ins - dele).mean()), "pointing_game": pg,
+            "insertion_auc_blur_substrate": float(ins_blur.mean()),
+            "prob_of_blurred_image": float(p_blur), "prob_of_zero_image": float(p_zero)}
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ def test_every_window_is_scored_as_the_evaluation_module_scores_its_caap_map(mod
         w = (int(row["start"]), int(row["end"]))
         attr = caap(model, images, window=w, neutral="blur", readout="prob")
         torch.testing.assert_close(selection.maps[w], attr.map)
-        ins = insertion_auc(model, images, attr.map, attr.target, unit="patch").auc.mean().item()
-        dele = deletion_auc(model, images, attr.map, attr.target, unit="patch").auc.mean().item()
+        ins = insertion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zero").auc.mean().item()
+        dele = deletion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zero").auc.mean().item()
         pg = pointing_game(attr.map, masks, tolerance=4).accuracy  # default tolerance: half a patch
         assert row["insertion_auc"] == pytest.approx(ins, abs=1e-6)
         assert row["deletion_auc"] == pytest.approx(dele, abs=1e-6)
@@ -60,6 +60,19 @@ def test_recommendation_follows_the_criterion(model, data, selection):
     worst_first = d["deletion_auc"].idxmin()
     assert by_deletion.recommended == (int(d["start"][worst_first]), int(d["end"][worst_first]))
     assert "pointing_game" not in d.columns and len(d) == 3
+
+
+def test_substrates_and_eval_kwargs_are_passed_on(model, data):
+    images, _ = data
+    w = (1, 3)
+    sel = select_window(model, images, [w], insertion_substrate="blur", deletion_substrate="mean", eval_kwargs={"step": 3})
+    attr = caap(model, images, window=w)
+    kw = dict(unit="patch", step=3)
+    ins = insertion_auc(model, images, attr.map, attr.target, substrate="blur", **kw).auc.mean().item()
+    dele = deletion_auc(model, images, attr.map, attr.target, substrate="mean", **kw).auc.mean().item()
+    assert sel.table["insertion_auc"][0] == pytest.approx(ins, abs=1e-6)
+    assert sel.table["deletion_auc"][0] == pytest.approx(dele, abs=1e-6)
+    assert sel.options["insertion_substrate"] == "blur" and sel.options["step"] == 3
 
 
 def test_per_image_table_averages_to_the_table(selection):
@@ -112,6 +125,8 @@ def test_slider_and_compare(selection):
         (dict(masks=torch.zeros(3, 16, 16)), "masks"),
         (dict(score="rank"), "score"),
         (dict(eval_kwargs={"unit": "pixel"}), "eval_kwargs"),
+        (dict(eval_kwargs={"substrate": "blur"}), "eval_kwargs"),
+        (dict(insertion_substrate="noise"), "substrate"),
         (dict(readout="margin"), "readout"),
         (dict(target=9), "target"),
     ],
