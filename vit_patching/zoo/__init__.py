@@ -1,0 +1,164 @@
+"""Model zoo: small ViTs trained on synthetic localisation benchmarks, shipped inside the package.
+
+Everything works offline: datasets are generated procedurally, weights are read from
+``vit_patching/zoo/weights/*.safetensors``. timm and the HookedViT are imported only when a model is loaded.
+
+Models (``available_models()``):
+
+* ``toy-shapes`` (default): plain ViT with CLS-token pooling, classifies the shape of the one vivid object.
+* ``toy-conjunction``: ViT with 4 register tokens and average pooling, classifies which pair of coloured parts
+  is present (one part alone is uninformative).
+
+Example:
+    >>> from vit_patching.zoo import load_dataset, load_timm_model
+    >>> batch = load_dataset("shapes", n=16, seed=0)
+    >>> model = load_timm_model("toy-shapes")
+    >>> model(batch.images).shape
+    torch.Size([16, 4])
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vit_patching.zoo.datasets import TASKS, ToyBatch, ToyDataset, generate
+from vit_patching.zoo.registry import DEFAULT_MODEL, MODEL_SPECS, ModelSpec, get_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from timm.models.vision_transformer import VisionTransformer
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelSpec",
+    "ToyBatch",
+    "ToyDataset",
+    "available_datasets",
+    "available_models",
+    "get_spec",
+    "load_dataset",
+    "load_model",
+    "load_timm_model",
+    "model_card",
+]
+
+
+def available_models() -> list[str]:
+    """Names accepted by ``load_model`` / ``load_timm_model``.
+
+    Example:
+        >>> available_models()
+        ['toy-conjunction', 'toy-shapes']
+    """
+    return sorted(MODEL_SPECS)
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by ``load_dataset``.
+
+    Example:
+        >>> available_datasets()
+        ['conjunction', 'shapes']
+    """
+    return sorted(TASKS)
+
+
+def load_dataset(name: str, n: int, seed: int = 0, *, progress: bool = False) -> ToyBatch:
+    """Generate ``n`` images of toy dataset ``name`` with labels and evidence masks.
+
+    Deterministic in ``seed``; the first ``k`` images do not depend on ``n``. The zoo models never saw the
+    images of small seeds (their training seeds are 62-bit random draws), so any seed gives held-out data.
+
+    Args:
+        name: ``"shapes"`` or ``"conjunction"`` (see ``available_datasets()``).
+        n: number of images (positive).
+        seed: non-negative random seed.
+        progress: show a tqdm bar.
+
+    Returns:
+        A ``ToyBatch``: ``images`` (normalised model input), ``pixels`` in [0, 1], ``labels``, ``masks``
+        (True on the class-defining pixels) and ``class_names``.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones), bad ``n`` or ``seed``.
+
+    Example:
+        >>> b = load_dataset("conjunction", n=4, seed=0)
+        >>> b.images.shape, b.masks.dtype
+        (torch.Size([4, 3, 64, 64]), torch.bool)
+    """
+    if name not in TASKS:
+        raise ValueError(f"name: expected one of the zoo datasets {available_datasets()}, got {name!r}")
+    return generate(name, n, seed, progress=progress)  # type: ignore[arg-type]
+
+
+def load_timm_model(name: str = DEFAULT_MODEL) -> "VisionTransformer":
+    """The trained timm ``VisionTransformer`` ``name``, in eval mode, from the shipped safetensors weights.
+
+    Loading is strict and never unpickles (``safetensors.torch.load_file``); no network access. The model's
+    ``pretrained_cfg`` makes ``timm.data.resolve_data_config({}, model=m)`` + ``create_transform`` reproduce
+    ``ToyBatch.images`` from a 64x64 PIL image.
+
+    Args:
+        name: a zoo model (see ``available_models()``); default ``"toy-shapes"``.
+
+    Returns:
+        The timm model.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+        FileNotFoundError: the weights file is missing from the installation.
+
+    Example:
+        >>> m = load_timm_model("toy-conjunction")
+        >>> m.training, m.num_classes
+        (False, 3)
+    """
+    from safetensors.torch import load_file
+
+    from vit_patching.zoo.registry import build_timm_model
+
+    spec = get_spec(name)
+    path = spec.weights_path
+    if not path.is_file():
+        raise FileNotFoundError(f"weights of zoo model {name!r} not found at {path}")
+    model = build_timm_model(name)
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval()
+
+
+def load_model(name: str = DEFAULT_MODEL) -> Any:
+    """The trained zoo model ``name`` as a ``HookedViT`` (``HookedViT.from_timm(load_timm_model(name))``).
+
+    Args:
+        name: a zoo model (see ``available_models()``); default ``"toy-shapes"``.
+
+    Returns:
+        The HookedViT; ``model(batch.images)`` gives logits ``[batch, n_classes]``.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+
+    Example:
+        >>> model = load_model("toy-shapes")
+        >>> model(load_dataset("shapes", n=2, seed=0).images).shape
+        torch.Size([2, 4])
+    """
+    timm_model = load_timm_model(name)
+    from vit_patching.model import HookedViT
+
+    return HookedViT.from_timm(timm_model)
+
+
+def model_card(name: str = DEFAULT_MODEL) -> str:
+    """The shipped model card (markdown) of zoo model ``name``.
+
+    Args:
+        name: a zoo model (see ``available_models()``).
+
+    Returns:
+        The card text.
+
+    Example:
+        >>> model_card("toy-shapes").startswith("# toy-shapes")
+        True
+    """
+    return get_spec(name).card_path.read_text()
