@@ -218,3 +218,15 @@ def test_unknown_names_and_bad_arguments():
         load_dataset("shapes", 4, -1)
     with pytest.raises(ValueError, match="objects"):
         render_scenes(sample_scenes("shapes", 2, 0), objects="some")  # type: ignore[arg-type]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import vit_patching.zoo as zoo
+    import vit_patching.zoo.datasets as datasets
+    import vit_patching.zoo.registry as registry
+
+    for module in (zoo, datasets, registry):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, (module.__name__, result)
