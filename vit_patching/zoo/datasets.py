@@ -35,7 +35,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int64
@@ -49,7 +48,6 @@ __all__ = [
     "CHUNK",
     "CLASS_HUES",
     "CONJUNCTION_CLASS_NAMES",
-    "DATASETS",
     "DISTRACTOR_HUES",
     "GAP",
     "HUE_JITTER",
@@ -638,8 +636,3 @@ class ToyDataset(Dataset):
             return b.images[index], b.labels[index], b.masks[index]
         return b.images[index], b.labels[index]
 
-
-#: name -> generator; the public ``load_dataset`` uses this table.
-DATASETS: dict[str, Callable[..., ToyBatch]] = {
-    task: (lambda n, seed, _t=task, **kw: generate(_t, n, seed, **kw)) for task in TASKS
-}
