@@ -54,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=8, help="images per chunk (sharding and resume unit)")
     p.add_argument("--batch-size", type=int, default=64, help="forward rows per pass")
     p.add_argument("--pg-tolerance", type=float, default=None, help="pointing-game tolerance in px (default 15*H/224)")
+    p.add_argument("--insertion-substrate", choices=("blur", "zero", "mean"), default="blur",
+                   help="insertion start image (RISE: blur; use zero where the blurred image keeps the class)")
+    p.add_argument("--deletion-substrate", choices=("zero", "blur", "mean"), default="zero",
+                   help="what deleted patches become (RISE: zero = dataset-mean colour)")
     p.add_argument("--out", default="out/bench", help="output folder")
     p.add_argument("--no-resume", action="store_true", help="recompute chunks that already have results")
     p.add_argument("--merge-only", action="store_true", help="only merge existing partial results")
@@ -173,6 +177,7 @@ def main(argv=None) -> int:
     cfg = BenchmarkConfig(
         methods=methods, method_options=parse_options(args.option), unit=args.unit, target=args.target,
         chunk_size=args.chunk_size, batch_size=args.batch_size, pg_tolerance=args.pg_tolerance,
+        insertion_substrate=args.insertion_substrate, deletion_substrate=args.deletion_substrate,
     )
     out = Path(args.out)
     start = time.perf_counter()

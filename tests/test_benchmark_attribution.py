@@ -74,6 +74,8 @@ def test_chunks_and_config_errors():
         BenchmarkConfig(methods=["rollout"], method_options={"rise": {"n_masks": 3}})
     with pytest.raises(ValueError, match="chunk_size: expected a positive int"):
         BenchmarkConfig(methods=["rollout"], chunk_size=0)
+    with pytest.raises(ValueError, match="insertion_substrate: expected one of"):
+        BenchmarkConfig(methods=["rollout"], insertion_substrate="black")
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -94,6 +96,10 @@ def test_evaluate_maps_uses_the_evaluation_metrics():
     assert math.isnan(metrics["pointing_game"][2])  # empty mask
     no_masks, _ = evaluate_maps(model, data.images, maps, None, None)
     assert "pointing_game" not in no_masks
+    zero, zc = evaluate_maps(model, data.images, maps, None, None, insertion_substrate="zero", deletion_substrate="blur")
+    ins0 = ev.insertion_auc(model, data.images, maps.patch_map, maps.target, unit="patch", substrate="zero")
+    del_blur = ev.deletion_auc(model, data.images, maps.patch_map, maps.target, unit="patch", substrate="blur")
+    assert zero["insertion"] == pytest.approx(ins0.auc.tolist()) and zero["deletion"] == pytest.approx(del_blur.auc.tolist())
 
 
 # ------------------------------------------------------------------------------------------ resume and sharding
@@ -146,6 +152,19 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
         means = {m: result.row(m, metric)["mean"] for m in cfg.methods}
         best = max(means.values()) if metric != "deletion" else min(means.values())
         assert all((result.row(m, metric)["rank"] == 1) == (means[m] == best) for m in cfg.methods)
+    paired = {c["metric"]: c for c in result.paired("caap")}
+    for metric, c in paired.items():  # against the best other method, paired over the same images
+        sign = 1 if metric != "deletion" and metric != "pos_perturbation" else -1
+        assert c["versus"] == max(["rollout", "random"], key=lambda m: sign * result.row(m, metric)["mean"])
+        diffs = [a - b for a, b in zip(result.per_image["caap"][metric], result.per_image[c["versus"]][metric])
+                 if math.isfinite(a) and math.isfinite(b)]
+        assert (c["diff"], c["ci95"], c["n"]) == mean_ci(diffs)
+        significant = math.isfinite(c["ci95"]) and abs(c["diff"]) > c["ci95"]
+        assert (c["verdict"] == "no significant difference") == (not significant)
+    assert "caap − other" in table
+    saturated = [n for n in result.notes() if "insertion game starts saturated" in n]
+    starts = [c[0] for m in result.curves.values() for c in m["insertion"]]
+    assert bool(saturated) == (sum(starts) / len(starts) > 0.9)
     csv = write_csv(result, tmp_path / "results.csv").read_text().splitlines()
     assert csv[0] == "method,metric,higher_is_better,mean,ci95,n,rank,n_methods" and len(csv) == 1 + 3 * 10
     doc = tmp_path / "bench.md"

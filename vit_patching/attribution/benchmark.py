@@ -12,7 +12,9 @@ order and reports the mean with a 95 % Student-t confidence interval per method 
 Metrics (per image; the table shows the mean over images):
 
 * ``insertion`` / ``deletion``: RISE games (:func:`~vit_patching.evaluation.insertion_auc` /
-  :func:`~vit_patching.evaluation.deletion_auc`) with their default substrates (blur / zero = mean colour),
+  :func:`~vit_patching.evaluation.deletion_auc`), by default with RISE's substrates (blur / zero = mean colour;
+  ``insertion_substrate`` / ``deletion_substrate`` change them: where the blurred image keeps the class, as on the
+  toy models, insertion from blur saturates at 1 and ``"zero"`` is the informative choice),
   softmax probability of the explained class, one patch per step (``unit="patch"``) or one image row of pixels.
 * ``ins_minus_del``: insertion minus deletion.
 * ``pos_perturbation`` / ``neg_perturbation``: Chefer et al.'s perturbation test
@@ -88,6 +90,10 @@ METRICS: dict[str, MetricSpec] = {
     "mask_ap": MetricSpec("Mask AP", True, True),
 }
 CURVES = ("insertion", "deletion", "pos_perturbation", "neg_perturbation")
+_SUBSTRATES = ("blur", "zero", "mean")
+_SUBSTRATE_TEXT = {
+    "blur": "blur (k=11, sigma=5)", "zero": "zero (dataset-mean colour)", "mean": "each image's mean colour",
+}
 
 
 # --------------------------------------------------------------------------------------------------------- data
@@ -206,6 +212,8 @@ class BenchmarkConfig:
         chunk_size: images per chunk (the unit of sharding and of resuming).
         batch_size: forward-pass rows for the methods and the metrics.
         pg_tolerance: pointing-game tolerance in pixels; ``None`` = 15 px scaled by ``H / 224``.
+        insertion_substrate: start image of the insertion game, ``"blur"`` (RISE), ``"zero"`` or ``"mean"``.
+        deletion_substrate: what deleted units become, ``"zero"`` (RISE: the dataset-mean colour), ``"blur"``, ``"mean"``.
     """
 
     methods: list[str]
@@ -215,6 +223,8 @@ class BenchmarkConfig:
     chunk_size: int = 8
     batch_size: int = 64
     pg_tolerance: int | float | None = None
+    insertion_substrate: str = "blur"
+    deletion_substrate: str = "zero"
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -223,6 +233,8 @@ class BenchmarkConfig:
         check_choice(self.target, ("predicted", "label"), "target")
         check_positive_int(self.chunk_size, "chunk_size")
         check_positive_int(self.batch_size, "batch_size")
+        check_choice(self.insertion_substrate, _SUBSTRATES, "insertion_substrate")
+        check_choice(self.deletion_substrate, _SUBSTRATES, "deletion_substrate")
         unknown = set(self.method_options) - set(self.methods)
         if unknown:
             raise ValueError(f"method_options: options given for methods not in the run: {sorted(unknown)}")
@@ -258,12 +270,12 @@ def model_digest(model: Any) -> str:
 def _metric_settings(model: Any, data: BenchmarkData, cfg: BenchmarkConfig) -> dict[str, Any]:
     h = data.images.shape[-2]
     dc = model.cfg.data_config or {}
+    step = "one patch per step" if cfg.unit == "patch" else "one image row of pixels per step"
     return {
         "unit": cfg.unit,
         "target": cfg.target,
-        "insertion": "substrate blur (k=11, sigma=5), score softmax prob of the target, 1 unit/step" if cfg.unit == "patch"
-        else "substrate blur (k=11, sigma=5), score softmax prob, one image row of pixels per step",
-        "deletion": "substrate zero (dataset-mean colour), score softmax prob of the target",
+        "insertion": f"from {_SUBSTRATE_TEXT[cfg.insertion_substrate]}, softmax prob of the target, {step}",
+        "deletion": f"to {_SUBSTRATE_TEXT[cfg.deletion_substrate]}, softmax prob of the target, {step}",
         "perturbation": "Chefer et al.: fractions 0.1..0.9, substrate "
         + ("black" if "mean" in dc and "std" in dc else "zero (no data config)")
         + ", top-1 vs " + ("ground-truth labels" if data.labels is not None else "the clean prediction"),
@@ -288,6 +300,8 @@ def evaluate_maps(
     unit: str = "patch",
     batch_size: int = 64,
     pg_tolerance: int | float = 15.0,
+    insertion_substrate: str = "blur",
+    deletion_substrate: str = "zero",
 ) -> tuple[dict[str, list[float]], dict[str, list[list[float]]]]:
     """Per-image metric values and curves for one batch of maps (see the module docstring for the metrics).
 
@@ -300,6 +314,8 @@ def evaluate_maps(
         unit: ``"patch"`` or ``"pixel"`` for the faithfulness games.
         batch_size: perturbed images per forward pass.
         pg_tolerance: pointing-game tolerance in pixels.
+        insertion_substrate: insertion start image (``"blur"``, ``"zero"``, ``"mean"``).
+        deletion_substrate: deletion replacement (``"zero"``, ``"blur"``, ``"mean"``).
 
     Returns:
         ``(metrics, curves)``: ``metrics[name]`` is one float per image (NaN where undefined, e.g. an empty mask),
@@ -316,8 +332,8 @@ def evaluate_maps(
     dev = images.device
     fmap = (maps.patch_map if unit == "patch" else maps.pixel_map).to(dev)
     target = maps.target.to(dev)
-    ins = ev.insertion_auc(model, images, fmap, target, unit=unit, batch_size=batch_size)
-    dele = ev.deletion_auc(model, images, fmap, target, unit=unit, batch_size=batch_size)
+    ins = ev.insertion_auc(model, images, fmap, target, unit=unit, substrate=insertion_substrate, batch_size=batch_size)
+    dele = ev.deletion_auc(model, images, fmap, target, unit=unit, substrate=deletion_substrate, batch_size=batch_size)
     dc = model.cfg.data_config or {}
     substrate = ev.black_substrate(dc["mean"], dc["std"]) if "mean" in dc and "std" in dc else "zero"
     lab = None if labels is None else labels.to(dev)
@@ -406,6 +422,7 @@ class _Run:
         metrics, curves = evaluate_maps(
             model, images, maps, labels, None if data.masks is None else data.masks[s:e],
             unit=cfg.unit, batch_size=cfg.batch_size, pg_tolerance=self.metric_settings["pointing_game_tolerance_px"],
+            insertion_substrate=cfg.insertion_substrate, deletion_substrate=cfg.deletion_substrate,
         )
         payload = {
             "fingerprint": self.fingerprint(method, s, e), "method": method, "start": s, "end": e,
@@ -573,6 +590,48 @@ class BenchmarkResult:
                 return r
         raise KeyError(f"no result for method {method!r} and metric {metric!r}")
 
+    def paired(self, method: str = "caap") -> list[dict[str, Any]]:
+        """``method`` against the best *other* method of every metric, paired over images.
+
+        Returns one dict per metric: ``metric, versus, diff`` (mean of ``method - versus`` over the images where both
+        are defined), ``ci95`` (Student-t half-width), ``n`` and ``verdict`` (``"better"``, ``"worse"`` or ``"no
+        significant difference"`` at 95 %, in the metric's direction). Empty if ``method`` was not run.
+
+        Example:
+            >>> result.paired("caap")[0]["verdict"]
+            'better'
+        """
+        if method not in self.per_image or len(self.per_image) < 2:
+            return []
+        out = []
+        for metric in self.metrics():
+            spec = METRICS[metric]
+            others = [m for m in self.per_image if m != method and math.isfinite(self.row(m, metric)["mean"])]
+            if not others:
+                continue
+            sign = 1 if spec.higher_is_better else -1
+            versus = max(others, key=lambda m: sign * self.row(m, metric)["mean"])
+            pairs = zip(self.per_image[method][metric], self.per_image[versus][metric])
+            diff, ci, n = mean_ci([a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)])
+            if math.isfinite(ci) and abs(diff) > ci:
+                verdict = "better" if sign * diff > 0 else "worse"
+            else:
+                verdict = "no significant difference"
+            out.append({"metric": metric, "versus": versus, "diff": diff, "ci95": ci, "n": n, "verdict": verdict})
+        return out
+
+    def notes(self) -> list[str]:
+        """Warnings about uninformative settings (e.g. an insertion game that starts saturated)."""
+        starts = [c[0] for m in self.curves.values() for c in m.get("insertion", [])]
+        out = []
+        if starts and math.fsum(starts) / len(starts) > 0.9:
+            out.append(
+                f"The insertion game starts saturated: the substrate image alone gives the explained class a mean "
+                f"probability of {math.fsum(starts) / len(starts):.3f}, so insertion AUCs cannot separate methods; "
+                "use another insertion substrate (e.g. --insertion-substrate zero)."
+            )
+        return out
+
 
 def missing_partials(model: Any, data: BenchmarkData, cfg: BenchmarkConfig, out_dir: str | os.PathLike) -> list[tuple[str, int, int]]:
     """(method, start, end) of every chunk without a valid saved result."""
@@ -701,9 +760,22 @@ def markdown_table(result: BenchmarkResult, highlight: str = "caap") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if highlight in methods:
         ranks = [f"{METRICS[k].label} {result.row(highlight, k)['rank']}/{len(methods)}" for k in metrics]
+        paired = result.paired(highlight)
         speed = result.row(highlight, "seconds_per_image")["rank"]
         lines.append("")
         lines.append(f"Rank of `{highlight}` (1 = best, ties share a rank): " + "; ".join(ranks) + ".")
+        lines += [
+            "",
+            f"`{highlight}` against the best other method of each metric (difference of means, paired over images, "
+            "± 95 % CI):",
+            "",
+            f"| Metric | Best other method | {highlight} − other | Verdict |",
+            "|---|---|---:|---|",
+        ]
+        for c in paired:
+            d = _digits(c["metric"])
+            text = f"{c['diff']:+.{d}f} ± {c['ci95']:.{d}f}" if math.isfinite(c["ci95"]) else f"{c['diff']:+.{d}f}"
+            lines.append(f"| {METRICS[c['metric']].label} | {c['versus']} | {text} | {c['verdict']} |")
         lines.append("")
         lines.append(f"Speed rank of `{highlight}` (seconds per image, 1 = fastest): {speed}/{len(methods)}.")
     return "\n".join(lines)
@@ -712,7 +784,10 @@ def markdown_table(result: BenchmarkResult, highlight: str = "caap") -> str:
 def markdown_report(result: BenchmarkResult, title: str, highlight: str = "caap") -> str:
     """A markdown section: title, the table and the settings (data, metric protocol, method options)."""
     s = result.settings
-    lines = [f"### {title}", "", markdown_table(result, highlight), "", "Settings:", ""]
+    lines = [f"### {title}", "", markdown_table(result, highlight), ""]
+    for note in result.notes():
+        lines += [f"> **Note.** {note}", ""]
+    lines += ["Settings:", ""]
     for k, v in s.items():
         if k != "methods":
             lines.append(f"- {k}: {v}")
