@@ -7,8 +7,9 @@ Protocol (numbers recorded in docs/caap_defaults.md):
    (higher is better) and deletion AUC (lower is better), both from/to the zero (mean-colour) substrate, on the
    softmax probability of the predicted class, patch by patch in steps of ``--step`` patches, and by the
    pointing game (tolerance half a patch) against the evidence masks.
-2. Readouts: ``prob`` against ``logit`` at each neutral's best window (``delta_*`` readouts rank patches exactly
-   like their plain versions, so their rank metrics are identical and are not re-measured).
+2. Readouts: the other readout (``prob`` for a ``logit`` sweep) at each neutral's best window; ``--readout prob``
+   sweeps every window with ``prob``. ``delta_*`` readouts rank patches exactly like their plain versions, so their
+   rank metrics are identical and are not re-measured.
 3. Reference rows: a random map (also scored with RISE's blurred insertion substrate, and the class probability of
    the blurred and the zero image: why select_window's insertion starts from the zero image). The window [0, 1)
    in the sweep is single-patch pixel insertion (caap.md 6.1).
@@ -16,6 +17,7 @@ Protocol (numbers recorded in docs/caap_defaults.md):
 
 Usage:
     python scripts/measure_caap_defaults.py [--n 32] [--step 2] [--threads 1] [--json out.json]
+    python scripts/measure_caap_defaults.py --neutrals zeros --readout prob     # the prob readout, every window
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--step", type=int, default=2, help="patches per insertion/deletion step")
     ap.add_argument("--neutrals", default="zeros,black,image_mean,blur,mean_activations")
+    ap.add_argument("--readout", default="logit", choices=["logit", "prob"],
+                    help="readout of the window sweep (stage 2 then checks the other one at the best window)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -80,6 +84,7 @@ def main() -> None:
     from vit_patching.zoo import get_spec, load_dataset
 
     weights = dict(kv.split("=", 1) for kv in args.weights.split(",") if kv)
+    other = "prob" if args.readout == "logit" else "logit"
     cols = ["insertion_auc", "deletion_auc", "ins_minus_del", "pointing_game"]
     out: dict = {"settings": vars(args), "models": {}}
     for name in args.models.split(","):
@@ -95,20 +100,23 @@ def main() -> None:
         print("random map: " + ", ".join(f"{k}={v:.4f}" for k, v in res["random_map"].items()))
         for neutral in args.neutrals.split(","):
             sel = select_window(
-                model, batch.images, masks=batch.masks, neutral=neutral, readout="logit",
+                model, batch.images, masks=batch.masks, neutral=neutral, readout=args.readout,
                 reference=reference if neutral == "mean_activations" else None, eval_kwargs={"step": args.step},
             )
+            # Standard error of the mean over images, per window (paired differences between windows are smaller).
+            se = sel.per_image.groupby(["start", "end"], sort=False)["ins_minus_del"].sem().to_numpy()
+            sel.table["ins_minus_del_se"] = se
             res["neutrals"][neutral] = {"table": sel.table.to_dict(orient="records"), "recommended": list(sel.recommended)}
-            print(f"\n### neutral={neutral} (readout logit): recommended {sel.recommended}")
+            print(f"\n### neutral={neutral} (readout {args.readout}): recommended {sel.recommended}")
             print(sel.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             best = sel.recommended
             sel_p = select_window(
-                model, batch.images, [best], masks=batch.masks, neutral=neutral, readout="prob",
+                model, batch.images, [best], masks=batch.masks, neutral=neutral, readout=other,
                 reference=reference if neutral == "mean_activations" else None, eval_kwargs={"step": args.step},
             )
             row = sel_p.table.iloc[0]
-            res["readouts"][neutral] = {"window": list(best), "prob": {c: float(row[c]) for c in cols}}
-            print(f"readout prob at {best}: " + ", ".join(f"{c}={row[c]:.4f}" for c in cols))
+            res["readouts"][neutral] = {"window": list(best), other: {c: float(row[c]) for c in cols}}
+            print(f"readout {other} at {best}: " + ", ".join(f"{c}={row[c]:.4f}" for c in cols))
         # 4. The library's current defaults on a disjoint confirmation split.
         from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, default_window
 
