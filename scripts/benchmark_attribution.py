@@ -135,10 +135,31 @@ def load_model_and_data(args, device):
     return model.to(device), data
 
 
+_NOT_REPRODUCING = {"--merge-only": 0, "--no-png": 0, "--no-progress": 0, "--write-docs": 1, "--merge-wait": 1, "--out": 1}
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The command line that recomputes these results (output-only flags dropped)."""
+    import shlex
+
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in _NOT_REPRODUCING:
+            skip = _NOT_REPRODUCING[name] if "=" not in a else 0
+            continue
+        out.append(a)
+    return "python scripts/benchmark_attribution.py " + " ".join(shlex.quote(a) for a in out)
+
+
 def write_outputs(result, data, args, out: Path) -> None:
     from vit_patching.attribution.benchmark import figures, markdown_report, update_docs, write_csv
     from vit_patching.plotting import ReportSection, find_chromium, save_png, write_report
 
+    result.settings = {"command": reproduce_command(sys.argv[1:] if args.argv is None else args.argv), **result.settings}
     write_csv(result, out / "results.csv")
     title = f"{args.model}: attribution benchmark ({len(data)} images)"
     md = markdown_report(result, title)
@@ -162,6 +183,7 @@ def write_outputs(result, data, args, out: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.no_progress else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 

@@ -223,6 +223,8 @@ def test_script_two_processes_equal_one_process(tmp_path):
     assert "rank 0/2" in two.stderr and "rank 1/2" in two.stderr  # really two processes, each with its shard
     assert "rank 0/1" in one.stderr
     assert _without_timing(tmp_path / "one") == _without_timing(tmp_path / "two")
+    md = (tmp_path / "two" / "results.md").read_text()
+    assert "- command: python scripts/benchmark_attribution.py --model vit_tiny_patch16_224" in md and "--out" not in md
     shards = {p.name for p in (tmp_path / "two" / "partials" / "gae").iterdir()}
     assert shards == {"000000-000002.json", "000002-000004.json", "000004-000006.json"}
     assert (tmp_path / "two" / "curves.html").stat().st_size > 100_000  # plotly.js embedded once, offline

@@ -426,7 +426,8 @@ class _Run:
         )
         payload = {
             "fingerprint": self.fingerprint(method, s, e), "method": method, "start": s, "end": e,
-            "seconds": maps.seconds, "settings": maps.settings, "target": maps.target.tolist(),
+            "seconds": maps.seconds, "device": str(model.device), "threads": torch.get_num_threads(),
+            "settings": maps.settings, "target": maps.target.tolist(),
             "metrics": metrics, "curves": curves, "patch_maps": maps.patch_map.double().tolist(),
         }
         _write_json(_partial_path(self.out_dir, method, s, e), payload)
@@ -683,7 +684,13 @@ def merge(
         seconds[m] = math.fsum(p["seconds"] for p in parts)
         method_settings[m] = parts[0]["settings"]
     rows = _summary_rows(per_image, seconds, len(data))
-    settings = {**data.source, **run.metric_settings, "methods": method_settings, "chunk_size": cfg.chunk_size}
+    contexts = sorted({(str(p.get("device", "?")), str(p.get("threads", "?"))) for p in payloads.values()})
+    timing = "; ".join(f"{d}, {t} torch thread(s) per process" for d, t in contexts)
+    settings = {
+        **data.source, **run.metric_settings, "chunk_size": cfg.chunk_size,
+        "timing": f"attribution seconds per image (metrics excluded), measured on {timing}",
+        "methods": method_settings,
+    }
     return BenchmarkResult(rows, per_image, curves, patch_maps, seconds, settings)
 
 
@@ -814,7 +821,11 @@ def figures(result: BenchmarkResult, data: BenchmarkData | None = None, n_exampl
         xs = None
         if name.endswith("perturbation"):
             xs = torch.linspace(0.1, 0.9, next(iter(curves.values())).shape[1])
-        figs[name] = metric_curves(curves, xs, metric_name=y, x_label=x, title=METRICS[name].label + " curves")
+        figs[name] = metric_curves(
+            curves, xs, metric_name=y, x_label=x, title=METRICS[name].label + " curves",
+            show_auc=not name.endswith("perturbation"),  # the table's AUC is x 100 on equally spaced fractions
+            width=780, height=max(420, 100 + 30 * len(curves)),  # room for one legend entry per method
+        )
     for i in range(min(n_examples, len(next(iter(result.patch_maps.values()))))):
         image = None if data is None or data.pixels is None else data.pixels[i]
         figs[f"maps_{i}"] = compare_maps(
