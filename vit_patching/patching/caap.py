@@ -22,8 +22,12 @@ source run and the neutral prefix (blocks ``0..start-1``) are computed once; the
 block ``start`` from the cached neutral residual, batched over patches and images, with fused attention. The
 patched runs do not depend on the class, so the logits of every class are kept (:meth:`Attribution.for_class`).
 
-Defaults (measured on the shipped toy models, see ``docs/caap_defaults.md``): :data:`DEFAULT_NEUTRAL`,
-:data:`DEFAULT_READOUT`, and the window :func:`default_window`.
+Defaults, measured on the shipped toy models (``docs/caap_defaults.md``; 32 held-out images each, insertion minus
+deletion AUC and the pointing game): ``neutral="zeros"``, ``readout="logit"``, ``window=[0, ceil(L / 2))``. With
+them, insertion - deletion AUC is 0.888 (toy-shapes) / 0.390 (toy-conjunction) against 0.037 / 0.017 for a random
+map, pointing game 0.97 / 0.59 against 0.13 / 0.13. Windows starting at block 0 beat later ones on both models;
+``black`` and ``blur`` neutrals are far worse. Deep pretrained ViTs were not measured: choose their window with
+:func:`~vit_patching.patching.windows.select_window`.
 
 Example:
     >>> from vit_patching.zoo import load_model, load_dataset
@@ -62,11 +66,14 @@ SITES: dict[str, str] = {
 READOUTS: tuple[str, ...] = ("logit", "prob", "delta_logit", "delta_prob")
 UPSAMPLES: tuple[str, ...] = ("nearest", "bilinear")
 
-#: Default neutral context (measured: docs/caap_defaults.md).
+#: Default neutral context: best or tied-best insertion - deletion AUC on both toy models, computed once for all
+#: images (docs/caap_defaults.md).
 DEFAULT_NEUTRAL = "zeros"
-#: Default readout (measured: docs/caap_defaults.md).
+#: Default readout: ``prob`` was not significantly better on insertion - deletion (+0.011 +- 0.009) and worse on
+#: the pointing game (docs/caap_defaults.md).
 DEFAULT_READOUT = "logit"
-#: Default window as fractions of depth: ``[floor(a * L), ceil(b * L))`` (measured: docs/caap_defaults.md).
+#: Default window as fractions of depth, ``[floor(a * L), ceil(b * L))``: ``[0, 2)`` had the best mean on the
+#: 4-layer toys (docs/caap_defaults.md); an extrapolation for deeper models.
 DEFAULT_WINDOW_FRACTIONS = (0.0, 0.5)
 
 
