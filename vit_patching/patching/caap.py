@@ -395,8 +395,9 @@ class Attribution:
 
     Example:
         >>> attr = caap(model, images, window=(1, 3))
-        >>> attr.top_patches(0, k=3)          # [(row, col, value), ...]
-        >>> attr.overlay(0).show()
+        >>> len(attr.top_patches(0, k=3))     # [(row, col, value), ...], best first
+        3
+        >>> fig = attr.overlay(0)             # fig.show() in a notebook
     """
 
     map: Float[Tensor, "batch grid_h grid_w"]
@@ -422,6 +423,7 @@ class Attribution:
         """Maps for another class (or readout) from the same patched runs, no new forward pass.
 
         Example:
+            >>> attr = caap(model, images, window=(0, 2))
             >>> attr.for_class(2, readout="prob").shape
             torch.Size([2, 8, 8])
         """
@@ -506,7 +508,9 @@ def compare_attributions(
     """Several attributions of the same image side by side (e.g. windows or methods), as one Plotly figure.
 
     Example:
-        >>> compare_attributions({"[0,2)": caap(model, x, window=(0, 2)), "[2,4)": caap(model, x, window=(2, 4))})
+        >>> fig = compare_attributions({"[0,2)": caap(model, images, window=(0, 2)), "[2,4)": caap(model, images, window=(2, 4))})
+        >>> [t.name for t in fig.data if t.type == "heatmap"]
+        ['[0,2)', '[2,4)']
     """
     from vit_patching.plotting import compare_maps
 

@@ -14,10 +14,11 @@ the same insertion AUC (docs/caap_defaults.md). Pass ``insertion_substrate="blur
 
 Example:
     >>> from vit_patching.zoo import load_model, load_dataset
-    >>> batch = load_dataset("shapes", n=8, seed=1)
-    >>> sel = select_window(load_model(), batch.images, masks=batch.masks)
-    >>> sel.recommended, len(sel.table)                    # 4 layers: 10 windows
-    >>> sel.heatmap().show(); sel.slider(0).show()
+    >>> batch = load_dataset("shapes", n=4, seed=1)
+    >>> sel = select_window(load_model(), batch.images, masks=batch.masks, eval_kwargs={"step": 8})
+    >>> len(sel.table), sel.recommended in all_windows(4)  # 4 layers: 10 windows
+    (10, True)
+    >>> fig = sel.heatmap(); fig = sel.slider(0)           # fig.show() in a notebook
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ class WindowSelection:
         zmid: Centre of the figures' diverging colour scale per image (the unpatched neutral score).
 
     Example:
-        >>> sel.table.sort_values("ins_minus_del", ascending=False).head(3)
-        >>> sel.heatmap("deletion_auc")
+        >>> best = sel.table.sort_values("ins_minus_del", ascending=False).iloc[0]
+        >>> (int(best["start"]), int(best["end"])) == sel.recommended
+        True
+        >>> fig = sel.heatmap("deletion_auc")
     """
 
     table: Any
@@ -105,7 +108,8 @@ class WindowSelection:
         """Mean ``metric`` as a ``[start, end - 1]`` grid (``L x L``), NaN for windows not evaluated.
 
         Example:
-            >>> sel.scores("insertion_auc")[0, 1]      # window [0, 2)
+            >>> sel.scores("insertion_auc").shape       # [start, end - 1]: window [0, 2) is [0, 1]
+            torch.Size([4, 4])
         """
         metric = self._metric(metric)
         grid = torch.full((self.n_layers, self.n_layers), float("nan"), dtype=torch.float64)
@@ -142,7 +146,7 @@ class WindowSelection:
         """One figure with a slider that steps through the maps of image ``i`` window by window.
 
         Example:
-            >>> sel.slider(0, windows=[(0, 1), (0, 2), (0, 3), (0, 4)])   # widen the window step by step
+            >>> fig = sel.slider(0, windows=[(0, 1), (0, 2)])   # e.g. widen the window step by step
         """
         from vit_patching.plotting import window_slider
 
@@ -224,9 +228,9 @@ def select_window(
             without masks, masks of the wrong shape, or any CAAP input error.
 
     Example:
-        >>> sel = select_window(model, images, [(0, 1), (0, 2), (1, 3)], masks=masks)
-        >>> sel.recommended
-        (0, 2)
+        >>> sel = select_window(model, images, [(0, 1), (0, 2), (1, 3)], masks=masks, eval_kwargs={"step": 8})
+        >>> sel.recommended in [(0, 1), (0, 2), (1, 3)], list(sel.table.columns)[:3]
+        (True, ['start', 'end', 'width'])
     """
     import pandas as pd
 
