@@ -12,7 +12,7 @@ Targets: naive / CAAP >= L / (L - start); CAAP / floor <= 1.15. Both ratios are 
 
 Usage:
     python scripts/bench_caap.py                                     # random ViT-B/16 at 224, CPU, fp32
-    python scripts/bench_caap.py --device cuda --dtype bfloat16 --images 8 --batch-size 512
+    python scripts/bench_caap.py --device cuda --dtype bfloat16 --images 8 --batch-size 512 --repeats 3 --naive-patches 49
     python scripts/bench_caap.py --model toy-shapes --window 0:2     # a shipped zoo model
     python scripts/bench_caap.py --naive-patches 16                  # time 16 naive patches, extrapolate to N
 """
@@ -107,7 +107,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     def run_caap():
-        return caap(model, images, window=window, batch_size=args.batch_size)
+        return caap(model, images, window=window, neutral="zeros", readout="logit", batch_size=args.batch_size)
 
     def run_floor():
         done = 0
