@@ -30,7 +30,7 @@ _LAZY = {
     "layer_sweep": "vit_patching.patching",
     "patch_heads": "vit_patching.patching",
     "path_patch": "vit_patching.patching",
-    "caap": "vit_patching.patching",
+    "caap": "vit_patching.patching.caap",  # the function (the package attribute is the submodule)
     "Attribution": "vit_patching.patching",
     "select_window": "vit_patching.patching",
     "load_model": "vit_patching.zoo",

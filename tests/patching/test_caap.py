@@ -295,3 +295,11 @@ def test_docstring_examples_run():
     for module in (caap_module, windows_module):
         result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 5, (module.__name__, result)
+
+
+def test_top_level_caap_is_the_function():
+    import vit_patching as vp
+    from vit_patching.patching import caap as caap_module
+
+    assert vp.caap is caap and callable(vp.caap)
+    assert caap_module.default_window(4) == (0, 2)  # the package attribute stays the submodule
