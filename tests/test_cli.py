@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,21 @@ from PIL import Image
 from vit_patching.cli import main
 from vit_patching.plotting import screenshot_html
 
-MAIN_JOB = ["caap", "--sample", "0"]  # the README's main job: shipped default model, no image file
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _main_job() -> list[str]:
+    """The README's main-job command (``vit-patching caap ...``), without its ``--out`` option."""
+    match = re.search(r"vit-patching (caap[^\n`]*)", README.read_text(encoding="utf-8"))
+    assert match, "README.md has no `vit-patching caap ...` command"
+    args = shlex.split(match.group(1))
+    if "--out" in args:
+        k = args.index("--out")
+        del args[k : k + 2]
+    return args
+
+
+MAIN_JOB = _main_job()
 
 
 def _rendered_png(html: Path, tmp_path: Path) -> np.ndarray:
@@ -36,6 +51,7 @@ def _check_report(path: Path) -> str:
 
 
 def test_main_job_in_process_renders_in_chromium(tmp_path, capsys):
+    assert "--sample" in MAIN_JOB and "--image" not in MAIN_JOB  # needs no image file
     out = tmp_path / "report.html"
     assert main([*MAIN_JOB, "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
