@@ -21,11 +21,14 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from .metrics import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +229,6 @@ def run_interventions(
     return out, recorded
 
 
-Metric = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
