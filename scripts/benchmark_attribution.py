@@ -184,7 +184,9 @@ def write_outputs(result, data, args, out: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.INFO if args.no_progress else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.no_progress:  # progress as log lines instead of bars (ours only, not every library's)
+        logging.getLogger("vit_patching").setLevel(logging.INFO)
     import torch
 
     if args.threads:
