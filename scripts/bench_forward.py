@@ -59,11 +59,15 @@ def main() -> None:
         err = (ref(x).float() - hooked(x).float()).abs().max().item()
         for fn in (run_timm, run_hooked):  # warm-up
             fn()
-        # Interleave the two so that machine noise hits both alike.
+        # Interleave the two, alternating which goes first, so machine noise and cache effects hit both alike.
         t_timm, t_hooked = [], []
-        for _ in range(args.repeats):
-            t_timm += _time(run_timm, 1)
-            t_hooked += _time(run_hooked, 1)
+        for r in range(args.repeats):
+            if r % 2:
+                t_hooked += _time(run_hooked, 1)
+                t_timm += _time(run_timm, 1)
+            else:
+                t_timm += _time(run_timm, 1)
+                t_hooked += _time(run_hooked, 1)
     mt, mh = statistics.median(t_timm), statistics.median(t_hooked)
     print(f"model={args.model} batch={args.batch} device={args.device} dtype={args.dtype} "
           f"threads={torch.get_num_threads()} repeats={args.repeats}")
