@@ -30,6 +30,9 @@ _LAZY = {
     "layer_sweep": "vit_patching.patching",
     "patch_heads": "vit_patching.patching",
     "path_patch": "vit_patching.patching",
+    "direct_path_patch": "vit_patching.patching",
+    "get_method": "vit_patching.attribution",
+    "available_methods": "vit_patching.attribution",
     "caap": "vit_patching.patching.caap",  # the function (the package attribute is the submodule)
     "Attribution": "vit_patching.patching",
     "select_window": "vit_patching.patching",
