@@ -100,10 +100,7 @@ class RawAttention(_AttentionMethod):
 
     def __init__(self, model: Any, *, layer: int = -1, upsample: str = "bilinear") -> None:
         super().__init__(model, upsample=upsample)
-        L = model.cfg.n_layers
-        if not isinstance(layer, int) or isinstance(layer, bool) or not -L <= layer < L:
-            raise ValueError(f"layer: expected a block index in [{-L}, {L}), got {layer!r}")
-        self.layer = layer % L
+        self.layer = self._block_index(layer)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "layer": self.layer, "head_fusion": "mean"}

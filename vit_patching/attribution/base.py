@@ -288,23 +288,20 @@ class AttributionMethod:
         return self.rows_per_image
 
     # -------------------------------------------------------------------------------------------- helpers
+    def _block_index(self, layer: int) -> int:
+        """Validate a block index (negative counts from the end) and return it in ``[0, n_layers)``."""
+        L = self.model.cfg.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -L <= layer < L:
+            raise ValueError(f"layer: expected a block index in [{-L}, {L}), got {layer!r}")
+        return layer % L
+
     def _resolve_target(self, images: Tensor, target: Target, batch_size: int) -> Tensor:
         batch = images.shape[0]
         if target is None:
             with torch.no_grad():
                 preds = [self.model(images[i : i + batch_size]).argmax(dim=-1) for i in range(0, batch, batch_size)]
             return torch.cat(preds).to(images.device)
-        if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-            raise TypeError(f"target: expected None, an int or an integer tensor [batch], got {type(target).__name__}")
-        t = torch.as_tensor(target)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"target: expected one class per image, shape [{batch}], got shape {tuple(t.shape)}")
-        self.model.check_classes(t, "target")
-        return t.to(device=images.device, dtype=torch.long)
+        return self.model.check_target(target, batch).to(images.device)
 
     def _both_resolutions(self, native: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
         from vit_patching.evaluation import upsample_map

@@ -512,6 +512,30 @@ class HookedViT(HookedRootModule):
         self.check_classes(idx, "classes")
         return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
 
+    def check_target(self, target: Any, batch: int) -> Tensor | None:
+        """Validate a per-image target: ``None``, an int, or an integer tensor ``[batch]`` of class indices.
+
+        Returns:
+            ``None`` for ``None``, else a long CPU tensor ``[batch]`` (an int is broadcast to every image).
+
+        Example:
+            >>> model.check_target(3, batch=2)
+            tensor([3, 3])
+        """
+        if target is None:
+            return None
+        if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+            raise TypeError(f"target: expected None, an int or an integer tensor [batch], got {type(target).__name__}")
+        t = torch.as_tensor(target)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"target: expected one class per image, shape [{batch}], got shape {tuple(t.shape)}")
+        self.check_classes(t, "target")
+        return t.long().cpu()
+
     def check_classes(self, classes: Tensor, name: str = "target") -> None:
         """Raise a clear error if any class index is out of range."""
         self._require_head()

@@ -128,22 +128,6 @@ def _check_batch_size(batch_size: Any) -> None:
         raise ValueError(f"batch_size: expected a positive int (rows per forward pass), got {batch_size!r}")
 
 
-def _check_target(model: Any, target: Any, batch: int) -> Tensor | None:
-    if target is None:
-        return None
-    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"target: expected None, an int or an integer tensor [batch], got {type(target).__name__}")
-    t = torch.as_tensor(target)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
-    if t.ndim == 0:
-        t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(f"target: expected one class per image, shape [{batch}], got shape {tuple(t.shape)}")
-    model.check_classes(t, "target")
-    return t.long().cpu()
-
-
 # -------------------------------------------------------------------------------------------- neutral context
 def _data_norm(model: Any) -> tuple[Tensor, Tensor] | None:
     dc = model.cfg.data_config or {}
@@ -297,7 +281,7 @@ def prepare_caap(
         _check_choice(neutral, NEUTRALS, "neutral")
     _check_batch_size(batch_size)
     batch = images.shape[0]
-    given = _check_target(model, target, batch)
+    given = model.check_target(target, batch)
     starts, layers = sorted(set(starts)), sorted(set(layers))
     src_hooks = [_site_hook(site, l) for l in layers]
     start_hooks = {s: f"blocks.{s}.hook_resid_pre" for s in starts}
