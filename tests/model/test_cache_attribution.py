@@ -242,3 +242,23 @@ def test_pre_norm_decomposition_starts_at_ln_pre_output():
     assert not torch.allclose(cache["hook_embed"] + cache["hook_pos_embed"], cache["blocks.0.hook_resid_pre"])
     contrib = head_contributions(model, cache, parts)
     torch.testing.assert_close(contrib.sum(0) + head_bias(model, cache), logits, **CLOSE)
+
+
+@pytest.mark.parametrize("expand_neurons", [False, True])
+def test_full_resid_decomposition_sums_to_the_stream(expand_neurons):
+    """TransformerLens's get_full_resid_decomposition (heads, neurons, embeddings, accumulated biases) works on a
+    HookedViT and adds up to the final residual; the bias row is recomputed by hand."""
+    _, model = make_pair()
+    model.set_use_attn_result(True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    parts, labels = cache.get_full_resid_decomposition(expand_neurons=expand_neurons, return_labels=True)
+    torch.testing.assert_close(parts.sum(0), cache["blocks.1.hook_resid_post"], **CLOSE)
+    # MLP biases ride in the MLP rows unless the MLPs are expanded into neurons.
+    bias = sum(b.attn.b_O + (b.mlp.b_out if expand_neurons else 0) for b in model.blocks)
+    assert labels[-1] == "bias"
+    torch.testing.assert_close(parts[-1][0, 0], bias, **CLOSE)
+    all_biases = sum(b.attn.b_O + b.mlp.b_out for b in model.blocks)
+    torch.testing.assert_close(
+        model.accumulated_bias(1, mlp_input=True), all_biases - model.blocks[1].mlp.b_out, **CLOSE
+    )

@@ -503,6 +503,30 @@ class HookedViT(HookedRootModule):
         if not self.cfg.n_classes:
             raise ValueError("this model has no classifier head (num_classes=0): it outputs pooled features")
 
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, "d_model"]:
+        """Sum of the output biases written to the residual stream before ``layer`` (TransformerLens semantics).
+
+        ``b_O`` of every earlier block (LayerScale folded in), plus ``b_out`` if ``include_mlp_biases``, plus
+        this block's ``b_O`` if ``mlp_input``. Used by ``cache.get_full_resid_decomposition``.
+
+        Example:
+            >>> model.accumulated_bias(2).shape
+            torch.Size([192])
+        """
+        layer = self._check_layer(layer, "layer", self.cfg.n_layers)
+        acc = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        for block in self.blocks[:layer]:
+            acc = acc + block.attn.b_O
+            if include_mlp_biases:
+                acc = acc + block.mlp.b_out
+        if mlp_input:
+            if layer == self.cfg.n_layers:
+                raise ValueError("mlp_input=True needs a layer below n_layers")
+            acc = acc + self.blocks[layer].attn.b_O
+        return acc
+
     def tokens_to_residual_directions(self, classes: int | Sequence[int] | Tensor) -> Tensor:
         """Class -> residual direction (``W_H[:, c]``), as TransformerLens's ``logit_attrs`` expects."""
         self._require_head()
