@@ -1,7 +1,7 @@
 """HookedViT: a TransformerLens-style hooked model converted exactly from timm Vision Transformers."""
 
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
-from .hooked_vit import HookedViT
+from .hooked_vit import HookedViT, check_classifier
 from .positions import TokenLayout
 
-__all__ = ["HookedViT", "ViTConfig", "TokenLayout", "UnsupportedModelError", "config_from_timm"]
+__all__ = ["HookedViT", "check_classifier", "ViTConfig", "TokenLayout", "UnsupportedModelError", "config_from_timm"]

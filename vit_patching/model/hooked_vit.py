@@ -667,3 +667,23 @@ class HookedViT(HookedRootModule):
             center(b.attn.b_O.view(1, -1))
             center(b.mlp.W_out)
             center(b.mlp.b_out.view(1, -1))
+
+
+def check_classifier(model: Any, name: str = "model") -> HookedViT:
+    """Return ``model`` if it is a :class:`HookedViT` with a classification head, else raise naming ``name``.
+
+    The one check every experiment and attribution method that reads class scores makes first.
+
+    Example:
+        >>> check_classifier("vit_base")
+        Traceback (most recent call last):
+        ...
+        TypeError: model: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got str
+    """
+    if not isinstance(model, HookedViT):
+        raise TypeError(
+            f"{name}: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got {type(model).__name__}"
+        )
+    if not model.cfg.n_classes:
+        raise ValueError(f"{name}: expected a model with a classification head (n_classes > 0), got a headless model")
+    return model

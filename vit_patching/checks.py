@@ -1,0 +1,141 @@
+"""Argument checks shared by every experiment, attribution method, metric and the CLI (captum's
+``attr/_utils/common.py`` in spirit): one place, one error style.
+
+Every check raises ``ValueError`` (``TypeError`` for a wrong kind of object) with a message of the form
+``"{argument}: expected {what}, got {value!r}"``, and returns the checked value so callers can write
+``batch_size = check_batch_size(batch_size)``. The check that an argument is a :class:`HookedViT` with a head
+lives beside the class (:func:`vit_patching.model.check_classifier`).
+
+Example:
+    >>> check_choice("logit", ("logit", "prob"), "readout")
+    'logit'
+    >>> check_batch_size(True)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size: expected a positive int (rows per forward pass), got True
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
+    "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
+]
+
+
+def is_int(value: Any) -> bool:
+    """True for a Python int that is not a bool (``True`` is an int to Python, never to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_names(value: str | Sequence[str], choices: Sequence[str], name: str) -> list[str]:
+    """A non-empty list of distinct names from ``choices`` (a single string is one name)."""
+    names = [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise ValueError(f"{name}: expected at least one of {list(choices)}, got {value!r}")
+    for n in names:
+        check_choice(n, choices, name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name}: expected distinct names, got {names}")
+    return names
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a bool (not 0/1 or a string), else raise a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """Return ``value`` if it is a positive int number of rows per forward pass."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name}: expected a positive int (rows per forward pass), got {value!r}")
+    return value
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` if it is a non-negative int seed."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return value
+
+
+def check_positive_number(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (value >= 0 if allow_zero else value > 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_fraction(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
+    """Return ``value`` as a float if it lies in [0, 1] (ends excluded when asked), else raise a ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    v = float(value) if ok else float("nan")
+    lo_ok = v > 0 if open_low else v >= 0
+    hi_ok = v < 1 if open_high else v <= 1
+    if not (ok and lo_ok and hi_ok):
+        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
+
+
+def check_indices(values: int | Sequence[int] | None, n: int, name: str, what: str) -> list[int]:
+    """Checked, distinct indices into ``range(n)`` (all of them when ``values`` is None).
+
+    Example:
+        >>> check_indices(None, 3, "layers", "layer"), check_indices(2, 3, "layers", "layer")
+        ([0, 1, 2], [2])
+    """
+    if values is None:
+        return list(range(n))
+    out = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
+        raise ValueError(f"{name}: expected {what} indices in [0, {n}), got {values!r}")
+    out = list(out)
+    if not out:
+        raise ValueError(f"{name}: expected at least one {what} index in [0, {n}), got {values!r}")
+    for v in out:
+        if not is_int(v) or not 0 <= v < n:
+            raise ValueError(f"{name}: expected {what} indices in [0, {n}), got {v!r} in {values!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: expected distinct indices, got {out}")
+    return out
+
+
+def check_window(window: Any, n_layers: int, name: str = "window") -> tuple[int, int]:
+    """Validate a layer window ``(start, end)`` with ``0 <= start < end <= n_layers``; return it as ints.
+
+    Example:
+        >>> check_window([1, 3], 4)
+        (1, 3)
+    """
+    if not isinstance(window, (tuple, list)) or len(window) != 2 or not all(is_int(v) for v in window):
+        raise ValueError(f"{name}: expected a pair of ints (start, end), got {window!r}")
+    start, end = int(window[0]), int(window[1])
+    if not 0 <= start < end <= n_layers:
+        what = "empty" if start == end else "reversed" if end < start else "out of range"
+        raise ValueError(
+            f"{name}: expected 0 <= start < end <= n_layers = {n_layers} (layers [start, end) are patched), "
+            f"got {window!r} ({what})"
+        )
+    return start, end
