@@ -77,7 +77,8 @@ def test_unknown_metric_name(model):
     (Site("blocks.0.hook_nonexistent"), r"spec: expected hooks of this model, got unknown or switched-off hook "
                                         r"'blocks.0.hook_nonexistent'"),
     (Site("blocks.0.ln1.hook_scale"), r"hook: 'blocks.0.ln1.hook_scale' cannot be patched by the engine"),
-    (Site("blocks.0.hook_resid_pre", head=1), r"head: expected None, 'blocks.0.hook_resid_pre' has no head axis, got 1"),
+    (Site("blocks.0.hook_resid_pre", head=1), r"head: expected None, 'blocks.0.hook_resid_pre' has no head axis, "
+                                              r"got 1"),
     (Site("blocks.1.hook_resid_pre", pos=17), r"pos: expected a token position in \[0, 17\) .*got 17"),
     (Site("blocks.5.hook_resid_pre"), r"unknown or switched-off hook 'blocks.5.hook_resid_pre'"),
     (Site("blocks.1.hook_q_input"), r"unknown or switched-off hook 'blocks.1.hook_q_input'"),
@@ -127,7 +128,8 @@ def test_non_finite_pixels_are_refused_before_compute(model, fn, bad):
     corrupted = CORRUPTED.clone()
     corrupted[1, 0, 3, 4] = bad
     calls = []
-    with pytest.raises(ValueError, match=r"corrupted: expected finite pixel values, got 1 NaN/Inf entries in image\(s\) \[1\]"):
+    message = r"corrupted: expected finite pixel values, got 1 NaN/Inf entries in image\(s\) \[1\]"
+    with pytest.raises(ValueError, match=message):
         fn(model, CLEAN, corrupted, lambda logits, ids: calls.append(1), progress=False)
     assert calls == [] and hooks_left(model) == []
 

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def hook_axes(hook: str) -> tuple[str, ...]:
-    """Index axes (after batch) that a :class:`Site` on ``hook`` may address: :func:`vit_patching.hook_names.site_axes`."""
+    """Index axes (after batch) a :class:`Site` on ``hook`` may address (:func:`vit_patching.hook_names.site_axes`)."""
     return site_axes(hook)
 
 

@@ -123,7 +123,9 @@ def _check_node(node: Node, role: str, model: HookedViT, name: str) -> Node:
     if node.head is not None and not 0 <= node.head < H:
         raise ValueError(f"{name}: expected heads in [0, {H}), got {node.head} in {node.label!r}")
     if role == "sender" and node.inputs != "qkv":
-        raise ValueError(f"{name}: expected a sender without an input suffix (a sender is patched at its output), got {node.label!r}")
+        raise ValueError(
+            f"{name}: expected a sender without an input suffix (a sender is patched at its output), got {node.label!r}"
+        )
     return node
 
 
@@ -141,7 +143,10 @@ def parse_node_sets(nodes: Any, role: str, model: HookedViT, name: str) -> list[
             raise ValueError(f"{name}: expected non-empty {role} sets, got an empty one in {items!r}")
         parsed = tuple(_check_node(Node.parse(n, name), role, model, name) for n in group)
         if role == "receiver" and len(parsed) > 1 and any(n.kind == "logits" for n in parsed):
-            raise ValueError(f"{name}: expected 'logits' (the final residual) alone in its receiver set, got {node_set_label(parsed)!r}")
+            raise ValueError(
+                f"{name}: expected 'logits' (the final residual) alone in its receiver set, "
+                f"got {node_set_label(parsed)!r}"
+            )
         out.append(parsed)
     return out
 
