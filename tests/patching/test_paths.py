@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformer_lens import patching as tlp
 
-from patch_toys import TLNames, metric, pair, tiny
+from patch_toys import TLNames, metric, naive_patch, pair, tiny
 from vit_patching.patching import (
     Node,
     PatchSpec,
@@ -15,6 +15,7 @@ from vit_patching.patching import (
     all_heads,
     all_senders,
     direct_path_patch,
+    layer_sweep,
     patch_heads,
     path_patch,
     run_patch_spec,
@@ -212,6 +213,12 @@ def test_float64_models_keep_float64_precision():
     assert path.values.dtype == torch.float64
     want = _naive_freeze_and_recompute(model, clean, corrupted, m, (0, 0), [(0, 1, "q"), (2, 0, "q")])
     torch.testing.assert_close(path.values[0, 0], want, atol=1e-12, rtol=0)
+    # The engine's other experiments too (the engine used to cast every metric value to float32).
+    sweep = layer_sweep(model, clean, corrupted, m, sites="resid_pre", layers=[1], positions=[0, 5], progress=False)
+    assert sweep.values.dtype == sweep.target_score.dtype == torch.float64
+    for k, p in enumerate([0, 5]):
+        want = naive_patch(model, corrupted, src, m, "blocks.1.hook_resid_pre", (p,))
+        torch.testing.assert_close(sweep.values[0, 0, k], want, atol=1e-12, rtol=0)
 
 
 def test_path_patching_counts_two_runs(model, images):
