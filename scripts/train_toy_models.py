@@ -23,7 +23,7 @@ Usage:
     python scripts/train_toy_models.py --model all --seed 0 --out vit_patching/zoo/weights
     python scripts/train_toy_models.py --model toy-shapes --seed 0 --out /tmp/zoo --steps 300   # quick trial
     python scripts/train_toy_models.py --model all --out vit_patching/zoo/weights --recard   # re-measure only
-    python scripts/train_toy_models.py --model toy-conjunction --seed 1 --out /tmp/zoo --init OLD_WEIGHTS_DIR \
+    python scripts/train_toy_models.py --model toy-conjunction --seed 1 --out OUT_DIR --init OLD_WEIGHTS_DIR \
         --steps 600 --neutral-rows 16 --lr 5e-4 --warmup-steps 30 --eval-every 100 --eval-n 256 --threads 1
 """
 from __future__ import annotations
