@@ -103,7 +103,8 @@ def _edge_scores(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Met
             grad = stack_receivers(model, grads)
         else:
             e0 = get_act_name("resid_pre", 0)
-            grad = torch.zeros(*delta.shape[:2], len(graph.receivers), delta.shape[-1], device=delta.device)
+            grad = torch.zeros(*delta.shape[:2], len(graph.receivers), delta.shape[-1], device=delta.device,
+                               dtype=delta.dtype)
             for k in range(1, steps + 1):
                 resid = corr_cache[e0] + (k / steps) * (clean_cache[e0] - corr_cache[e0])
                 _, _, grads = forward_backward(model, resid, r_hooks, fn, start_layer=0)
