@@ -30,17 +30,17 @@ def node_position(node: str, n_heads: int) -> tuple[float, float]:
 
     Example:
         >>> node_position("L1H2", 4), node_position("MLP1", 4)
-        ((3, 2), (4, 1.5))
+        ((3.0, 2.0), (4.0, 1.5))
     """
     mid = (n_heads - 1) / 2
     if node == "logits":
-        return (1 << 30, mid)  # replaced by the last stage + 1 by the caller
+        return (float(1 << 30), mid)  # replaced by the last stage + 1 by the caller
     n = Node.parse(node)
     if n.kind == "embed":
-        return (0, mid)
+        return (0.0, mid)
     if n.kind == "mlp":
-        return (2 * n.layer + 2, mid)
-    return (2 * n.layer + 1, n.head)
+        return (2.0 * n.layer + 2, mid)
+    return (2.0 * n.layer + 1, float(n.head))
 
 
 def circuit_figure(circuit: Circuit, *, title: str = "circuit", scores: Any = None, max_width: float = 8.0):
@@ -72,7 +72,7 @@ def circuit_figure(circuit: Circuit, *, title: str = "circuit", scores: Any = No
 
     def pos(node: str) -> tuple[float, float]:
         x, y = node_position(node, H)
-        return (2 * L + 1 if node == "logits" else x, y)
+        return (2.0 * L + 1 if node == "logits" else x, y)
 
     fig = go.Figure()
     mids_x, mids_y, mids_text, mids_color = [], [], [], []
