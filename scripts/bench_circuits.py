@@ -79,6 +79,7 @@ def timed(fn):
 
 
 def compare(rows: list, model_name: str, what: str, exact, est, t_exact: float, t_est: float) -> None:
+    """Append the comparison rows (and print the headline one at once: a long run shows progress)."""
     e, a = exact.mean(normalized=False), est.mean(normalized=False)
     big = e.sub(exact.target_score.mean()).abs()
     keep = big >= 0.01 * big.max()
@@ -87,6 +88,7 @@ def compare(rows: list, model_name: str, what: str, exact, est, t_exact: float, 
         "atp_s": round(t_est, 2), "speedup": round(t_exact / t_est, 1), "spearman_all": round(spearman(e, a), 3),
         "spearman_effect>=1%": round(spearman(e[keep], a[keep]), 3),
     })
+    print(rows[-1], flush=True)
     for k, site in enumerate(exact.labels["site"]):
         rows.append({"model": model_name, "experiment": f"  {what}: {site}", "cells": e[k].numel(),
                      "spearman_all": round(spearman(e[k], a[k]), 3)})
