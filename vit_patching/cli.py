@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="number of top patches listed (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="patched rows per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", required=True,
                    help="path of the HTML report to write; an existing file is replaced (atomically: a failed "
                    "write leaves it intact)")
     p.add_argument("--title", default=None, help="report title")
@@ -306,7 +306,7 @@ def _run_caap(args: argparse.Namespace) -> Path:
 
     # Every argument that can be checked without the model is checked first, so that no error waits for compute.
     try:
-        check_output_file(args.out, "--out")
+        args.out = check_output_file(args.out, "--out")
         device = check_device(args.device)
     except ValueError as e:
         raise _UsageError(str(e)) from None
@@ -318,10 +318,15 @@ def _run_caap(args: argparse.Namespace) -> Path:
         raise _UsageError(f"--sample: expected an index in [0, {MAX_SAMPLE}), got {args.sample}")
     if args.target is not None and args.target < 0:
         raise _UsageError(f"--target: expected a class index >= 0, got {args.target}")
-    if args.sample is not None:
-        from vit_patching.zoo import available_models
+    from vit_patching.zoo import available_models
 
-        if args.model not in available_models():
+    if args.model not in available_models():
+        import timm
+
+        if not timm.is_model(args.model):
+            raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, "
+                              f"got {args.model!r}")
+        if args.sample is not None:
             raise _UsageError(f"--sample needs a shipped model (it picks a sample of that model's dataset); "
                               f"{args.model!r} is a timm model: use --image")
     pil = None if args.image is None else _read_image(args.image)
