@@ -91,12 +91,12 @@ def metric_curves(
                 fig.add_trace(go.Scatter(
                     x=xs, y=y, mode="lines", line=dict(width=0, color=color), hoverinfo="skip", showlegend=False,
                     fill="tonexty" if part == "lower" else None, fillcolor=hex_to_rgba(color, 0.2),
-                    name=esc(f"{name} {band} {part}"), legendgroup=str(name), meta=dict(kind="band", name=str(name), part=part),
+                    name=esc(f"{name} {band} {part}"), legendgroup=esc(name), meta=dict(kind="band", name=str(name), part=part),
                 ))
         label = esc(f"{name} (AUC {auc:.3f})" if show_auc else name)
         fig.add_trace(go.Scatter(
             x=xs, y=mean, mode="lines+markers" if n_steps <= 25 else "lines", line=dict(color=color, width=2),
-            marker=dict(size=5), name=label, legendgroup=str(name),
+            marker=dict(size=5), name=label, legendgroup=esc(name),
             hovertemplate=f"{hover_safe(name)}<br>{hover_safe(x_label)}: %{{x:.3g}}<br>{hover_safe(metric_name)}: "
             "%{y:.4g}<extra></extra>",
             meta=dict(kind="curve", name=str(name), auc=auc, n=int(arr.shape[0]) if batched else 1),
