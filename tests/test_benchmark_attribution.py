@@ -303,6 +303,57 @@ def test_figure_titles_escape_image_names(tmp_path):
         assert not any("<a" in t or "<b>" in t for t in texts)
 
 
+# ------------------------------------------------------------------------------------------ script user errors
+def _script_error(capsys, argv: list[str]) -> str:
+    from vit_patching.benchmark.command import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("benchmark_attribution.py: error: "), lines
+    return lines[0]
+
+
+def test_script_user_errors_exit_2_in_one_line_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
+    import vit_patching.benchmark.command as command
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the argument error")
+
+    monkeypatch.setattr(command, "load_model_and_data", refuse)
+    (tmp_path / "file").write_text("x")
+    out = ["--out", str(tmp_path / "out")]
+    cases = [
+        (["--methods", "rollout,bogus"], "--methods: expected 'all' or names from"),
+        (["--exclude", "bogus"], "--exclude"),
+        (["--n", "0"], "--n: expected a positive number, got 0"),
+        (["--chunk-size", "-1"], "--chunk-size"),
+        (["--images", str(tmp_path / "none")], "--images: expected a folder, got a missing path"),
+        (["--masks", str(tmp_path)], "--masks: needs --images"),
+        (["--device", "bogus"], "--device: expected cpu, cuda, cuda:N or mps, got 'bogus'"),
+        (["--option", "rollout.x"], "--option: expected METHOD.KEY=VALUE"),
+        (["--methods", "rollout", "--option", "rise.n_masks=3"], "--option: 'rise.n_masks=3' sets an option of 'rise'"),
+        (["--model-kwargs", "{bad"], "--model-kwargs: expected a JSON object"),
+        (["--model", "no_such_model_xyz"], "--model: expected a zoo model"),
+        (["--model", "vit_tiny_patch16_224"], "--images: a timm model"),
+        (["--rank", "0"], "--rank: --rank and --world-size go together"),
+        (["--rank", "2", "--world-size", "2"], "--rank: expected 0 <= rank < --world-size = 2, got 2"),
+        (["--write-docs", str(tmp_path)], "--write-docs: expected a file path, got the existing folder"),
+    ]
+    for argv, expected in cases:
+        assert expected in _script_error(capsys, [*argv, *out]), argv
+    assert "error: --out: cannot create" in _script_error(capsys, ["--out", str(tmp_path / "file")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_errors_found_with_the_model_exit_2_before_any_chunk(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out"), "--n", "2", "--no-png", "--no-progress"]
+    line = _script_error(capsys, ["--methods", "random", "--option", "random.no_such_option=1", *out])
+    assert line.startswith("benchmark_attribution.py: error: --option: random:")
+    line = _script_error(capsys, ["--methods", "random", "--merge-only", *out])
+    assert "--merge-only: out_dir: 1 (method, chunk) results are missing" in line
+    assert not (tmp_path / "out" / "partials").exists()
+
+
 # --------------------------------------------------------------------------------------- script, 2 processes
 def _image_folder(root: Path, n: int = 6) -> tuple[Path, Path]:
     """``n`` random 32x32 images, each with a red square, and its mask (``img/``, ``mask/``)."""
