@@ -16,7 +16,7 @@ from vit_patching.plotting._common import Number, axis_ref, esc, layout_key
 
 TITLE_PX = 20  # height reserved for a facet's title
 STRIP_GAP_PX = 6  # gap between a strip and the grid below it
-TICK_FONT = dict(size=9)
+TICK_FONT = dict(size=10)
 #: Top margin of a figure with a title: the title (16 px) sits below Plotly's mode bar (about 30 px high, top
 #: right), so that neither covers the other when the figure is narrow.
 TITLE_MARGIN_PX = 72

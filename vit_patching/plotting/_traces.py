@@ -97,7 +97,7 @@ def matrix_heatmap(
     raw_title, raw_value_label = title, value_label  # escaped by figure_title / the colour axis
     row_labels, col_labels = [esc(s) for s in row_labels], [esc(s) for s in col_labels]
     row_name, col_name, value_label = esc(row_name), esc(col_name), esc(value_label)
-    cell_px = cell_px or min(40.0, max(14.0, 420.0 / max(n_rows, n_cols)))
+    cell_px = cell_px or min(56.0, max(14.0, 420.0 / max(n_rows, n_cols)))
     long_x = max((len(s) for s in col_labels), default=1) > 3
     margin = dict(
         l=int(30 + 7 * max((len(s) for s in row_labels), default=1)),
