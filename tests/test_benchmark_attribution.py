@@ -345,6 +345,17 @@ def test_script_user_errors_exit_2_in_one_line_before_any_model_is_loaded(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_script_pretrained_without_cached_weights_fails_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    images, _ = _image_folder(tmp_path / "data", n=1)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    line = _script_error(capsys, ["--model", "vit_tiny_patch16_224", "--pretrained", "--images", str(images),
+                                  "--out", str(tmp_path / "out")])
+    assert "--pretrained: the weights of 'vit_tiny_patch16_224'" in line and "not in the local" in line
+
+
 def test_script_errors_found_with_the_model_exit_2_before_any_chunk(tmp_path, capsys):
     out = ["--out", str(tmp_path / "out"), "--n", "2", "--no-png", "--no-progress"]
     line = _script_error(capsys, ["--methods", "random", "--option", "random.no_such_option=1", *out])

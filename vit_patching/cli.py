@@ -33,7 +33,7 @@ from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_SAMPLE", "main", "build_parser", "check_device"]
+__all__ = ["MAX_SAMPLE", "main", "build_parser", "check_device", "pretrained_weights_file"]
 
 #: ``--sample`` indices above this are refused (the chunk seeds before the sample are drawn one by one).
 MAX_SAMPLE = 10**9
@@ -144,7 +144,7 @@ def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str
 
     if not timm.is_model(name):
         raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, got {name!r}")
-    kwargs = {"pretrained_cfg_overlay": {"file": str(_pretrained_file(name))}} if pretrained else {}
+    kwargs = {"pretrained_cfg_overlay": {"file": str(_cached_or_fail(name))}} if pretrained else {}
     try:
         model = HookedViT.from_timm(name, pretrained=pretrained, **kwargs)
     except Exception as e:  # corrupt weights / unsupported architecture: one readable line
@@ -178,8 +178,11 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def _pretrained_file(name: str) -> Path:
+def pretrained_weights_file(name: str) -> Path:
     """timm's pretrained weights of ``name`` as a local file: from the cache, else downloaded once.
+
+    Raises:
+        ValueError: naming ``--pretrained``, if the weights are not cached and cannot be downloaded.
 
     huggingface_hub retries an unreachable hub for about a minute, warning at every retry, before it fails
     (even with ``HF_HUB_OFFLINE``), so the cache is looked at first and the network tried at most once.
@@ -190,7 +193,7 @@ def _pretrained_file(name: str) -> Path:
     cfg = timm.models.get_pretrained_cfg(name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not hub_id:
-        raise _UsageError(f"--pretrained: timm has no Hugging Face weights for {name!r}")
+        raise ValueError(f"--pretrained: timm has no Hugging Face weights for {name!r}")
     repo, _, revision = hub_id.partition("@")
     files = ("model.safetensors", "pytorch_model.bin")
     for filename in files:
@@ -198,15 +201,22 @@ def _pretrained_file(name: str) -> Path:
         if isinstance(cached, str):
             return Path(cached)
     if _offline():
-        raise _UsageError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
+        raise ValueError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
                           "and HF_HUB_OFFLINE is set; download them once with network access")
     if not _reachable(constants.ENDPOINT):
-        raise _UsageError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
+        raise ValueError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
                           f"and {constants.ENDPOINT} cannot be reached; download them once with network access")
     try:
         return Path(hf_hub_download(repo, files[0], revision=revision or None))
     except Exception as e:  # noqa: BLE001 - any hub failure is one line for the user
-        raise _UsageError(f"--pretrained: could not download the weights of {name!r} ({repo}): {e}") from e
+        raise ValueError(f"--pretrained: could not download the weights of {name!r} ({repo}): {e}") from e
+
+
+def _cached_or_fail(name: str) -> Path:
+    try:
+        return pretrained_weights_file(name)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
 
 
 def _read_image(path: Path) -> Any:

@@ -45,7 +45,7 @@ from vit_patching.benchmark.config import BenchmarkConfig
 from vit_patching.benchmark.data import folder_data, zoo_data
 from vit_patching.benchmark.report import figures, markdown_report, update_docs, write_csv
 from vit_patching.benchmark.runner import merge, run_shard
-from vit_patching.cli import check_device
+from vit_patching.cli import check_device, pretrained_weights_file
 from vit_patching.files import atomic_write_text, check_output_file
 from vit_patching.images import BASELINES
 from vit_patching.model import HookedViT
@@ -213,6 +213,11 @@ def load_model_and_data(args: argparse.Namespace, device: Any, model_kwargs: dic
                 data = zoo_data(args.model, n=args.n, seed=args.seed)
                 data.source["model"] = f"zoo {args.model} (shipped weights)"
             return model.to(device), data
+        if args.pretrained:  # from the local cache, or one download attempt: never a minute of retries
+            try:
+                model_kwargs = {**model_kwargs, "pretrained_cfg_overlay": {"file": str(pretrained_weights_file(args.model))}}
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         torch.manual_seed(args.model_seed)
         try:
             model = HookedViT.from_timm(args.model, pretrained=args.pretrained, **model_kwargs)
