@@ -20,6 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from vit_patching.files import atomic_write_text
 from vit_patching.plotting._common import image_to_rgb
 from vit_patching.plotting._traces import png_data_uri
 
@@ -81,22 +82,42 @@ class ReportSection:
 
     @classmethod
     def figure(cls, heading: str, fig: go.Figure, caption: str = "") -> ReportSection:
-        """A figure section."""
+        """A figure section.
+
+        Example:
+            >>> ReportSection.figure("Map", go.Figure(go.Heatmap(z=[[1, 2]]))).kind
+            'figure'
+        """
         return cls(heading, "figure", fig, caption)
 
     @classmethod
     def table(cls, heading: str, rows: Any, caption: str = "") -> ReportSection:
-        """A table section from a list of dicts (columns: union of keys, first-seen order) or a DataFrame."""
+        """A table section from a list of dicts (columns: union of keys, first-seen order) or a DataFrame.
+
+        Example:
+            >>> ReportSection.table("Scores", [{"method": "caap", "auc": 0.7}]).content[0]["auc"]
+            0.7
+        """
         return cls(heading, "table", rows, caption)
 
     @classmethod
     def text(cls, heading: str, text: str, caption: str = "") -> ReportSection:
-        """A text section (blank lines separate paragraphs)."""
+        """A text section (blank lines separate paragraphs).
+
+        Example:
+            >>> ReportSection.text("Notes", "one\\n\\ntwo").heading
+            'Notes'
+        """
         return cls(heading, "text", text, caption)
 
     @classmethod
     def images(cls, heading: str, images: Mapping[str, Any], caption: str = "") -> ReportSection:
-        """A gallery of named images, each ``[channel, height, width]`` in [0, 1]."""
+        """A gallery of named images, each ``[channel, height, width]`` in [0, 1].
+
+        Example:
+            >>> sorted(ReportSection.images("Inputs", {"a": torch.zeros(3, 4, 4)}).content)
+            ['a']
+        """
         return cls(heading, "images", images, caption)
 
 
@@ -247,10 +268,19 @@ def write_report(
 ) -> Path:
     """Render a report with `render_report` and write it (UTF-8) to ``path``; returns the path.
 
+    The page is rendered first and then written to a temporary file in the same folder that replaces ``path``
+    (:func:`vit_patching.files.atomic_write_text`): a write that fails halfway leaves an existing report intact.
+
+    Raises:
+        ValueError: if ``path`` is an existing folder.
+
     Example:
-        >>> write_report("/tmp/report.html", "Run", [ReportSection.text("Notes", "ok")])  # doctest: +SKIP
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "report.html"
+        >>> write_report(path, "Run", [ReportSection.text("Notes", "ok")]) == path
+        True
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(title, sections, settings), encoding="utf-8")
-    return path
+    if path.is_dir():
+        raise ValueError(f"path: expected an HTML file path, got the existing folder {str(path)!r}")
+    return atomic_write_text(path, render_report(title, sections, settings))
