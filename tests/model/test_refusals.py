@@ -16,14 +16,11 @@ def _refuse(model, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(global_pool="map"), r"global_pool='map'.*attention-pool"),
         (dict(global_pool="prr"), r"global_pool='prr'.*attention-pool"),
         (dict(scale_attn_norm=True), "scale_attn_norm"),
-        (dict(scale_mlp_norm=True), "scale_mlp_norm"),
-        (dict(embed_norm_layer="layernorm"), "patch-embedding norm"),
         (dict(dynamic_img_pad=True), "dynamic_img_pad"),
         (dict(act_layer="relu"), "activation ReLU"),
-        (dict(norm_layer="rmsnorm"), "RmsNorm"),
+        (dict(norm_layer="layernorm2d"), "LayerNorm2d"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()),
 )

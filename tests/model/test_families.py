@@ -1,0 +1,239 @@
+"""ViT families beyond the plain pre-LN ViT: each converts exactly, each new hook takes effect, fused == explicit.
+
+One tiny random model per feature (norm weights, biases and gammas randomised by ``randomize_``); logits and
+every block output must equal timm's within 1e-5.
+"""
+import pytest
+import timm
+import torch
+from timm.layers import GluMlp, SwiGLU, SwiGLUPacked
+
+from model_helpers import images, make_pair, make_timm, randomize_, timm_block_outputs
+from vit_patching.model import HookedViT, UnsupportedModelError
+from vit_patching.model.logit_attribution import head_bias, head_contributions
+
+ATOL = 1e-5
+VIT = "vit_tiny_patch16_224"
+
+# name -> (timm model name, timm kwargs, expected config, hook points the feature adds)
+FAMILIES = {
+    "rmsnorm": (VIT, dict(norm_layer="rmsnorm"), dict(norm_kind="RMS", normalization_type="RMS"), []),
+    "rmsnorm_qk_norm_pre_norm": (
+        VIT, dict(norm_layer="rmsnorm", qk_norm=True, pre_norm=True, global_pool="avg"), dict(norm_kind="RMS"),
+        ["blocks.0.attn.q_norm.hook_scale", "ln_pre.hook_normalized", "fc_norm.hook_normalized"],
+    ),
+    "swiglu": (
+        VIT, dict(mlp_layer=SwiGLU, act_layer="silu"), dict(gated_mlp=True, act_fn="silu", d_mlp=128),
+        ["blocks.0.mlp.hook_pre", "blocks.1.mlp.hook_pre_linear", "blocks.1.mlp.hook_post"],
+    ),
+    "swiglu_packed": (
+        VIT, dict(mlp_layer=SwiGLUPacked, act_layer="silu"), dict(gated_mlp=True, d_mlp=64),
+        ["blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_pre_linear"],
+    ),
+    "glu_sigmoid_gate_last": (
+        VIT, dict(mlp_layer=GluMlp, act_layer="sigmoid"), dict(gated_mlp=True, act_fn="sigmoid"),
+        ["blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_pre_linear"],
+    ),
+    "scale_mlp_norm": (
+        VIT, dict(scale_mlp_norm=True), dict(mlp_norm=True),
+        ["blocks.0.mlp.hook_mid", "blocks.0.mlp.ln.hook_scale", "blocks.0.mlp.hook_post"],
+    ),
+    "swiglu_scale_mlp_norm_rms": (
+        VIT, dict(mlp_layer=SwiGLU, act_layer="silu", scale_mlp_norm=True, norm_layer="rmsnorm"),
+        dict(gated_mlp=True, mlp_norm=True, norm_kind="RMS"),
+        ["blocks.1.mlp.hook_mid", "blocks.1.mlp.ln.hook_normalized"],
+    ),
+    "embed_norm": (
+        VIT, dict(embed_norm_layer="layernorm"), dict(embed_norm=True), ["embed.ln.hook_scale", "embed.ln.hook_normalized"],
+    ),
+    "map_pool": (
+        VIT, dict(global_pool="map"), dict(global_pool="map", pool_n_heads=2, pool_d_mlp=128),
+        [f"attn_pool.hook_{n}" for n in ("q", "k", "v", "attn_scores", "pattern", "z", "attn_out", "mlp_out")]
+        + ["attn_pool.ln.hook_scale", "attn_pool.mlp.hook_pre", "attn_pool.mlp.hook_post"],
+    ),
+    "map_pool_no_cls_registers": (
+        VIT, dict(global_pool="map", class_token=False, reg_tokens=2), dict(global_pool="map", n_prefix=2),
+        ["attn_pool.hook_pattern"],
+    ),
+    "map_pool_include_prefix": (
+        VIT, dict(global_pool="map", pool_include_prefix=True), dict(pool_include_prefix=True), ["attn_pool.hook_k"],
+    ),
+    # Whole timm architectures, built tiny.
+    "aimv2": (
+        "aimv2_large_patch14_224", dict(img_size=28, patch_size=7, embed_dim=32, num_heads=2),
+        dict(norm_kind="RMS", gated_mlp=True, embed_norm=True, global_pool="avg"), [],
+    ),
+    "siglip": ("vit_base_patch16_siglip_224", dict(embed_dim=32, num_heads=2), dict(global_pool="map"), []),
+    "dinov2_giant_swiglu": (
+        "vit_giant_patch14_dinov2", dict(img_size=28, patch_size=7, embed_dim=32, num_heads=2),
+        dict(gated_mlp=True), [],
+    ),
+}
+
+
+def _pair(name):
+    timm_name, kwargs, _, _ = FAMILIES[name]
+    return make_pair(timm_name, **kwargs)
+
+
+def _size(m):
+    return tuple(m.patch_embed.img_size)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_matches_timm(family):
+    _, _, expected, _ = FAMILIES[family]
+    m, model = _pair(family)
+    for key, value in expected.items():
+        assert getattr(model.cfg, key) == value, key
+    x = images(2, *_size(m))
+    ref_logits, ref_blocks = timm_block_outputs(m, x)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(x)
+    assert logits.shape == ref_logits.shape
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+    assert len(ref_blocks) == model.cfg.n_layers
+    for i, ref in enumerate(ref_blocks):
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"], ref, atol=ATOL, rtol=0, msg=f"block {i}")
+    # The explicit path (every hook point hooked, hence explicit softmax and norms) agrees as well.
+    with torch.no_grad():
+        explicit = model.run_with_hooks(x, fwd_hooks=[(lambda n: True, lambda a, hook: a)])
+    torch.testing.assert_close(explicit, ref_logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILIES[f][3]])
+def test_family_hooks_exist_and_take_effect(family):
+    _, _, _, hooks = FAMILIES[family]
+    m, model = _pair(family)
+    x = images(2, *_size(m))
+    with torch.no_grad():
+        base, cache = model.run_with_cache(x)
+        for name in hooks:
+            assert name in model.hook_dict, name
+            assert name in cache.cache_dict, name
+
+            def perturb(a, hook):
+                # Not affine along any axis: a norm right after the hook cannot undo it.
+                return a + 0.5 * torch.sin(torch.arange(a.numel(), dtype=a.dtype).view(a.shape))
+
+            out = model.run_with_hooks(x, fwd_hooks=[(name, perturb)])
+            assert (out - base).abs().max() > 1e-4, f"perturbing {name} changed nothing"
+
+
+def test_gated_mlp_hooks_compose_to_the_mlp_output():
+    """hook_post == act(hook_pre) * hook_pre_linear, and hook_post @ W_out + b_out is hook_mlp_out."""
+    m, model = _pair("swiglu")
+    x = images(2)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x)
+    mlp = model.blocks[1].mlp
+    pre, lin = cache["blocks.1.mlp.hook_pre"], cache["blocks.1.mlp.hook_pre_linear"]
+    torch.testing.assert_close(cache["blocks.1.mlp.hook_post"], torch.nn.functional.silu(pre) * lin)
+    torch.testing.assert_close(cache["blocks.1.hook_mlp_out"], cache["blocks.1.mlp.hook_post"] @ mlp.W_out + mlp.b_out)
+    # The gate weights are the timm SwiGLU's fc1_g (gate) and fc1_x (linear), not swapped.
+    torch.testing.assert_close(mlp.W_gate, m.blocks[1].mlp.fc1_g.weight.T, atol=0, rtol=0)
+    torch.testing.assert_close(mlp.W_in, m.blocks[1].mlp.fc1_x.weight.T, atol=0, rtol=0)
+
+
+def test_mlp_norm_post_is_what_w_out_reads():
+    """With scale_mlp_norm, hook_post (after the sub-norm) @ W_out + b_out is hook_mlp_out, so neuron
+    contributions stay exact; hook_mid is the activation before the norm."""
+    m, model = _pair("scale_mlp_norm")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    mlp = model.blocks[0].mlp
+    torch.testing.assert_close(cache["blocks.0.hook_mlp_out"], cache["blocks.0.mlp.hook_post"] @ mlp.W_out + mlp.b_out)
+    torch.testing.assert_close(cache["blocks.0.mlp.hook_mid"], torch.nn.functional.gelu(cache["blocks.0.mlp.hook_pre"]))
+
+
+def test_attention_pool_pattern_and_output():
+    """The pool's pattern is one softmax row per head over the pooled tokens, and z = pattern @ v."""
+    m, model = _pair("map_pool_no_cls_registers")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    pattern, v = cache["attn_pool.hook_pattern"], cache["attn_pool.hook_v"]
+    assert pattern.shape == (2, 2, 1, 16)  # registers are not pooled (pool_include_prefix=False)
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 2, 1))
+    z = (pattern @ v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(cache["attn_pool.hook_z"], z, atol=1e-6, rtol=0)
+    pooled = cache["attn_pool.hook_attn_out"] + cache["attn_pool.hook_mlp_out"]
+    torch.testing.assert_close(cache["hook_pooled"], pooled[:, 0], atol=0, rtol=0)
+
+
+def test_map_pool_refuses_linear_logit_attribution():
+    m, model = _pair("map_pool")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    parts = cache.decompose_resid()
+    with pytest.raises(ValueError, match="map"):
+        head_contributions(model, cache, parts)
+    with pytest.raises(UnsupportedModelError, match="map"):
+        model.tokens_to_residual_directions(3)
+
+
+@pytest.mark.parametrize("family", ["rmsnorm", "swiglu_scale_mlp_norm_rms", "map_pool", "swiglu", "embed_norm"])
+def test_fold_ln_keeps_logits(family):
+    m, model = _pair(family)
+    x = images(2)
+    with torch.no_grad():
+        ref = m(x)
+        model.process_weights_(fold_ln=True, fold_value_biases=True)
+        out = model(x)
+    assert model.cfg.normalization_type == ("RMSPre" if model.cfg.norm_kind == "RMS" else "LNPre")
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+
+
+def test_rms_head_contributions_add_up_to_logits():
+    m, model = _pair("rmsnorm")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(images(2))
+    parts = cache.decompose_resid()
+    total = head_contributions(model, cache, parts).sum(0) + head_bias(model, cache)
+    torch.testing.assert_close(total, logits, atol=ATOL, rtol=0)
+
+
+def test_rms_refuses_center_writing_weights():
+    m, model = _pair("rmsnorm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match="RmsNorm"):
+        model.process_weights_(center_writing_weights=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(global_pool="prr"), "AttentionPoolPrr"),
+        (dict(scale_attn_norm=True), "scale_attn_norm"),
+        (dict(act_layer="relu"), "activation ReLU"),
+        (dict(norm_layer="layernorm2d"), "unsupported normalisation"),
+    ],
+)
+def test_still_refused(kwargs, match):
+    with pytest.raises(UnsupportedModelError, match=match):
+        HookedViT.from_timm(make_timm(depth=1, **kwargs))
+
+
+def test_mixed_norm_kinds_refused():
+    m = make_timm(depth=2, norm_layer="rmsnorm")
+    m.blocks[1].norm1 = torch.nn.LayerNorm(32, eps=1e-6)
+    with pytest.raises(UnsupportedModelError, match="mixed|eps"):
+        HookedViT.from_timm(m)
+
+
+def test_map_pool_variants_refused():
+    from timm.layers import AttentionPoolLatent
+
+    m = make_timm(depth=1, global_pool="map")
+    m.attn_pool = randomize_(AttentionPoolLatent(32, num_heads=2, latent_len=2, norm_layer=torch.nn.LayerNorm))
+    with pytest.raises(UnsupportedModelError, match="one latent query"):
+        HookedViT.from_timm(m)
+
+
+def test_siglip_by_name_full_width_block():
+    """A real SigLIP block width (768, 12 heads) at depth 1: the pool head converts at full size too."""
+    m = randomize_(timm.create_model("vit_base_patch16_siglip_224", depth=1, img_size=32, num_classes=5)).eval()
+    model = HookedViT.from_timm(m)
+    x = images(1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), m(x), atol=ATOL, rtol=0)
