@@ -159,6 +159,15 @@ def render(rows: list[dict], atol: float, seconds: float) -> str:
         f" `exact` means logits and every block output agree within {atol:g}; `refused` means the conversion"
         " raised `UnsupportedModelError` (reason given); `WRONG` means it converted but differs.",
         "",
+        "Notes on the families: RoPE models (`eva` module) carry the rotary table for their `img_size` (the"
+        " converted model takes that size only); `attn.hook_q`/`hook_k` are before the rotation and"
+        " `attn.hook_rot_q`/`hook_rot_k` after. Grouped-query attention is converted with each K/V head repeated"
+        " for its query heads (as timm computes it). Gated MLPs have `mlp.hook_pre` (gate), `mlp.hook_pre_linear`"
+        " and `mlp.hook_post`; MLP and attention sub-norms put `hook_mid` / `attn.hook_z_pre_norm` before the norm"
+        " and `hook_post` / `hook_z` (what `W_out` / `W_O` read) after it. `global_pool='map'` models have"
+        " `attn_pool.*` hooks; their logits are not linear in the residual stream, so linear logit attribution is"
+        " refused for them.",
+        "",
         f"**Total {len(rows)}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("exact", "refused", "WRONG", "not built"))
         + "**",
         "",

@@ -43,6 +43,11 @@ FAMILIES = {
         dict(gated_mlp=True, mlp_norm=True, norm_kind="RMS"),
         ["blocks.1.mlp.hook_mid", "blocks.1.mlp.ln.hook_normalized"],
     ),
+    "scale_attn_norm": (
+        VIT, dict(scale_attn_norm=True), dict(attn_norm=True),
+        ["blocks.0.attn.hook_z_pre_norm", "blocks.0.attn.ln.hook_scale", "blocks.1.attn.ln.hook_normalized"],
+    ),
+    "beit3": ("beit3_base_patch16_224", dict(embed_dim=32, num_heads=2), dict(attn_norm=True, mlp_norm=True), []),
     "embed_norm": (
         VIT, dict(embed_norm_layer="layernorm"), dict(embed_norm=True), ["embed.ln.hook_scale", "embed.ln.hook_normalized"],
     ),
@@ -58,6 +63,11 @@ FAMILIES = {
     "map_pool_include_prefix": (
         VIT, dict(global_pool="map", pool_include_prefix=True), dict(pool_include_prefix=True), ["attn_pool.hook_k"],
     ),
+    "parallel_scaling_block": (
+        VIT, dict(block_fn="PARALLEL", qkv_bias=False, qk_norm=True, init_values=1e-5),
+        dict(parallel_attn_mlp=True, qk_norm=True), ["blocks.0.hook_attn_out", "blocks.1.hook_mlp_out"],
+    ),
+    "parallel_scaling_block_qkv_bias": (VIT, dict(block_fn="PARALLEL"), dict(parallel_attn_mlp=True), []),
     # Whole timm architectures, built tiny.
     "aimv2": (
         "aimv2_large_patch14_224", dict(img_size=28, patch_size=7, embed_dim=32, num_heads=2),
@@ -72,7 +82,11 @@ FAMILIES = {
 
 
 def _pair(name):
+    from timm.models.vision_transformer import ParallelScalingBlock
+
     timm_name, kwargs, _, _ = FAMILIES[name]
+    if kwargs.get("block_fn") == "PARALLEL":
+        kwargs = dict(kwargs, block_fn=ParallelScalingBlock)
     return make_pair(timm_name, **kwargs)
 
 
@@ -160,6 +174,22 @@ def test_attention_pool_pattern_and_output():
     torch.testing.assert_close(cache["hook_pooled"], pooled[:, 0], atol=0, rtol=0)
 
 
+def test_attn_norm_head_results_sum_to_attn_out():
+    """With a norm over the concatenated heads, hook_z is the normed z that W_O reads, so per-head results
+    (use_attn_result) still add up to the attention output; hook_z_pre_norm is pattern @ v."""
+    m, model = _pair("scale_attn_norm")
+    model.set_use_attn_result(True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    attn = model.blocks[1].attn
+    torch.testing.assert_close(
+        cache["blocks.1.attn.hook_result"].sum(2) + attn.b_O, cache["blocks.1.hook_attn_out"], atol=1e-5, rtol=0
+    )
+    pattern, v = cache["blocks.1.attn.hook_pattern"], cache["blocks.1.attn.hook_v"]
+    z_raw = (pattern @ v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(cache["blocks.1.attn.hook_z_pre_norm"], z_raw, atol=1e-6, rtol=0)
+
+
 def test_map_pool_refuses_linear_logit_attribution():
     m, model = _pair("map_pool")
     with torch.no_grad():
@@ -192,6 +222,16 @@ def test_rms_head_contributions_add_up_to_logits():
     torch.testing.assert_close(total, logits, atol=ATOL, rtol=0)
 
 
+def test_attn_norm_refuses_fold_value_biases_and_keeps_logits_with_the_rest():
+    m, model = _pair("scale_attn_norm")
+    x = images(2)
+    with pytest.raises(UnsupportedModelError, match="scale_attn_norm"):
+        model.process_weights_(fold_value_biases=True)
+    with torch.no_grad():
+        model.process_weights_(fold_ln=True, center_writing_weights=True)
+        torch.testing.assert_close(model(x), m(x), atol=ATOL, rtol=0)
+
+
 def test_rms_refuses_center_writing_weights():
     m, model = _pair("rmsnorm")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -204,7 +244,6 @@ def test_rms_refuses_center_writing_weights():
     "kwargs, match",
     [
         (dict(global_pool="prr"), "AttentionPoolPrr"),
-        (dict(scale_attn_norm=True), "scale_attn_norm"),
         (dict(act_layer="relu"), "activation ReLU"),
         (dict(norm_layer="layernorm2d"), "unsupported normalisation"),
     ],
@@ -237,3 +276,126 @@ def test_siglip_by_name_full_width_block():
     x = images(1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), m(x), atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------- timm Eva (RoPE, LayerScale gammas, GQA, ...)
+EVA = {
+    "eva_giant_no_rope": ("eva_giant_patch14_224", {}, dict(rope="")),
+    "eva02_rope_swiglu_sub_ln": ("eva02_base_patch14_224", {}, dict(rope="axial", gated_mlp=True, mlp_norm=True)),
+    "eva02_tiny_glu_packed": ("eva02_tiny_patch14_224", {}, dict(rope="axial", gated_mlp=True)),
+    "eva02_clip_attn_norm": ("eva02_base_patch16_clip_224", {}, dict(attn_norm=True, mlp_norm=True)),
+    "rope_axial_layer_scale": ("vit_small_patch16_rope_224", {}, dict(rope="axial")),
+    "rope_axial_abs_pos": ("vit_small_patch16_rope_ape_224", {}, dict(rope="axial", has_pos_embed=True)),
+    "rope_mixed": ("vit_small_patch16_rope_mixed_224", {}, dict(rope="mixed")),
+    "rope_mixed_abs_pos": ("vit_small_patch16_rope_mixed_ape_224", {}, dict(rope="mixed")),
+    "dinov3_rotate_half_registers": (
+        "vit_small_patch16_dinov3", {}, dict(rope="axial", rope_half=True, n_registers=4, dynamic_img_size=False),
+    ),
+    "perception_encoder_map": ("vit_pe_core_tiny_patch16_384", {}, dict(global_pool="map", pool_include_prefix=True)),
+    "sapiens2_gqa_rms_qk_norm": (
+        "vit_base_patch16_sapiens2", dict(num_kv_heads=(2, 1)), dict(norm_kind="RMS", qk_norm=True, rope_half=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(EVA))
+def test_eva_family_matches_timm(family):
+    name, kwargs, expected = EVA[family]
+    m, model = make_pair(name, **kwargs)
+    for key, value in expected.items():
+        assert getattr(model.cfg, key) == value, key
+    x = images(2)
+    ref_logits, ref_blocks = timm_block_outputs(m, x)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(x)
+        explicit = model.run_with_hooks(x, fwd_hooks=[(lambda n: True, lambda a, hook: a)])
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(explicit, ref_logits, atol=ATOL, rtol=0)
+    assert len(ref_blocks) == 2
+    for i, ref in enumerate(ref_blocks):
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"], ref, atol=ATOL, rtol=0, msg=f"block {i}")
+
+
+@pytest.mark.parametrize("family", ["rope_axial_layer_scale", "rope_mixed", "dinov3_rotate_half_registers"])
+def test_rope_hooks(family):
+    """hook_q/hook_k are before the rotation, hook_rot_q/hook_rot_k after; prefix tokens are not rotated; the
+    rotation keeps each pair's norm; perturbing any of the four changes the output."""
+    name, kwargs, _ = EVA[family]
+    m, model = make_pair(name, **kwargs)
+    x = images(2)
+    n = model.cfg.n_prefix
+    with torch.no_grad():
+        base, cache = model.run_with_cache(x)
+        for site in ("q", "k"):
+            pre, rot = cache[f"blocks.1.attn.hook_{site}"], cache[f"blocks.1.attn.hook_rot_{site}"]
+            assert pre.shape == rot.shape == (2, model.cfg.n_pos, model.cfg.n_heads, model.cfg.d_head)
+            torch.testing.assert_close(rot[:, :n], pre[:, :n], atol=0, rtol=0)
+            assert (rot[:, n:] - pre[:, n:]).abs().max() > 1e-3
+            torch.testing.assert_close(rot.norm(dim=-1), pre.norm(dim=-1), atol=1e-5, rtol=1e-5)
+        for hook in ("hook_q", "hook_k", "hook_rot_q", "hook_rot_k", "hook_v"):
+            out = model.run_with_hooks(x, fwd_hooks=[(f"blocks.0.attn.{hook}", lambda a, hook: a.flip(1))])
+            assert (out - base).abs().max() > 1e-4, hook
+
+
+def test_gqa_kv_heads_are_repeated_per_group():
+    """Sapiens2 block 1 has one K/V head for two query heads: hook_k holds it once per query head."""
+    m, model = make_pair("vit_base_patch16_sapiens2", num_kv_heads=(2, 1))
+    assert m.blocks[1].attn.num_kv_heads == 1
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+    k, v = cache["blocks.1.attn.hook_k"], cache["blocks.1.attn.hook_v"]
+    torch.testing.assert_close(k[:, :, 0], k[:, :, 1], atol=0, rtol=0)
+    torch.testing.assert_close(v[:, :, 0], v[:, :, 1], atol=0, rtol=0)
+    assert (cache["blocks.0.attn.hook_k"][:, :, 0] - cache["blocks.0.attn.hook_k"][:, :, 1]).abs().max() > 1e-3
+
+
+def test_rope_model_takes_its_image_size_only():
+    """DINOv3 is dynamic_img_size in timm; the converted model's RoPE table is for one grid, so other sizes are
+    refused with a clear error instead of being silently mis-rotated."""
+    m, model = make_pair("vit_small_patch16_dinov3")
+    assert m.dynamic_img_size and not model.cfg.dynamic_img_size
+    with pytest.raises(ValueError, match="img_size"):
+        model(images(1, 48, 48))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("eva02_enormous_patch14_clip_224", dict(embed_dim=32, num_heads=2), "EvaBlockPostNorm"),
+    ],
+)
+def test_eva_refusals(name, kwargs, match):
+    with pytest.raises(UnsupportedModelError, match=match):
+        HookedViT.from_timm(make_timm(name, **kwargs))
+
+
+def test_eva_conversion_leaves_timm_untouched_even_in_training_mode():
+    m = make_timm("vit_small_patch16_dinov3")
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    flags = {n: mod.training for n, mod in m.named_modules()}
+    model = HookedViT.from_timm(m)
+    assert {n: mod.training for n, mod in m.named_modules()} == flags
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images(2)), m(images(2)), atol=ATOL, rtol=0)
+
+
+def test_parallel_block_sums_attention_and_mlp_and_refuses_what_it_lacks():
+    m, model = _pair("parallel_scaling_block")
+    x = images(2)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x)
+    for i in range(2):
+        b = f"blocks.{i}."
+        torch.testing.assert_close(
+            cache[b + "hook_resid_post"], cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"] + cache[b + "hook_mlp_out"],
+            atol=1e-6, rtol=0,
+        )
+    assert "blocks.0.hook_resid_mid" not in model.hook_dict and not hasattr(model.blocks[0], "ln2")
+    with pytest.raises(UnsupportedModelError, match="parallel"):
+        model.process_weights_(fold_ln=True)
+    model.set_use_split_qkv_input(True)
+    with pytest.raises(ValueError, match="parallel"):
+        model(x)

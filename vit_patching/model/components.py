@@ -173,6 +173,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
         self.hook_result = HookPoint()
+        if cfg.attn_norm:  # scale_attn_norm: a norm over the concatenated heads, between z and W_O
+            self.hook_z_pre_norm = HookPoint()  # [batch pos head d_head], pattern @ v before the norm
+            self.ln = LayerNorm(h * dh, cfg.eps, rms=cfg.norm_kind == "RMS")
         if cfg.rope:  # timm Eva RoPE: a fixed sin|cos table for the patch tokens (prefix tokens are not rotated)
             width = cfg.n_heads if cfg.rope == "mixed" else 1
             self.register_buffer("rope_table", torch.zeros(cfg.n_patches, width, 2 * dh))
@@ -241,6 +244,8 @@ class Attention(nn.Module):
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = (pattern @ v.transpose(1, 2)).transpose(1, 2)
+        if cfg.attn_norm:  # hook_z stays what W_O reads, so head results still sum to the attention output
+            z = self.ln(self.hook_z_pre_norm(z).flatten(2)).unflatten(2, (cfg.n_heads, cfg.d_head))
         z = self.hook_z(z)
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))

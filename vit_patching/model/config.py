@@ -61,6 +61,8 @@ class ViTConfig:
     gated_mlp: bool = False  # GLU/SwiGLU MLP: act(x W_gate + b_gate) * (x W_in + b_in) (TransformerLens's gated_mlp)
     mlp_norm: bool = False  # timm scale_mlp_norm / EVA02 sub-LN: a norm over the hidden units before fc2
     embed_norm: bool = False  # timm embed_norm_layer: a norm over the patch tokens right after the conv
+    parallel_attn_mlp: bool = False  # timm ParallelScalingBlock: attention and MLP both read ln1 (TransformerLens name)
+    attn_norm: bool = False  # timm scale_attn_norm / EVA scale_attn_inner: a norm over the concatenated heads' z
     # global_pool="map": timm's AttentionPoolLatent (SigLIP): one learned latent query attends to the tokens.
     pool_n_heads: int = 0
     pool_d_mlp: int = 0
@@ -171,17 +173,22 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def config_from_timm(model: nn.Module) -> ViTConfig:
-    """Read a :class:`ViTConfig` off a timm ``VisionTransformer`` instance, refusing what is not exact.
+    """Read a :class:`ViTConfig` off a timm ``VisionTransformer`` or ``Eva`` instance, refusing what is not exact.
+
+    Supported beyond the plain pre-LN ViT: RmsNorm, GLU/SwiGLU MLPs, ``scale_mlp_norm``/``scale_attn_norm``,
+    ``embed_norm_layer``, ``global_pool="map"`` (AttentionPoolLatent), ``ParallelScalingBlock`` and timm's
+    ``Eva`` family (RoPE, LayerScale gammas, grouped-query attention; see :mod:`vit_patching.model.eva`).
+    ``docs/support_matrix.md`` lists every timm architecture with its status.
 
     Args:
-        model: A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``).
+        model: A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``) or ``Eva``.
 
     Returns:
         The configuration.
 
     Raises:
-        UnsupportedModelError: naming the feature (attention pooling, EVA/RoPE, gated attention,
-            ``scale_attn_norm``, non-standard blocks or MLPs, ...).
+        UnsupportedModelError: naming the feature (PRR attention pooling, gated or differential attention,
+            ResPostBlock / ParallelThingsBlock / EvaBlockPostNorm, ReLU and other activations, ...).
 
     Example:
         >>> import timm
@@ -193,7 +200,9 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
 
-    from .eva import eva_config_fields, is_eva  # eva.py imports this module: import here, not at the top
+    # eva.py and parallel.py import this module: import them here, not at the top
+    from .eva import eva_config_fields, is_eva
+    from .parallel import is_parallel_block, parallel_block_fields
 
     eva = is_eva(model)
     if not isinstance(model, VisionTransformer) and not eva:
@@ -229,7 +238,8 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     eps_set: set[float] = set()
     eps_qk: set[float] = set()
     qk_norm = None
-    for i, blk in enumerate(blocks):
+    parallel = is_parallel_block(blocks[0]) and not eva
+    for i, blk in enumerate([] if parallel else blocks):
         if type(blk) is not Block and not eva:  # Eva blocks were checked by eva_config_fields
             raise UnsupportedModelError(
                 f"blocks.{i} is {type(blk).__name__}; only timm's pre-LN Block is supported"
@@ -243,11 +253,13 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             )
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError(f"blocks.{i}.attn: gated attention is not supported")
-        if not isinstance(attn.norm, nn.Identity):
-            raise UnsupportedModelError(
-                f"blocks.{i}.attn.norm: scale_attn_norm (a norm over the concatenated heads) breaks per-head"
-                " additivity and is not supported"
-            )
+        this_attn_norm = _norm_eps(attn.norm, f"blocks.{i}.attn.norm")  # scale_attn_norm over all heads' z
+        if this_attn_norm is not None:
+            eps_set.add(this_attn_norm)
+        if i == 0:
+            attn_norm = this_attn_norm is not None
+        elif attn_norm != (this_attn_norm is not None):
+            raise UnsupportedModelError(f"blocks.{i}: scale_attn_norm on some blocks only is not supported")
         if attn.proj.out_features != d_model:
             raise UnsupportedModelError(f"blocks.{i}.attn: dim_out != embed_dim is not supported")
         gated = _mlp_kind(blk.mlp, f"blocks.{i}.mlp")
@@ -285,6 +297,27 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         if this_qk:
             eps_qk.add(_norm_eps(attn.q_norm, f"blocks.{i}.attn.q_norm"))
             eps_qk.add(_norm_eps(attn.k_norm, f"blocks.{i}.attn.k_norm"))
+    if parallel:
+        gated_mlp = mlp_norm = attn_norm = False
+        for i, blk in enumerate(blocks):
+            if not is_parallel_block(blk):
+                raise UnsupportedModelError(f"blocks.{i} is {type(blk).__name__}; mixed block kinds are not supported")
+            if not isinstance(blk.drop_path, nn.Identity) and model.training:
+                raise UnsupportedModelError("stochastic depth in training mode is not supported")
+            f = parallel_block_fields(blk, i, d_model)
+            if n_heads is None:
+                n_heads, d_head, d_mlp = f["n_heads"], f["d_head"], f["d_mlp"]
+            elif (f["n_heads"], f["d_head"], f["d_mlp"]) != (n_heads, d_head, d_mlp):
+                raise UnsupportedModelError(f"blocks.{i}: heterogeneous block sizes are not supported")
+            a = _act_name(f["act"], f"blocks.{i}.mlp_act")
+            if act is not None and a != act:
+                raise UnsupportedModelError(f"blocks.{i}: mixed MLP activations are not supported")
+            act = a
+            eps_set.update(_norm_eps(n, f"blocks.{i}.in_norm") for n in f["norms"])
+            if qk_norm is not None and qk_norm != bool(f["qk_norms"]):
+                raise UnsupportedModelError(f"blocks.{i}: qk_norm on some blocks only is not supported")
+            qk_norm = bool(f["qk_norms"])
+            eps_qk.update(_norm_eps(n, f"blocks.{i}.q_norm/k_norm") for n in f["qk_norms"])
     if eps_embed is not None:
         eps_set.add(eps_embed)
     if pool_n_heads:
@@ -370,6 +403,8 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         gated_mlp=gated_mlp,
         mlp_norm=mlp_norm,
         embed_norm=eps_embed is not None,
+        attn_norm=attn_norm,
+        parallel_attn_mlp=parallel,
         pool_n_heads=pool_n_heads,
         pool_d_mlp=pool_d_mlp,
         **eva_fields,

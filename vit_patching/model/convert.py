@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .config import UnsupportedModelError, ViTConfig
 from .eva import eva_block_weights, is_eva, rope_tables
+from .parallel import parallel_block_weights
 
 # Leftover-key fragments and the timm feature they suggest, for the refusal message.
 _FEATURE_HINTS = {
@@ -87,6 +88,13 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
             take(key)
     for i in range(cfg.n_layers):
         p, q = f"blocks.{i}.", f"blocks.{i}."
+        if cfg.parallel_attn_mlp:  # ParallelScalingBlock: one in_norm, fused in_proj, two out projections
+            norm(q + "ln1", p + "in_norm")
+            if cfg.qk_norm:
+                norm(q + "attn.q_norm", p + "q_norm")
+                norm(q + "attn.k_norm", p + "k_norm")
+            out.update({q + k: v for k, v in parallel_block_weights(take, src, i, cfg).items()})
+            continue
         norm(q + "ln1", p + "norm1")
         norm(q + "ln2", p + "norm2")
         if eva:  # fused or separate q/k/v, EVA's q/v-only biases, grouped K/V; gamma_1 folded into proj
@@ -103,6 +111,8 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
         if cfg.qk_norm:
             for nm in ("q_norm", "k_norm"):
                 norm(q + f"attn.{nm}", p + f"attn.{nm}")
+        if cfg.attn_norm:
+            norm(q + "attn.ln", p + "attn.norm")
         if eva:
             w_o, b_o = ew["attn.w_proj"], ew["attn.b_O"]
         else:

@@ -15,8 +15,8 @@ as a ``VisionTransformer``:
   ``hook_k``/``hook_v`` have one (repeated) entry per query head.
 * LayerScale gammas fold into ``W_O``/``W_out`` exactly as for ``VisionTransformer``.
 
-Refused (``UnsupportedModelError``): ``EvaBlockPostNorm`` (EVA02-enormous), attention output norms
-(``scale_attn_inner``, EVA02-CLIP), gated attention, patch dropout in training mode, MRoPE.
+Refused (``UnsupportedModelError``): ``EvaBlockPostNorm`` (EVA02-enormous), gated attention, patch dropout
+in training mode, MRoPE.
 """
 
 from __future__ import annotations
@@ -62,11 +62,6 @@ def eva_config_fields(model: nn.Module) -> dict[str, Any]:
             raise UnsupportedModelError(f"blocks.{i}.attn is {type(attn).__name__}; expected EvaAttention/AttentionRope")
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError(f"blocks.{i}.attn: gated attention is not supported")
-        if not isinstance(attn.norm, nn.Identity):
-            raise UnsupportedModelError(
-                f"blocks.{i}.attn.norm: an attention output norm (scale_attn_inner, a norm over the concatenated"
-                " heads) breaks per-head additivity and is not supported"
-            )
         if attn.proj.out_features != model.embed_dim or attn.head_dim * attn.num_heads != model.embed_dim:
             raise UnsupportedModelError(f"blocks.{i}.attn: attention width != embed_dim is not supported")
         if rope is not None and attn.num_prefix_tokens != model.num_prefix_tokens:
@@ -77,6 +72,11 @@ def eva_config_fields(model: nn.Module) -> dict[str, Any]:
         if name not in ("RotaryEmbeddingCat", "RotaryEmbeddingMixed", "RotaryEmbeddingDinoV3"):
             raise UnsupportedModelError(f"rotary embedding {name} is not supported (Cat, Mixed and DinoV3 are)")
         rope_kind = "mixed" if getattr(model, "rope_mixed", False) else "axial"
+        if model.dynamic_img_size:
+            logger.info(
+                "%s: RoPE table computed for img_size %s only; the converted model does not take other sizes",
+                type(model).__name__, tuple(model.patch_embed.img_size),
+            )
     return dict(rope=rope_kind, rope_half=bool(getattr(model.blocks[0].attn, "rotate_half", False)) if rope else False)
 
 

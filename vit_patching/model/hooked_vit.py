@@ -18,6 +18,7 @@ from .cache import ViTActivationCache
 from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
 from .convert import convert_timm_state_dict
+from .parallel import ParallelBlock
 from .positions import TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class HookedViT(HookedRootModule):
         self.hook_pos_embed = HookPoint()
         if cfg.pre_norm:
             self.ln_pre = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, i) for i in range(cfg.n_layers)])
+        block_cls = ParallelBlock if cfg.parallel_attn_mlp else TransformerBlock
+        self.blocks = nn.ModuleList([block_cls(cfg, i) for i in range(cfg.n_layers)])
         if cfg.final_norm:
             self.ln_final = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
         if cfg.global_pool == "map":
@@ -70,7 +72,7 @@ class HookedViT(HookedRootModule):
             self.head = Head(cfg)
             self.hook_logits = HookPoint()
         if cfg.normalization_type in ("LNPre", "RMSPre"):  # the config of a processed model: its folded norms have no affine
-            for ln in [n for b in self.blocks for n in (b.ln1, b.ln2)] + [self._head_norm()]:
+            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [self._head_norm()]:
                 if ln is not None:
                     ln.remove_affine()
         self.setup()
@@ -88,11 +90,12 @@ class HookedViT(HookedRootModule):
         fold_value_biases: bool = False,
         **timm_kwargs: Any,
     ) -> "HookedViT":
-        """Convert a timm ``VisionTransformer`` instance (or build one by name) into a HookedViT.
+        """Convert a timm ``VisionTransformer`` or ``Eva`` instance (or build one by name) into a HookedViT.
 
         The architecture is read from the module itself; anything that cannot be reproduced exactly
-        (attention pooling, EVA/RoPE, gated attention, ``scale_attn_norm``, non-ViT modules, unconsumed
-        weights) raises :class:`UnsupportedModelError`. The timm model is not modified.
+        (PRR attention pooling, gated or differential attention, post-norm blocks, non-ViT modules,
+        unconsumed weights, ...) raises :class:`UnsupportedModelError`; ``docs/support_matrix.md`` lists every
+        timm ViT architecture with its status. The timm model is not modified.
 
         Args:
             model: A timm model instance, or a timm model name for ``timm.create_model``.
@@ -597,6 +600,8 @@ class HookedViT(HookedRootModule):
         Returns:
             ``self``.
         """
+        if fold_value_biases and self.cfg.attn_norm:
+            raise UnsupportedModelError("fold_value_biases: b_V does not pass linearly through scale_attn_norm to W_O")
         self._check_processing(fold_ln, center_writing_weights)
         with torch.no_grad():
             if fold_ln:
@@ -616,6 +621,8 @@ class HookedViT(HookedRootModule):
         if fold_ln:
             if cfg.normalization_type in ("LNPre", "RMSPre"):
                 raise ValueError("LayerNorms are already folded")
+            if cfg.parallel_attn_mlp:
+                raise UnsupportedModelError("fold_ln is not implemented for parallel attention/MLP blocks")
             if cfg.global_pool in ("max", "avgmax") and cfg.final_norm:
                 raise UnsupportedModelError(
                     f"cannot fold the per-token final norm through global_pool={cfg.global_pool!r} (not linear)"
