@@ -242,14 +242,14 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     for i, blk in enumerate([] if parallel else blocks):
         if type(blk) is not Block and not eva:  # Eva blocks were checked by eva_config_fields
             raise UnsupportedModelError(
-                f"blocks.{i} is {type(blk).__name__}; only timm's pre-LN Block is supported"
-                " (ResPostBlock, ParallelScalingBlock, ... are not)"
+                f"blocks.{i} is {type(blk).__name__}; only timm's pre-LN Block and ParallelScalingBlock are"
+                " supported (ResPostBlock, ParallelThingsBlock, DiffParallelScalingBlock, ... are not)"
             )
         attn = blk.attn
         if type(attn) is not Attention and not eva:
             raise UnsupportedModelError(
                 f"blocks.{i}.attn is {type(attn).__name__}; only timm's standard Attention is supported"
-                " (no RoPE, differential or other attention)"
+                " (differential and other attentions are not)"
             )
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError(f"blocks.{i}.attn: gated attention is not supported")
