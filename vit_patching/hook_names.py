@@ -41,6 +41,12 @@ BLOCK_ACTS: dict[str, str] = {
     "pattern": "attn.hook_pattern",
     "pre": "mlp.hook_pre",
     "post": "mlp.hook_post",
+    # Model families (HookedViT.from_timm docs): RoPE, gated MLPs, sub-norms.
+    "rot_q": "attn.hook_rot_q",
+    "rot_k": "attn.hook_rot_k",
+    "z_pre_norm": "attn.hook_z_pre_norm",
+    "pre_linear": "mlp.hook_pre_linear",
+    "mid": "mlp.hook_mid",
 }
 #: Short name -> hook name outside the blocks.
 GLOBAL_ACTS: dict[str, str] = {
@@ -62,9 +68,10 @@ _GLOBAL_NORMS = ("ln_pre", "ln_final", "fc_norm")
 #: Hook suffix -> names of the leading non-batch axes a patch may index (activation ``[batch, *axes, ...]``).
 SITE_AXES: dict[str, tuple[str, ...]] = {
     **{BLOCK_ACTS[n]: ("pos",) for n in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")},
-    **{BLOCK_ACTS[n]: ("pos",) for n in ("pre", "post")},
+    **{BLOCK_ACTS[n]: ("pos",) for n in ("pre", "post", "pre_linear", "mid")},
     **{GLOBAL_ACTS[n]: ("pos",) for n in ("embed", "pos_embed")},
     **{BLOCK_ACTS[n]: ("pos", "head") for n in ("q", "k", "v", "z", "result", "q_input", "k_input", "v_input", "attn_in")},
+    **{BLOCK_ACTS[n]: ("pos", "head") for n in ("rot_q", "rot_k", "z_pre_norm")},
     **{BLOCK_ACTS[n]: ("head", "pos") for n in ("attn_scores", "pattern")},
 }
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")

@@ -16,14 +16,10 @@ def _refuse(model, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(global_pool="map"), r"global_pool='map'.*attention-pool"),
         (dict(global_pool="prr"), r"global_pool='prr'.*attention-pool"),
-        (dict(scale_attn_norm=True), "scale_attn_norm"),
-        (dict(scale_mlp_norm=True), "scale_mlp_norm"),
-        (dict(embed_norm_layer="layernorm"), "patch-embedding norm"),
         (dict(dynamic_img_pad=True), "dynamic_img_pad"),
         (dict(act_layer="relu"), "activation ReLU"),
-        (dict(norm_layer="rmsnorm"), "RmsNorm"),
+        (dict(norm_layer="layernorm2d"), "LayerNorm2d"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()),
 )
@@ -35,9 +31,10 @@ def test_unsupported_model_error_is_a_value_error():
     assert issubclass(UnsupportedModelError, ValueError)
 
 
-def test_eva_refused():
-    m = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=1)
-    _refuse(m, r"VisionTransformer.*Eva")
+def test_eva_post_norm_refused():
+    """Eva models convert (tests/model/test_families.py) except the post-norm block of EVA02-enormous."""
+    m = timm.create_model("eva02_enormous_patch14_clip_224", pretrained=False, img_size=28, depth=1, embed_dim=32, num_heads=2)
+    _refuse(m, r"EvaBlockPostNorm")
 
 
 def test_resnet_refused():

@@ -31,6 +31,10 @@ def _act(x: Tensor, name: str) -> Tensor:
         return F.gelu(x)
     if name == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
     return x * torch.sigmoid(1.702 * x)  # quick_gelu, as timm and OpenAI CLIP
 
 
@@ -39,16 +43,20 @@ class LayerNorm(nn.Module):
 
     After ``fold_ln`` the affine parameters are folded into the next linear map and this module only
     normalises (TransformerLens's ``LNPre``): ``w``/``b`` are then ``None``.
+
+    With ``rms=True`` it is timm's ``RmsNorm`` instead: no centring, ``scale = sqrt(mean(x^2) + eps)``, and a
+    weight but no bias (``b`` is ``None``), as TransformerLens's ``RMSNorm``.
     """
 
-    def __init__(self, length: int, eps: float):
+    def __init__(self, length: int, eps: float, rms: bool = False):
         super().__init__()
         self.length = length
         self.eps = eps
+        self.rms = rms
         self.w: nn.Parameter | None = nn.Parameter(torch.ones(length))
-        self.b: nn.Parameter | None = nn.Parameter(torch.zeros(length))
-        self.hook_scale = HookPoint()
-        self.hook_normalized = HookPoint()
+        self.b: nn.Parameter | None = None if rms else nn.Parameter(torch.zeros(length))
+        self.hook_scale = HookPoint()  # [... 1]
+        self.hook_normalized = HookPoint()  # [... length]
 
     @property
     def folded(self) -> bool:
@@ -61,6 +69,8 @@ class LayerNorm(nn.Module):
         self.b = None
 
     def forward(self, x: Float[Tensor, "... length"]) -> Float[Tensor, "... length"]:
+        if self.rms:
+            return self._rms(x)
         if not is_hooked(self.hook_scale, self.hook_normalized):
             return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
@@ -69,6 +79,15 @@ class LayerNorm(nn.Module):
         if self.w is None:
             return x
         return x * self.w + self.b
+
+    def _rms(self, x: Tensor) -> Tensor:
+        if not is_hooked(self.hook_scale, self.hook_normalized):
+            # timm's rms_norm, op for op (x * rsqrt(mean(x^2) + eps) * w)
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            return x if self.w is None else x * self.w
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        x = self.hook_normalized(x / scale)
+        return x if self.w is None else x * self.w
 
 
 class Embed(nn.Module):
@@ -83,6 +102,8 @@ class Embed(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.has_cls else None
         self.dist_token = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.has_dist else None
         self.reg_tokens = nn.Parameter(torch.zeros(cfg.n_registers, cfg.d_model)) if cfg.n_registers else None
+        if cfg.embed_norm:  # timm embed_norm_layer: normalises the patch tokens only, before the prefix
+            self.ln = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
 
     def prefix(self) -> Float[Tensor, "n_prefix d_model"]:
         parts = [t[None] for t in (self.cls_token, self.dist_token) if t is not None]
@@ -95,6 +116,8 @@ class Embed(nn.Module):
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
         x = F.conv2d(images, self.W_E, self.b_E, stride=self.cfg.patch_size)
         x = x.flatten(2).transpose(1, 2)  # row-major patches, as timm
+        if self.cfg.embed_norm:
+            x = self.ln(x)
         if self.cfg.n_prefix:
             x = torch.cat([self.prefix()[None].expand(x.shape[0], -1, -1), x], dim=1)
         return x
@@ -140,8 +163,8 @@ class Attention(nn.Module):
         self.w_proj = nn.Parameter(torch.zeros(dm, h * dh))
         self.b_O = nn.Parameter(torch.zeros(dm))
         if cfg.qk_norm:
-            self.q_norm = LayerNorm(dh, cfg.eps_qk)
-            self.k_norm = LayerNorm(dh, cfg.eps_qk)
+            self.q_norm = LayerNorm(dh, cfg.eps_qk, rms=cfg.norm_kind == "RMS")
+            self.k_norm = LayerNorm(dh, cfg.eps_qk, rms=cfg.norm_kind == "RMS")
         self.scale = dh**-0.5
         self.hook_q = HookPoint()
         self.hook_k = HookPoint()
@@ -150,6 +173,14 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
         self.hook_result = HookPoint()
+        if cfg.attn_norm:  # scale_attn_norm: a norm over the concatenated heads, between z and W_O
+            self.hook_z_pre_norm = HookPoint()  # [batch pos head d_head], pattern @ v before the norm
+            self.ln = LayerNorm(h * dh, cfg.eps, rms=cfg.norm_kind == "RMS")
+        if cfg.rope:  # timm Eva RoPE: a fixed sin|cos table for the patch tokens (prefix tokens are not rotated)
+            width = cfg.n_heads if cfg.rope == "mixed" else 1
+            self.register_buffer("rope_table", torch.zeros(cfg.n_patches, width, 2 * dh))
+            self.hook_rot_q = HookPoint()  # [batch pos head d_head], q after the rotation
+            self.hook_rot_k = HookPoint()  # [batch pos head d_head], k after the rotation
 
     def _w(self, j: int) -> Tensor:
         h, dh, dm = self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model
@@ -203,6 +234,8 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cfg.rope:  # hook_q/hook_k before the rotation, hook_rot_q/hook_rot_k after (TransformerLens)
+            q, k = self.hook_rot_q(self._rotate(q)), self.hook_rot_k(self._rotate(k))
         if cfg.use_fused_attn and not is_hooked(self.hook_attn_scores, self.hook_pattern):
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             z = z.transpose(1, 2)
@@ -211,11 +244,28 @@ class Attention(nn.Module):
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = (pattern @ v.transpose(1, 2)).transpose(1, 2)
+        if cfg.attn_norm:  # hook_z stays what W_O reads, so head results still sum to the attention output
+            z = self.ln(self.hook_z_pre_norm(z).flatten(2)).unflatten(2, (cfg.n_heads, cfg.d_head))
         z = self.hook_z(z)
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(dim=2) + self.b_O
         return F.linear(z.flatten(2), self.w_proj, self.b_O)
+
+
+    def _rotate(self, x: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos head d_head"]:
+        """timm's ``apply_rot_embed_cat`` on the patch tokens: ``x * cos + rot(x) * sin``."""
+        n = self.cfg.n_prefix
+        if x.shape[1] - n != self.rope_table.shape[0]:
+            raise ValueError(f"RoPE table covers {self.rope_table.shape[0]} patches, got {x.shape[1] - n} tokens")
+        sin, cos = self.rope_table.chunk(2, dim=-1)
+        t = x[:, n:]
+        if self.cfg.rope_half:  # [x0 x1 x2 x3] -> [-x2 -x3 x0 x1]
+            t1, t2 = t.chunk(2, dim=-1)
+            rot = torch.cat([-t2, t1], dim=-1)
+        else:  # interleaved pairs: [x0 x1 x2 x3] -> [-x1 x0 -x3 x2]
+            rot = torch.stack([-t[..., 1::2], t[..., ::2]], dim=-1).reshape(t.shape)
+        return torch.cat([x[:, :n], (t * cos + rot * sin).to(x.dtype)], dim=1)
 
 
 class MLP(nn.Module):
@@ -229,8 +279,11 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.w_fc2 = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_pre = HookPoint()
-        self.hook_post = HookPoint()
+        self.hook_pre = HookPoint()  # [batch pos d_mlp]
+        self.hook_post = HookPoint()  # [batch pos d_mlp], what W_out reads (after the sub-norm if any)
+        if cfg.mlp_norm:  # scale_mlp_norm, as TransformerLens's SoLU-LN: hook_mid -> ln -> hook_post
+            self.hook_mid = HookPoint()  # [batch pos d_mlp], the activation before the norm
+            self.ln = LayerNorm(cfg.d_mlp, cfg.eps, rms=cfg.norm_kind == "RMS")
 
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
@@ -242,7 +295,37 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(F.linear(x, self.w_fc1, self.b_in))
-        post = self.hook_post(_act(pre, self.cfg.act_fn))
+        post = _act(pre, self.cfg.act_fn)
+        if self.cfg.mlp_norm:
+            post = self.ln(self.hook_mid(post))
+        post = self.hook_post(post)
+        return F.linear(post, self.w_fc2, self.b_out)
+
+
+class GatedMLP(MLP):
+    """GLU / SwiGLU MLP (TransformerLens's gated MLP): ``act(x W_gate + b_gate) * (x W_in + b_in)`` -> ``W_out``.
+
+    Hooks: ``hook_pre`` (gate pre-activation), ``hook_pre_linear`` (the linear path), ``hook_post`` (their
+    product; after the sub-norm ``ln`` when the model has one, with ``hook_mid`` before it).
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        self.w_gate = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.hook_pre_linear = HookPoint()  # [batch pos d_mlp]
+
+    @property
+    def W_gate(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.w_gate.T
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(F.linear(x, self.w_gate, self.b_gate))
+        pre_linear = self.hook_pre_linear(F.linear(x, self.w_fc1, self.b_in))
+        post = _act(pre, self.cfg.act_fn) * pre_linear
+        if self.cfg.mlp_norm:
+            post = self.ln(self.hook_mid(post))
+        post = self.hook_post(post)
         return F.linear(post, self.w_fc2, self.b_out)
 
 
@@ -253,10 +336,10 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.index = index
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
+        self.ln1 = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
         self.attn = Attention(cfg)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
-        self.mlp = MLP(cfg)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
+        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
         for name in (
             "hook_resid_pre", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
             "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post",

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-POOLS = ("token", "avg", "max", "avgmax", "")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "sigmoid")
+POOLS = ("token", "avg", "max", "avgmax", "", "map")
+NORMS = ("LN", "RMS")  # timm LayerNorm, timm RmsNorm (TransformerLens names)
 
 
 class UnsupportedModelError(ValueError):
@@ -55,6 +56,20 @@ class ViTConfig:
     eps: float = 1e-6
     eps_qk: float = 1e-6
     dynamic_img_size: bool = False
+    # Architecture variants beyond the plain ViT (all off for it).
+    norm_kind: str = "LN"  # every norm of the model: "LN" (LayerNorm) or "RMS" (RmsNorm, no bias)
+    gated_mlp: bool = False  # GLU/SwiGLU MLP: act(x W_gate + b_gate) * (x W_in + b_in) (TransformerLens's gated_mlp)
+    mlp_norm: bool = False  # timm scale_mlp_norm / EVA02 sub-LN: a norm over the hidden units before fc2
+    embed_norm: bool = False  # timm embed_norm_layer: a norm over the patch tokens right after the conv
+    parallel_attn_mlp: bool = False  # timm ParallelScalingBlock: attention and MLP both read ln1 (TransformerLens name)
+    attn_norm: bool = False  # timm scale_attn_norm / EVA scale_attn_inner: a norm over the concatenated heads' z
+    # global_pool="map": timm's AttentionPoolLatent (SigLIP): one learned latent query attends to the tokens.
+    pool_n_heads: int = 0
+    pool_d_mlp: int = 0
+    # Rotary position embedding on the patch tokens (timm Eva): "" none, "axial" one table for every block,
+    # "mixed" one learned table per block and head; rope_half: rotate-half layout instead of interleaved pairs.
+    rope: str = ""
+    rope_half: bool = False
     # TransformerLens-compatible flags.
     normalization_type: str = "LN"
     attn_only: bool = False
@@ -73,6 +88,8 @@ class ViTConfig:
             raise UnsupportedModelError(f"act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}")
         if self.global_pool not in POOLS:
             raise UnsupportedModelError(f"global_pool must be one of {POOLS}, got {self.global_pool!r}")
+        if self.norm_kind not in NORMS:
+            raise UnsupportedModelError(f"norm_kind must be one of {NORMS}, got {self.norm_kind!r}")
         if self.global_pool == "token" and not self.has_cls:
             raise UnsupportedModelError("global_pool='token' needs a class token")
 
@@ -107,15 +124,28 @@ class ViTConfig:
         return asdict(self)
 
 
+def _norm_kind(module: nn.Module) -> str | None:
+    """``"LN"`` for an affine LayerNorm with bias, ``"RMS"`` for timm's affine RmsNorm, else None."""
+    from timm.layers import LayerNorm, RmsNorm
+
+    # Exact types: subclasses (LayerNorm2d, LayerNormFp32, ...) compute something else.
+    if type(module) in (nn.LayerNorm, LayerNorm) and module.elementwise_affine and module.bias is not None:
+        if len(module.normalized_shape) == 1:
+            return "LN"
+    if type(module) is RmsNorm and module.elementwise_affine and len(module.normalized_shape) == 1:
+        return "RMS"
+    return None
+
+
 def _norm_eps(module: nn.Module, what: str) -> float | None:
-    """eps of a LayerNorm, None for Identity; refuse any other normalisation."""
+    """eps of a LayerNorm (or timm RmsNorm), None for Identity; refuse any other normalisation."""
     if isinstance(module, nn.Identity):
         return None
-    if isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.bias is not None:
-        if len(module.normalized_shape) != 1:
-            raise UnsupportedModelError(f"{what}: only 1-D LayerNorm is supported, got {module.normalized_shape}")
+    if _norm_kind(module) is not None:
         return float(module.eps)
-    raise UnsupportedModelError(f"{what}: unsupported normalisation {type(module).__name__} (only LayerNorm)")
+    raise UnsupportedModelError(
+        f"{what}: unsupported normalisation {type(module).__name__} (only affine LayerNorm and timm RmsNorm)"
+    )
 
 
 def _act_name(module: nn.Module, what: str) -> str:
@@ -129,6 +159,10 @@ def _act_name(module: nn.Module, what: str) -> str:
         return "gelu_tanh"
     if isinstance(module, A.QuickGELU):
         return "quick_gelu"
+    if isinstance(module, (nn.SiLU, A.Swish)):
+        return "silu"
+    if isinstance(module, (nn.Sigmoid, A.Sigmoid)):
+        return "sigmoid"
     raise UnsupportedModelError(f"{what}: unsupported MLP activation {type(module).__name__}; expected {ACTIVATIONS}")
 
 
@@ -139,17 +173,22 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def config_from_timm(model: nn.Module) -> ViTConfig:
-    """Read a :class:`ViTConfig` off a timm ``VisionTransformer`` instance, refusing what is not exact.
+    """Read a :class:`ViTConfig` off a timm ``VisionTransformer`` or ``Eva`` instance, refusing what is not exact.
+
+    Supported beyond the plain pre-LN ViT: RmsNorm, GLU/SwiGLU MLPs, ``scale_mlp_norm``/``scale_attn_norm``,
+    ``embed_norm_layer``, ``global_pool="map"`` (AttentionPoolLatent), ``ParallelScalingBlock`` and timm's
+    ``Eva`` family (RoPE, LayerScale gammas, grouped-query attention; see :mod:`vit_patching.model.eva`).
+    ``docs/support_matrix.md`` lists every timm architecture with its status.
 
     Args:
-        model: A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``).
+        model: A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``) or ``Eva``.
 
     Returns:
         The configuration.
 
     Raises:
-        UnsupportedModelError: naming the feature (attention pooling, EVA/RoPE, gated attention,
-            ``scale_attn_norm``, non-standard blocks or MLPs, ...).
+        UnsupportedModelError: naming the feature (PRR attention pooling, gated or differential attention,
+            ResPostBlock / ParallelThingsBlock / EvaBlockPostNorm, ReLU and other activations, ...).
 
     Example:
         >>> import timm
@@ -161,30 +200,33 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
 
-    if not isinstance(model, VisionTransformer):
+    # eva.py and parallel.py import this module: import them here, not at the top
+    from .eva import eva_config_fields, is_eva
+    from .parallel import is_parallel_block, parallel_block_fields
+
+    eva = is_eva(model)
+    if not isinstance(model, VisionTransformer) and not eva:
         raise UnsupportedModelError(
-            f"model must be a timm VisionTransformer, got {type(model).__module__}.{type(model).__name__}"
-            " (EVA, Swin, DeiT-III 'Eva' trees and other families are not supported)"
+            f"model must be a timm VisionTransformer or Eva, got {type(model).__module__}.{type(model).__name__}"
+            " (Swin, BEiT and other families are not supported)"
         )
     name = type(model).__name__
-    if name not in ("VisionTransformer", "VisionTransformerDistilled"):
+    eva_fields = eva_config_fields(model) if eva else {}
+    if not eva and name not in ("VisionTransformer", "VisionTransformerDistilled"):
         raise UnsupportedModelError(f"unsupported VisionTransformer subclass {name}")
+    pool_n_heads = pool_d_mlp = 0
     if getattr(model, "attn_pool", None) is not None:
-        raise UnsupportedModelError(
-            f"global_pool={model.global_pool!r} uses an attention-pool head ({type(model.attn_pool).__name__}),"
-            " which HookedViT does not convert"
-        )
+        pool_n_heads, pool_d_mlp = _attn_pool_config(model)
     pe = model.patch_embed
     if type(pe) is not PatchEmbed:
         raise UnsupportedModelError(f"unsupported patch embedding {type(pe).__name__} (expected timm PatchEmbed)")
-    if not isinstance(pe.norm, nn.Identity):
-        raise UnsupportedModelError("patch-embedding norm (embed_norm_layer) is not supported")
+    eps_embed = _norm_eps(pe.norm, "patch_embed.norm")  # embed_norm_layer (AIMv2)
     if getattr(pe, "dynamic_img_pad", False):
         raise UnsupportedModelError("dynamic_img_pad is not supported")
     conv = pe.proj
     if not isinstance(conv, nn.Conv2d) or conv.stride != conv.kernel_size or conv.padding not in ((0, 0), 0):
         raise UnsupportedModelError("patch embedding must be a non-overlapping Conv2d (stride == kernel, no padding)")
-    if not isinstance(model.patch_drop, nn.Identity) and model.patch_drop.prob > 0 and model.training:
+    if not eva and not isinstance(model.patch_drop, nn.Identity) and model.patch_drop.prob > 0 and model.training:
         raise UnsupportedModelError("patch dropout in training mode is not supported")
 
     blocks = list(model.blocks)
@@ -196,41 +238,46 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     eps_set: set[float] = set()
     eps_qk: set[float] = set()
     qk_norm = None
-    for i, blk in enumerate(blocks):
-        if type(blk) is not Block:
+    parallel = is_parallel_block(blocks[0]) and not eva
+    for i, blk in enumerate([] if parallel else blocks):
+        if type(blk) is not Block and not eva:  # Eva blocks were checked by eva_config_fields
             raise UnsupportedModelError(
-                f"blocks.{i} is {type(blk).__name__}; only timm's pre-LN Block is supported"
-                " (ResPostBlock, ParallelScalingBlock, ... are not)"
+                f"blocks.{i} is {type(blk).__name__}; only timm's pre-LN Block and ParallelScalingBlock are"
+                " supported (ResPostBlock, ParallelThingsBlock, DiffParallelScalingBlock, ... are not)"
             )
         attn = blk.attn
-        if type(attn) is not Attention:
+        if type(attn) is not Attention and not eva:
             raise UnsupportedModelError(
                 f"blocks.{i}.attn is {type(attn).__name__}; only timm's standard Attention is supported"
-                " (no RoPE, differential or other attention)"
+                " (differential and other attentions are not)"
             )
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError(f"blocks.{i}.attn: gated attention is not supported")
-        if not isinstance(attn.norm, nn.Identity):
-            raise UnsupportedModelError(
-                f"blocks.{i}.attn.norm: scale_attn_norm (a norm over the concatenated heads) breaks per-head"
-                " additivity and is not supported"
-            )
+        this_attn_norm = _norm_eps(attn.norm, f"blocks.{i}.attn.norm")  # scale_attn_norm over all heads' z
+        if this_attn_norm is not None:
+            eps_set.add(this_attn_norm)
+        if i == 0:
+            attn_norm = this_attn_norm is not None
+        elif attn_norm != (this_attn_norm is not None):
+            raise UnsupportedModelError(f"blocks.{i}: scale_attn_norm on some blocks only is not supported")
         if attn.proj.out_features != d_model:
             raise UnsupportedModelError(f"blocks.{i}.attn: dim_out != embed_dim is not supported")
-        if type(blk.mlp) is not Mlp or getattr(blk.mlp, "use_conv", False):
-            raise UnsupportedModelError(
-                f"blocks.{i}.mlp is {type(blk.mlp).__name__}; only timm's Mlp is supported (no SwiGLU/GLU)"
-            )
-        if not isinstance(blk.mlp.norm, nn.Identity):
-            raise UnsupportedModelError(f"blocks.{i}.mlp.norm: scale_mlp_norm is not supported")
-        for ls_name in ("ls1", "ls2"):
+        gated = _mlp_kind(blk.mlp, f"blocks.{i}.mlp")
+        this_mlp_norm = _norm_eps(blk.mlp.norm, f"blocks.{i}.mlp.norm")  # scale_mlp_norm
+        if this_mlp_norm is not None:
+            eps_set.add(this_mlp_norm)
+        if i == 0:
+            gated_mlp, mlp_norm = gated, this_mlp_norm is not None
+        elif (gated, this_mlp_norm is not None) != (gated_mlp, mlp_norm):
+            raise UnsupportedModelError(f"blocks.{i}: MLP kinds differ between blocks")
+        for ls_name in () if eva else ("ls1", "ls2"):  # Eva: gamma_1/gamma_2 parameters
             ls = getattr(blk, ls_name)
             if not isinstance(ls, nn.Identity) and not hasattr(ls, "gamma"):
                 raise UnsupportedModelError(f"blocks.{i}.{ls_name}: unsupported LayerScale {type(ls).__name__}")
         for dp in ("drop_path1", "drop_path2"):
             if not isinstance(getattr(blk, dp), nn.Identity) and model.training:
                 raise UnsupportedModelError("stochastic depth in training mode is not supported")
-        h, dh, dm = attn.num_heads, attn.head_dim, blk.mlp.fc1.out_features
+        h, dh, dm = attn.num_heads, attn.head_dim, blk.mlp.fc2.in_features
         if n_heads is None:
             n_heads, d_head, d_mlp = h, dh, dm
         elif (h, dh, dm) != (n_heads, d_head, d_mlp):
@@ -250,6 +297,40 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         if this_qk:
             eps_qk.add(_norm_eps(attn.q_norm, f"blocks.{i}.attn.q_norm"))
             eps_qk.add(_norm_eps(attn.k_norm, f"blocks.{i}.attn.k_norm"))
+    if parallel:
+        gated_mlp = mlp_norm = attn_norm = False
+        for i, blk in enumerate(blocks):
+            if not is_parallel_block(blk):
+                raise UnsupportedModelError(f"blocks.{i} is {type(blk).__name__}; mixed block kinds are not supported")
+            if not isinstance(blk.drop_path, nn.Identity) and model.training:
+                raise UnsupportedModelError("stochastic depth in training mode is not supported")
+            f = parallel_block_fields(blk, i, d_model)
+            if n_heads is None:
+                n_heads, d_head, d_mlp = f["n_heads"], f["d_head"], f["d_mlp"]
+            elif (f["n_heads"], f["d_head"], f["d_mlp"]) != (n_heads, d_head, d_mlp):
+                raise UnsupportedModelError(f"blocks.{i}: heterogeneous block sizes are not supported")
+            a = _act_name(f["act"], f"blocks.{i}.mlp_act")
+            if act is not None and a != act:
+                raise UnsupportedModelError(f"blocks.{i}: mixed MLP activations are not supported")
+            act = a
+            eps_set.update(_norm_eps(n, f"blocks.{i}.in_norm") for n in f["norms"])
+            if qk_norm is not None and qk_norm != bool(f["qk_norms"]):
+                raise UnsupportedModelError(f"blocks.{i}: qk_norm on some blocks only is not supported")
+            qk_norm = bool(f["qk_norms"])
+            eps_qk.update(_norm_eps(n, f"blocks.{i}.q_norm/k_norm") for n in f["qk_norms"])
+    if eps_embed is not None:
+        eps_set.add(eps_embed)
+    if pool_n_heads:
+        pool = model.attn_pool
+        eps_set.add(_norm_eps(pool.norm, "attn_pool.norm"))
+        if _act_name(pool.mlp.act, "attn_pool.mlp.act") != act:
+            raise UnsupportedModelError("attn_pool.mlp: activation differs from the blocks' MLP activation")
+        if not isinstance(pool.mlp.norm, nn.Identity):
+            raise UnsupportedModelError("attn_pool.mlp.norm: a norm inside the pool MLP is not supported")
+    kinds = {_norm_kind(m) for m in model.modules() if _norm_kind(m) is not None}
+    if len(kinds) > 1:
+        raise UnsupportedModelError("LayerNorm and RmsNorm mixed in one model is not supported")
+    norm_kind = kinds.pop() if kinds else "LN"
     eps_pre = _norm_eps(model.norm_pre, "norm_pre")
     eps_final = _norm_eps(model.norm, "norm")
     eps_fc = _norm_eps(model.fc_norm, "fc_norm")
@@ -301,7 +382,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         in_chans=conv.in_channels,
         has_cls=model.cls_token is not None,
         has_dist=has_dist,
-        n_registers=int(getattr(model, "num_reg_tokens", 0) or 0),
+        n_registers=int(model.reg_token.shape[1]) if getattr(model, "reg_token", None) is not None else 0,
         no_embed_class=bool(model.no_embed_class),
         has_pos_embed=model.pos_embed is not None,
         patch_bias=conv.bias is not None,
@@ -309,14 +390,62 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         final_norm=eps_final is not None,
         fc_norm=eps_fc is not None,
         global_pool=global_pool,
-        pool_include_prefix=bool(model.pool_include_prefix),
+        # Eva's attention pool reads every token; its avg/max pools skip the prefix.
+        pool_include_prefix=(global_pool == "map") if eva else bool(model.pool_include_prefix),
         qk_norm=bool(qk_norm),
         act_fn=act,
         eps=eps_set.pop(),
         eps_qk=eps_qk.pop() if eps_qk else 1e-6,
-        dynamic_img_size=bool(model.dynamic_img_size),
+        # A RoPE table is computed for one patch grid (see eva.py): such a model takes its img_size only.
+        dynamic_img_size=bool(model.dynamic_img_size) and not eva_fields.get("rope"),
+        norm_kind=norm_kind,
+        normalization_type=norm_kind,
+        gated_mlp=gated_mlp,
+        mlp_norm=mlp_norm,
+        embed_norm=eps_embed is not None,
+        attn_norm=attn_norm,
+        parallel_attn_mlp=parallel,
+        pool_n_heads=pool_n_heads,
+        pool_d_mlp=pool_d_mlp,
+        **eva_fields,
         data_config=data_config,
         timm_class=name,
     )
 
 
+
+
+def _mlp_kind(mlp: nn.Module, what: str) -> bool:
+    """True for a gated MLP (timm GluMlp, SwiGLUPacked, SwiGLU), False for timm's Mlp; refuse anything else."""
+    from timm.layers import GluMlp, Mlp, SwiGLU
+
+    if type(mlp) in (Mlp, GluMlp) and getattr(mlp, "use_conv", False):
+        raise UnsupportedModelError(f"{what}: convolutional MLPs are not supported")
+    if type(mlp) is Mlp:
+        return False
+    if type(mlp) in (GluMlp, SwiGLU):
+        return True
+    raise UnsupportedModelError(
+        f"{what} is {type(mlp).__name__}; only timm's Mlp, GluMlp, SwiGLUPacked and SwiGLU are supported"
+    )
+
+
+def _attn_pool_config(model: nn.Module) -> tuple[int, int]:
+    """(heads, MLP width) of timm's ``AttentionPoolLatent`` head; refuse the variants HookedViT does not build."""
+    from timm.layers import AttentionPoolLatent, Mlp
+
+    pool = model.attn_pool
+    if type(pool) is not AttentionPoolLatent:
+        raise UnsupportedModelError(
+            f"global_pool={model.global_pool!r} uses an attention-pool head ({type(pool).__name__}),"
+            " which HookedViT does not convert (only AttentionPoolLatent, global_pool='map')"
+        )
+    if pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token":
+        raise UnsupportedModelError("attention pool: only one latent query, no pool pos_embed, token readout")
+    if not isinstance(pool.q, nn.Linear) or not isinstance(pool.q_norm, nn.Identity):
+        raise UnsupportedModelError("attention pool: q_proj=False or qk_norm is not supported")
+    if pool.mlp is None or type(pool.mlp) is not Mlp or pool.proj.out_features != model.embed_dim:
+        raise UnsupportedModelError("attention pool: only the MLP readout of width embed_dim is supported")
+    if pool.head_dim * pool.num_heads != model.embed_dim or pool.latent_dim != model.embed_dim:
+        raise UnsupportedModelError("attention pool: embed_dim/latent_dim != model embed_dim is not supported")
+    return pool.num_heads, pool.mlp.fc1.out_features

@@ -13,10 +13,12 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from .attn_pool import AttentionPool
 from .cache import ViTActivationCache
 from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
 from .convert import convert_timm_state_dict
+from .parallel import ParallelBlock
 from .positions import TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -54,20 +56,23 @@ class HookedViT(HookedRootModule):
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         if cfg.pre_norm:
-            self.ln_pre = LayerNorm(cfg.d_model, cfg.eps)
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, i) for i in range(cfg.n_layers)])
+            self.ln_pre = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
+        block_cls = ParallelBlock if cfg.parallel_attn_mlp else TransformerBlock
+        self.blocks = nn.ModuleList([block_cls(cfg, i) for i in range(cfg.n_layers)])
         if cfg.final_norm:
-            self.ln_final = LayerNorm(cfg.d_model, cfg.eps)
+            self.ln_final = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
+        if cfg.global_pool == "map":
+            self.attn_pool = AttentionPool(cfg)
         self.hook_pooled = HookPoint()
         if cfg.has_dist:
             self.hook_pooled_dist = HookPoint()
         if cfg.fc_norm:
-            self.fc_norm = LayerNorm(cfg.d_model, cfg.eps)
+            self.fc_norm = LayerNorm(cfg.d_model, cfg.eps, rms=cfg.norm_kind == "RMS")
         if cfg.n_classes:
             self.head = Head(cfg)
             self.hook_logits = HookPoint()
-        if cfg.normalization_type == "LNPre":  # the config of a processed model: its folded norms have no affine
-            for ln in [n for b in self.blocks for n in (b.ln1, b.ln2)] + [self._head_norm()]:
+        if cfg.normalization_type in ("LNPre", "RMSPre"):  # the config of a processed model: its folded norms have no affine
+            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [self._head_norm()]:
                 if ln is not None:
                     ln.remove_affine()
         self.setup()
@@ -85,11 +90,12 @@ class HookedViT(HookedRootModule):
         fold_value_biases: bool = False,
         **timm_kwargs: Any,
     ) -> "HookedViT":
-        """Convert a timm ``VisionTransformer`` instance (or build one by name) into a HookedViT.
+        """Convert a timm ``VisionTransformer`` or ``Eva`` instance (or build one by name) into a HookedViT.
 
         The architecture is read from the module itself; anything that cannot be reproduced exactly
-        (attention pooling, EVA/RoPE, gated attention, ``scale_attn_norm``, non-ViT modules, unconsumed
-        weights) raises :class:`UnsupportedModelError`. The timm model is not modified.
+        (PRR attention pooling, gated or differential attention, post-norm blocks, non-ViT modules,
+        unconsumed weights, ...) raises :class:`UnsupportedModelError`; ``docs/support_matrix.md`` lists every
+        timm ViT architecture with its status. The timm model is not modified.
 
         Args:
             model: A timm model instance, or a timm model name for ``timm.create_model``.
@@ -231,6 +237,8 @@ class HookedViT(HookedRootModule):
             pooled = resid[:, 0]
         elif pool == "":
             pooled = resid
+        elif pool == "map":
+            pooled = self.attn_pool(resid if cfg.pool_include_prefix else resid[:, cfg.n_prefix :])
         else:
             tokens = resid if cfg.pool_include_prefix else resid[:, cfg.n_prefix :]
             if pool == "avg":
@@ -532,6 +540,11 @@ class HookedViT(HookedRootModule):
         self._require_head()
         if self.cfg.has_dist:
             raise ValueError("distilled DeiT reads two tokens with two heads; use vit_patching's head attribution")
+        if self.cfg.global_pool == "map":
+            raise UnsupportedModelError(
+                "global_pool='map': the logits read the attention pool's output, a non-linear function of the"
+                " residual stream, so no residual direction gives a class's logit"
+            )
         idx = torch.as_tensor(classes, device=self.device)
         self.check_classes(idx, "classes")
         return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
@@ -587,6 +600,8 @@ class HookedViT(HookedRootModule):
         Returns:
             ``self``.
         """
+        if fold_value_biases and self.cfg.attn_norm:
+            raise UnsupportedModelError("fold_value_biases: b_V does not pass linearly through scale_attn_norm to W_O")
         self._check_processing(fold_ln, center_writing_weights)
         with torch.no_grad():
             if fold_ln:
@@ -604,13 +619,17 @@ class HookedViT(HookedRootModule):
         """Refuse inexact processing before any weight is touched (no half-processed model on error)."""
         cfg = self.cfg
         if fold_ln:
-            if cfg.normalization_type == "LNPre":
+            if cfg.normalization_type in ("LNPre", "RMSPre"):
                 raise ValueError("LayerNorms are already folded")
+            if cfg.parallel_attn_mlp:
+                raise UnsupportedModelError("fold_ln is not implemented for parallel attention/MLP blocks")
             if cfg.global_pool in ("max", "avgmax") and cfg.final_norm:
                 raise UnsupportedModelError(
                     f"cannot fold the per-token final norm through global_pool={cfg.global_pool!r} (not linear)"
                 )
         if center_writing_weights:
+            if cfg.norm_kind == "RMS":
+                raise UnsupportedModelError("center_writing_weights needs LayerNorm readers; RmsNorm does not centre")
             if not (cfg.final_norm or cfg.fc_norm):
                 raise UnsupportedModelError("center_writing_weights needs a final norm or fc_norm reading the residual")
             if cfg.fc_norm and cfg.global_pool in ("max", "avgmax"):
@@ -624,26 +643,31 @@ class HookedViT(HookedRootModule):
             w, bb = b.ln1.w, b.ln1.b
             for n in "QKV":
                 W = getattr(b.attn, f"W_{n}")
-                getattr(b.attn, f"b_{n}").add_(torch.einsum("d,hde->he", bb, W))
+                if bb is not None:  # RmsNorm has no bias
+                    getattr(b.attn, f"b_{n}").add_(torch.einsum("d,hde->he", bb, W))
                 W.mul_(w[None, :, None])
             b.ln1.remove_affine()
-            b.mlp.b_in.add_(b.ln2.b @ b.mlp.W_in)
-            b.mlp.W_in.mul_(b.ln2.w[:, None])
+            for wn, bn in (("W_in", "b_in"), ("W_gate", "b_gate")) if cfg.gated_mlp else (("W_in", "b_in"),):
+                W = getattr(b.mlp, wn)
+                if b.ln2.b is not None:
+                    getattr(b.mlp, bn).add_(b.ln2.b @ W)
+                W.mul_(b.ln2.w[:, None])
             b.ln2.remove_affine()
         final = self._head_norm()
         if final is not None:
             for wn, bn in (("W_H", "b_H"), ("W_H_dist", "b_H_dist")):
                 if hasattr(self.head, wn):
                     W = getattr(self.head, wn)
-                    getattr(self.head, bn).add_(final.b @ W)
+                    if final.b is not None:
+                        getattr(self.head, bn).add_(final.b @ W)
                     W.mul_(final.w[:, None])
             final.remove_affine()
-        cfg.normalization_type = "LNPre"
+        cfg.normalization_type = "RMSPre" if cfg.norm_kind == "RMS" else "LNPre"
 
     def _head_norm(self) -> LayerNorm | None:
         """The norm that ``fold_ln`` folds into the head: ``fc_norm``, else the per-token final norm."""
         cfg = self.cfg
-        if not cfg.n_classes:
+        if not cfg.n_classes or cfg.global_pool == "map":  # the attention pool, not the head, reads ln_final
             return None
         return self.fc_norm if cfg.fc_norm else (self.ln_final if cfg.final_norm else None)
 

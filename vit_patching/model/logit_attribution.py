@@ -70,7 +70,7 @@ def head_contributions(
         raise ValueError(f"stack must be [component, batch, pos, {cfg.d_model}], got {tuple(stack.shape)}")
     if cfg.final_norm:  # per-token LN before pooling: linear given the cached per-token scale
         scale = _cached(cache, "ln_final.hook_scale")
-        x = (stack - stack.mean(-1, keepdim=True)) / scale
+        x = (stack - stack.mean(-1, keepdim=True) if cfg.norm_kind == "LN" else stack) / scale
         x = _pool(model, x)
         if not model.ln_final.folded:
             x = x * model.ln_final.w
@@ -78,7 +78,7 @@ def head_contributions(
         x = _pool(model, stack)
         if cfg.fc_norm:
             scale = _cached(cache, "fc_norm.hook_scale")[:, None, :]  # [batch, 1, 1] for the pooled vector
-            x = (x - x.mean(-1, keepdim=True)) / scale
+            x = (x - x.mean(-1, keepdim=True) if cfg.norm_kind == "LN" else x) / scale
             if not model.fc_norm.folded:
                 x = x * model.fc_norm.w
     pairs = _head_weights(model)
@@ -94,6 +94,6 @@ def head_bias(model: Any, cache: Any) -> Float[Tensor, "batch n_classes"]:
     norm = model.ln_final if cfg.final_norm else (model.fc_norm if cfg.fc_norm else None)
     total = 0.0
     for W, b in _head_weights(model):
-        total = total + b + (norm.b @ W if norm is not None and not norm.folded else 0.0)
+        total = total + b + (norm.b @ W if norm is not None and norm.b is not None else 0.0)
     bias = total / len(_head_weights(model))
     return torch.as_tensor(bias).expand(batch, cfg.n_classes)
