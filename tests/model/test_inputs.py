@@ -60,13 +60,31 @@ def test_preprocess_errors():
         (torch.randn(1, 3, 32, 48), ValueError, "got 32x48"),
         (torch.randn(1, 3, 32, 32, device="meta"), ValueError, "images are on meta but the model is on cpu"),
         (np.zeros((1, 3, 32, 32), dtype=np.float32), TypeError, "torch.Tensor"),
+        (torch.randn(0, 3, 32, 32), ValueError, r"images: expected a non-empty batch.*got shape \(0, 3, 32, 32\)"),
+        (torch.randn(2, 3, 32, 32).index_put_((torch.tensor(1), torch.tensor(0)), torch.tensor(float("nan"))),
+         ValueError, "images: expected finite pixel values, got 1024 NaN/Inf"),
+        (torch.full((1, 3, 32, 32), float("inf")), ValueError, "images: expected finite pixel values, got 3072 NaN/Inf"),
     ],
-    ids=["3d", "5d", "channels", "int64", "uint8", "size", "non_square", "device", "numpy"],
+    ids=["3d", "5d", "channels", "int64", "uint8", "size", "non_square", "device", "numpy", "empty", "nan", "inf"],
 )
 def test_bad_images_raise_clear_errors(bad, exc, match):
     _, model = make_pair()
     with pytest.raises(exc, match=match):
         model(bad)
+
+
+def test_check_images_names_the_argument_for_empty_and_non_finite_batches():
+    _, model = make_pair()
+    with pytest.raises(ValueError, match="corrupted: expected a non-empty batch"):
+        model.check_images(images(0), "corrupted")
+    bad = images(1)
+    bad[0, 2, 5, 7] = float("-inf")
+    with pytest.raises(ValueError, match="clean: expected finite pixel values, got 1 NaN/Inf"):
+        model.check_images(bad, "clean")
+    with pytest.raises(ValueError, match="images: expected finite"):
+        model.grid_size_for(bad)
+    with pytest.raises(ValueError, match="images: expected finite"):
+        model.embed_input(bad)
 
 
 def test_dynamic_model_needs_patch_multiples():

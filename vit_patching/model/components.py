@@ -22,8 +22,14 @@ from .config import ViTConfig
 
 
 def is_hooked(*points: HookPoint) -> bool:
-    """True if any forward or backward hook is attached to one of ``points``."""
-    return any(p._forward_hooks or p._backward_hooks or p._backward_pre_hooks for p in points)
+    """True if any forward, forward-pre or backward hook is attached to one of ``points``.
+
+    Plain PyTorch ``register_forward_pre_hook`` counts too: such a hook may replace the activation, so the
+    explicit path that materialises it must run.
+    """
+    return any(
+        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks for p in points
+    )
 
 
 def _act(x: Tensor, name: str) -> Tensor:

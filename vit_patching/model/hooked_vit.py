@@ -156,6 +156,8 @@ class HookedViT(HookedRootModule):
             )
         if not images.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (normalised pixels), got dtype {images.dtype}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{name}: expected a non-empty batch (at least one image), got shape {tuple(images.shape)}")
         if images.shape[1] != cfg.in_chans:
             raise ValueError(f"{name} must have {cfg.in_chans} channels on axis 1, got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -167,6 +169,11 @@ class HookedViT(HookedRootModule):
                 f"{name} must be {cfg.img_size[0]}x{cfg.img_size[1]} pixels (the model's img_size), got {h}x{w}; "
                 "resize with model.transform or build the timm model with dynamic_img_size=True"
             )
+        # Last, after the cheap shape checks: one pass over the values. A NaN/Inf pixel would otherwise spread
+        # through attention to every token and surface only as NaN scores far from its cause.
+        if images.device.type != "meta" and not bool(torch.isfinite(images).all()):  # meta tensors hold no values
+            n_bad = int((~torch.isfinite(images)).sum())
+            raise ValueError(f"{name}: expected finite pixel values, got {n_bad} NaN/Inf value(s)")
 
     @property
     def transform(self) -> Callable:
@@ -206,6 +213,10 @@ class HookedViT(HookedRootModule):
     def embed_input(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
         """Embedding: ``hook_embed + hook_pos_embed``, then ``ln_pre`` if the model has it (= resid_pre of block 0)."""
         self.check_images(images)
+        return self._embed_checked(images)
+
+    def _embed_checked(self, images: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """:meth:`embed_input` for images already checked by :meth:`check_images` (one finiteness pass only)."""
         if images.device != self.device:
             raise ValueError(f"images are on {images.device} but the model is on {self.device}; move one of them")
         images = images.to(self.dtype)
@@ -280,8 +291,8 @@ class HookedViT(HookedRootModule):
         if stop < start:
             raise ValueError(f"stop_at_layer ({stop}) must be >= start_at_layer ({start})")
         if start_at_layer is None:
-            self.check_images(input)  # clear errors before any (jaxtyping) annotation check of embed_input
-            resid = self.embed_input(input)
+            self.check_images(input)  # clear errors before any (jaxtyping) annotation check of the embedding
+            resid = self._embed_checked(input)
         else:
             if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
                 raise ValueError(
