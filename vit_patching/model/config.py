@@ -51,6 +51,7 @@ class ViTConfig:
     global_pool: str = "token"
     pool_include_prefix: bool = False
     qk_norm: bool = False
+    layer_scale: bool = False  # timm LayerScale (ls1/ls2 gamma) on every block; see components.py
     act_fn: str = "gelu"
     eps: float = 1e-6
     eps_qk: float = 1e-6
@@ -236,6 +237,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     eps_set: set[float] = set()
     eps_qk: set[float] = set()
     qk_norm = None
+    layer_scale = None
     for i, blk in enumerate(blocks):
         if type(blk) is not Block:
             raise UnsupportedModelError(
@@ -263,10 +265,15 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             )
         if not isinstance(blk.mlp.norm, nn.Identity):
             raise UnsupportedModelError(f"blocks.{i}.mlp.norm: scale_mlp_norm is not supported")
+        this_ls = []
         for ls_name in ("ls1", "ls2"):
             ls = getattr(blk, ls_name)
             if not isinstance(ls, nn.Identity) and not hasattr(ls, "gamma"):
                 raise UnsupportedModelError(f"blocks.{i}.{ls_name}: unsupported LayerScale {type(ls).__name__}")
+            this_ls.append(not isinstance(ls, nn.Identity))
+        if this_ls[0] != this_ls[1] or (layer_scale is not None and this_ls[0] != layer_scale):
+            raise UnsupportedModelError(f"blocks.{i}: LayerScale on some residual branches only is not supported")
+        layer_scale = this_ls[0]
         for dp in ("drop_path1", "drop_path2"):
             if not isinstance(getattr(blk, dp), nn.Identity) and model.training:
                 raise UnsupportedModelError("stochastic depth in training mode is not supported")
@@ -359,6 +366,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         global_pool=global_pool,
         pool_include_prefix=bool(model.pool_include_prefix),
         qk_norm=bool(qk_norm),
+        layer_scale=bool(layer_scale),
         act_fn=act,
         eps=eps_set.pop(),
         eps_qk=eps_qk.pop() if eps_qk else 1e-6,
