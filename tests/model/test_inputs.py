@@ -152,8 +152,12 @@ def test_start_at_layer_needs_a_residual():
         model(images(1), start_at_layer=1)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
-def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol):
+# Observed (2-layer LayerScale model, |logits| <= 3): explicit path vs timm in the same dtype 0.0156 (bf16) and
+# 0.00195 (fp16), one ulp at that magnitude; vs timm in float32 0.0139 (bf16) and 0.0016 (fp16). Tolerances ~2x.
+@pytest.mark.parametrize(
+    "dtype, atol, atol_fp32", [(torch.bfloat16, 0.032, 0.03), (torch.float16, 0.004, 0.0035)], ids=["bf16", "fp16"]
+)
+def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol, atol_fp32):
     m = make_timm(depth=2, init_values=1e-5, global_pool="avg")
     model = HookedViT.from_timm(m)
     x = images(2)
@@ -166,8 +170,8 @@ def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol):
         ref = m(x.to(dtype))
         cached, cache = model.run_with_cache(x.to(dtype))  # explicit paths in low precision too
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=0)
-    torch.testing.assert_close(out.float(), ref32, atol=5 * atol, rtol=0)
+    assert torch.equal(out, ref)  # the unhooked forward runs timm's kernels in timm's order: bit for bit
+    torch.testing.assert_close(out.float(), ref32, atol=atol_fp32, rtol=0)
     torch.testing.assert_close(cached.float(), ref.float(), atol=atol, rtol=0)
     assert cache["blocks.1.attn.hook_pattern"].dtype == dtype
     # converting a low-precision timm model keeps its dtype
