@@ -163,3 +163,10 @@ def test_timm_model_with_hooks_refused(path, kind, register):
     _refuse(m, rf"model: a {kind} is registered on {where}")
     handle.remove()
     HookedViT.from_timm(m)  # converts once the hook is gone
+
+
+def test_layer_scale_on_some_branches_only_refused():
+    """LayerScale is kept as one gamma per branch on every block; a model mixing it in is refused, not misread."""
+    m = make_timm(depth=2, init_values=1e-5)
+    m.blocks[1].ls2 = nn.Identity()
+    _refuse(m, r"blocks\.1: LayerScale on some residual branches only")

@@ -34,8 +34,9 @@ _GATES = (
 class HookedViT(HookedRootModule):
     """A timm Vision Transformer with TransformerLens hook points, weights and caches.
 
-    Build it with :meth:`from_timm`. The forward pass equals timm's eval-mode forward to float rounding;
-    every hook point's return value takes effect. Hook names follow TransformerLens
+    Build it with :meth:`from_timm`. Without hooks the forward pass runs timm's own parameters and kernels and
+    equals timm's eval-mode forward bit for bit (LayerScale models included); with hooks that switch a site to
+    its explicit computation, to float rounding. Every hook point's return value takes effect. Hook names follow TransformerLens
     (``blocks.3.attn.hook_z``, ``blocks.5.hook_resid_pre``, ...) plus ``hook_pooled``, ``fc_norm.*`` and
     ``hook_logits`` for the classifier end.
 
@@ -614,10 +615,10 @@ class HookedViT(HookedRootModule):
             >>> model.process_weights_(fold_layer_scale=True).cfg.layer_scale
             False
         """
-        self._check_processing(fold_ln, center_writing_weights)
         for flag, value in (("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights),
                             ("fold_value_biases", fold_value_biases), ("fold_layer_scale", fold_layer_scale)):  # fmt: skip
             check_bool(value, flag)
+        self._check_processing(fold_ln, center_writing_weights)
         with torch.no_grad():
             if fold_layer_scale or center_writing_weights or fold_value_biases:
                 self._fold_layer_scale()
