@@ -41,7 +41,7 @@ class AttentionPool(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(dm))
         self.ln = LayerNorm(dm, cfg.eps, rms=cfg.norm_kind == "RMS")
         # The pool's MLP is timm's plain Mlp (never gated, no sub-norm), with its own width.
-        self.mlp = MLP(dataclasses.replace(cfg, d_mlp=cfg.pool_d_mlp, gated_mlp=False, mlp_norm=False))
+        self.mlp = MLP(dataclasses.replace(cfg, d_mlp=cfg.pool_d_mlp, gated_mlp=False, mlp_norm=False, layer_scale=False))
         self.scale = self.d_head**-0.5
         self.hook_q = HookPoint()  # [batch 1 head d_head]
         self.hook_k = HookPoint()  # [batch pos head d_head]

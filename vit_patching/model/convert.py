@@ -114,24 +114,21 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
         if cfg.attn_norm:
             norm(q + "attn.ln", p + "attn.norm")
         if eva:
-            w_o, b_o = ew["attn.w_proj"], ew["attn.b_O"]
+            w_o, b_o = ew["attn.w_proj"], ew["attn.b_proj"]
         else:
             w_o = take(p + "attn.proj.weight")
             b_o = take(p + "attn.proj.bias") if p + "attn.proj.bias" in src else torch.zeros(dm, dtype=w_o.dtype)
         w_fc2 = take(p + "mlp.fc2.weight")
         # proj_bias=False drops the attention-proj and MLP biases: exactly zero, as for qkv_bias=False.
         b_out = take(p + "mlp.fc2.bias") if p + "mlp.fc2.bias" in src else torch.zeros(dm, dtype=w_fc2.dtype)
-        # LayerScale folds exactly into the output projections (a per-channel scale of a linear map).
-        if p + "ls1.gamma" in src:
-            g = take(p + "ls1.gamma")
-            w_o, b_o = w_o * g[:, None], b_o * g
-        if p + "ls2.gamma" in src:
-            g = take(p + "ls2.gamma")
-            w_fc2, b_out = w_fc2 * g[:, None], b_out * g
+        # timm LayerScale (ls1/ls2) stays a separate gamma, applied after the projection as timm does, so the
+        # forward rounds exactly as timm's; W_O / W_out fold it in on access. Eva's gamma_1/gamma_2 fold here.
+        if cfg.layer_scale:
+            out[q + "attn.ls_gamma"], out[q + "mlp.ls_gamma"] = take(p + "ls1.gamma"), take(p + "ls2.gamma")
         if eva and ew["gamma_2"] is not None:  # Eva's LayerScale on the MLP branch
             g = ew["gamma_2"]
             w_fc2, b_out = w_fc2 * g[:, None], b_out * g
-        out[q + "attn.w_proj"], out[q + "attn.b_O"] = w_o, b_o
+        out[q + "attn.w_proj"], out[q + "attn.b_proj"] = w_o, b_o
         if cfg.gated_mlp:
             _gated_mlp(out, take, src, p + "mlp.", q + "mlp.", model.blocks[i].mlp, cfg.d_mlp)
         else:
@@ -141,7 +138,7 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
             )
         if cfg.mlp_norm:
             norm(q + "mlp.ln", p + "mlp.norm")
-        out[q + "mlp.w_fc2"], out[q + "mlp.b_out"] = w_fc2, b_out
+        out[q + "mlp.w_fc2"], out[q + "mlp.b_fc2"] = w_fc2, b_out
 
     if cfg.final_norm:
         norm("ln_final", "norm")
@@ -204,4 +201,4 @@ def _attn_pool(out: dict, take, src: dict[str, Tensor], norm, dm: int) -> None:
     out["attn_pool.mlp.w_fc1"] = w1
     out["attn_pool.mlp.b_in"] = _opt(take, src, p + "mlp.fc1.bias", w1.shape[0], w1)
     w2 = take(p + "mlp.fc2.weight")
-    out["attn_pool.mlp.w_fc2"], out["attn_pool.mlp.b_out"] = w2, _opt(take, src, p + "mlp.fc2.bias", dm, w2)
+    out["attn_pool.mlp.w_fc2"], out["attn_pool.mlp.b_fc2"] = w2, _opt(take, src, p + "mlp.fc2.bias", dm, w2)

@@ -103,7 +103,7 @@ def rope_tables(model: nn.Module, cfg: ViTConfig) -> list[Tensor]:
 def eva_block_weights(model: nn.Module, cfg: ViTConfig, take, src: dict[str, Tensor], i: int) -> dict[str, Tensor]:
     """Attention weights and LayerScale gammas of ``blocks.{i}`` of an ``Eva``, in HookedViT names.
 
-    Returns ``attn.w_qkv``, ``attn.b_qkv``, ``attn.w_proj``, ``attn.b_O`` (``gamma_1`` folded in) and the
+    Returns ``attn.w_qkv``, ``attn.b_qkv``, ``attn.w_proj``, ``attn.b_proj`` (``gamma_1`` folded in) and the
     ``gamma_2`` to fold into the MLP output (or ``None``).
     """
     p = f"blocks.{i}.attn."
@@ -143,6 +143,6 @@ def eva_block_weights(model: nn.Module, cfg: ViTConfig, take, src: dict[str, Ten
         "attn.w_qkv": w_qkv,
         "attn.b_qkv": b_qkv,
         "attn.w_proj": w_o,
-        "attn.b_O": b_o,
+        "attn.b_proj": b_o,
         "gamma_2": take(g2) if g2 in src else None,
     }

@@ -65,11 +65,11 @@ def parallel_block_weights(take, src: dict[str, Tensor], i: int, cfg: ViTConfig)
         "attn.w_qkv": w_in[dmlp:].contiguous(),
         "attn.b_qkv": b_in[dmlp:].contiguous(),
         "attn.w_proj": w_o,
-        "attn.b_O": b_o,
+        "attn.b_proj": b_o,
         "mlp.w_fc1": w_in[:dmlp].contiguous(),
         "mlp.b_in": b_in[:dmlp].contiguous(),
         "mlp.w_fc2": w_fc2,
-        "mlp.b_out": b_out,
+        "mlp.b_fc2": b_out,
     }
 
 
