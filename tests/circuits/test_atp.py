@@ -33,7 +33,7 @@ def test_atp_is_exact_where_the_model_is_linear_downstream():
         exact = layer_sweep(model, clean, corrupted, metric(), sites=("resid_post", "mlp_out"), layers=[1],
                             direction=direction, progress=False)
         assert (exact.values - exact.target_score).abs().max() > 0.1  # the cells do change the metric
-        torch.testing.assert_close(est.values, exact.values, rtol=0, atol=1e-6)  # the engine returns float32 metrics
+        torch.testing.assert_close(est.values, exact.values, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["sweep", "heads"])
@@ -122,7 +122,7 @@ def test_atp_star_for_keys_matches_the_exact_pattern_change():
             model.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.attn.hook_k", patch),
                                                        ("blocks.1.attn.hook_pattern", lambda a, hook: out.setdefault("p", a))])
         expected = ((out["p"] - p0) * grad).sum((-1, -2))  # [batch, head]
-        torch.testing.assert_close(res.values[0, 0, j] - res.target_score, expected.T.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(res.values[0, 0, j] - res.target_score, expected.T.to(res.values.dtype), rtol=1e-5, atol=1e-6)
 
 
 def test_atp_star_beats_the_linear_estimate_on_queries_and_keys():

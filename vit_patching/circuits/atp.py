@@ -33,11 +33,17 @@ from vit_patching.checks import check_batch_size, check_bool, check_indices, che
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, PatchSpec, Site, run_patch_spec
+from vit_patching.patching.engine import result_dtype
 
 from .common import Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells
 
 __all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
 
+
+
+def _wide(t: Tensor) -> Tensor:
+    """Estimates in the engine's result dtype (float64 models keep float64), so AtP and exact results compare."""
+    return t.to(result_dtype(t.dtype))
 
 def _options(layout: Any, pixels: Tensor | None) -> dict[str, Any]:
     return {
@@ -78,7 +84,7 @@ def _runs(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | s
     fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
     target_logits, acts, grads = forward_backward(model, target, hooks, fn)
     ids = torch.arange(target.shape[0], device=target_logits.device)
-    return source_cache, acts, grads, fn(source_logits, ids).float().cpu(), fn(target_logits, ids).float().cpu(), fn, name
+    return source_cache, acts, grads, _wide(fn(source_logits, ids)).cpu(), _wide(fn(target_logits, ids)).cpu(), fn, name
 
 
 def _verify(model: HookedViT, result: PatchingResult, cells: list[tuple[int, ...]], make_site: Any,
@@ -89,7 +95,7 @@ def _verify(model: HookedViT, result: PatchingResult, cells: list[tuple[int, ...
     run = run_patch_spec(model, spec, fn, target=target, source=source, batch_size=batch_size, progress=False)
     labels = [" ".join(result.labels[a][i] for a, i in zip(result.axes, c)) for c in cells]
     estimate = torch.stack([result.values[c] for c in cells])
-    return Verification(cells, labels, estimate, run.values.float(), run.n_forwards)
+    return Verification(cells, labels, estimate, _wide(run.values), run.n_forwards)
 
 
 def atp_layer_sweep(
@@ -146,7 +152,7 @@ def atp_layer_sweep(
         torch.stack([((source_cache[h] - acts[h]) * grads[h]).sum(-1)[:, pos] for h in
                      (get_act_name(s, l) for l in layer_ids)]) for s in site_names
     ])  # [site, layer, batch, pos]
-    values = target_score + est.permute(0, 1, 3, 2).float().cpu()
+    values = target_score + _wide(est.permute(0, 1, 3, 2)).cpu()
     axes = {"site": site_names, "layer": layer_ids, "pos": pos_ids}
     opts = _options(layout, pixels)
     opts.update(layer_indices=layer_ids, pos_indices=pos_ids, method="atp", batch_size=batch_size)
@@ -302,7 +308,7 @@ def atp_heads(
             e = e[:, :, head_ids]
             per_layer.append(e[:, pos_ids] if by_pos else e.sum(1))
         per_site.append(torch.stack(per_layer))
-    est = torch.stack(per_site).float().cpu()  # [site, layer, batch, (pos,) head]
+    est = _wide(torch.stack(per_site)).cpu()  # [site, layer, batch, (pos,) head]
     est = est.movedim(2, -1)  # batch last
     values = target_score + est
     axes: dict[str, list[Any]] = {"site": site_names, "layer": layer_ids}
