@@ -134,7 +134,7 @@ def test_single_layer_window_equals_the_engine_layer_sweep_cell(model, images):
 
 
 def test_pinning_every_patch_over_the_embedding_reproduces_the_source(model, images):
-    """caap.md 6.2: all patch positions pinned over [0, 1) with an image neutral = the source logits."""
+    """All patch positions pinned over [0, 1) with an image neutral = the source logits."""
     layout = model.layout_for(images)
     spec = PatchSpec([tuple(Site("blocks.0.hook_resid_pre", pos=p) for p in layout.patch_positions())])
     run = run_patch_spec(model, spec, lambda lg, i: lg, target=torch.zeros_like(images), source=images, progress=False)
