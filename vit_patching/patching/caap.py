@@ -62,7 +62,7 @@ from vit_patching.hook_names import get_act_name, site_suffix
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, baseline_images, describe_baseline, upsample_map
 from vit_patching.model import HookedViT, check_classifier
 
-from .caap_results import READOUTS, Attribution, caap_readout, compare_attributions
+from .caap_results import DEFAULT_WARN_SHARE, READOUTS, Attribution, caap_readout, compare_attributions, neutral_warnings
 from .engine import PatchRun, PatchSpec, Site, run_patch_spec
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,6 @@ DEFAULT_READOUT = "logit"
 #: Default window as fractions of depth, ``[floor(a * L), ceil(b * L))``: ``[0, 2)`` had the best mean on the
 #: 4-layer toys (docs/caap_defaults.md); an extrapolation for deeper models.
 DEFAULT_WINDOW_FRACTIONS = (0.0, 0.5)
-#: Warn when the neutral run gives the explained class more than this share of the source run's probability.
-DEFAULT_WARN_SHARE = 0.5
 
 #: ``caap.check_window`` is :func:`vit_patching.checks.check_window`.
 check_window = checks.check_window
@@ -313,51 +311,6 @@ def caap_spec(model: HookedViT, images: Tensor, window: tuple[int, int], site: s
     hooks = [_site_hook(site, l) for l in range(*window)]
     variants = [tuple(Site(h, pos=p) for h in hooks for p in (*prefix, i)) for i in layout.patch_positions()]
     return PatchSpec(variants, labels=[layout.label(i) for i in layout.patch_positions()])
-
-
-# ------------------------------------------------------------------------------------------- neutral diagnosis
-def neutral_warnings(
-    neutral_logits: Float[Tensor, "batch n_classes"],
-    source_logits: Float[Tensor, "batch n_classes"],
-    target: Int[Tensor, " batch"],
-    neutral: str,
-    warn_share: float = DEFAULT_WARN_SHARE,
-    where: str = "",
-) -> list[str]:
-    """Why a neutral context may make CAAP maps hard to read (empty if it is a good neutral for every image).
-
-    Two cases, reported with the image indices: the neutral run already predicts the explained class, or it
-    gives the class more than ``warn_share`` of the source run's probability.
-
-    Example:
-        >>> lg = torch.tensor([[3.0, 0.0]])
-        >>> neutral_warnings(lg, lg, torch.tensor([0]), "zeros")[0][:60]
-        "CAAP neutral 'zeros' already predicts the explained class fo"
-    """
-    p0 = neutral_logits.float().softmax(-1)
-    ps = source_logits.float().softmax(-1)
-    t = target[:, None].to(p0.device)
-    p0_t, ps_t = p0.gather(1, t)[:, 0], ps.gather(1, t)[:, 0]
-    predicts = p0.argmax(-1) == t[:, 0]
-    high = (p0_t > warn_share * ps_t) & ~predicts
-    out = []
-
-    def listed(mask: Tensor) -> str:
-        idx = mask.nonzero()[:, 0].tolist()
-        return f"{len(idx)}/{mask.numel()} images {idx[:10]}{' ...' if len(idx) > 10 else ''}"
-
-    if bool(predicts.any()):
-        out.append(
-            f"CAAP neutral {neutral!r}{where} already predicts the explained class for {listed(predicts)} (neutral "
-            f"p(class) up to {float(p0_t[predicts].max()):.3g}): the map shows what moves the score of a context "
-            "that already says the class, not evidence for it; try neutral='auto' or another neutral"
-        )
-    if bool(high.any()):
-        out.append(
-            f"CAAP neutral {neutral!r}{where} gives the explained class more than {warn_share:g} of the source's "
-            f"probability for {listed(high)}: the map's range is compressed; try neutral='auto' or another neutral"
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the method

@@ -27,9 +27,11 @@ from torch import Tensor
 from vit_patching.attribution.base import AttributionMaps
 from vit_patching.checks import check_choice
 
-__all__ = ["Attribution", "READOUTS", "caap_readout", "compare_attributions"]
+__all__ = ["Attribution", "DEFAULT_WARN_SHARE", "READOUTS", "caap_readout", "centred_maps", "compare_attributions", "neutral_warnings"]
 
 READOUTS: tuple[str, ...] = ("logit", "prob", "delta_logit", "delta_prob")
+#: Warn when the neutral run gives the explained class more than this share of the source run's probability.
+DEFAULT_WARN_SHARE = 0.5
 
 
 def caap_readout(
@@ -55,6 +57,50 @@ def caap_readout(
     out = score(logits)
     if readout.startswith("delta_"):
         out = out - score(neutral_logits)
+    return out
+
+
+def neutral_warnings(
+    neutral_logits: Float[Tensor, "batch n_classes"],
+    source_logits: Float[Tensor, "batch n_classes"],
+    target: Int[Tensor, " batch"],
+    neutral: str,
+    warn_share: float = DEFAULT_WARN_SHARE,
+    where: str = "",
+) -> list[str]:
+    """Why a neutral context may make CAAP maps hard to read (empty if it is a good neutral for every image).
+
+    Two cases, reported with the image indices: the neutral run already predicts the explained class, or it
+    gives the class more than ``warn_share`` of the source run's probability.
+
+    Example:
+        >>> lg = torch.tensor([[3.0, 0.0]])
+        >>> neutral_warnings(lg, lg, torch.tensor([0]), "zeros")[0][:60]
+        "CAAP neutral 'zeros' already predicts the explained class fo"
+    """
+    p0 = neutral_logits.float().softmax(-1)
+    ps = source_logits.float().softmax(-1)
+    t = target[:, None].to(p0.device)
+    p0_t, ps_t = p0.gather(1, t)[:, 0], ps.gather(1, t)[:, 0]
+    predicts = p0.argmax(-1) == t[:, 0]
+    high = (p0_t > warn_share * ps_t) & ~predicts
+    out = []
+
+    def listed(mask: Tensor) -> str:
+        idx = mask.nonzero()[:, 0].tolist()
+        return f"{len(idx)}/{mask.numel()} images {idx[:10]}{' ...' if len(idx) > 10 else ''}"
+
+    if bool(predicts.any()):
+        out.append(
+            f"CAAP neutral {neutral!r}{where} already predicts the explained class for {listed(predicts)} (neutral "
+            f"p(class) up to {float(p0_t[predicts].max()):.3g}): the map shows what moves the score of a context "
+            "that already says the class, not evidence for it; try neutral='auto' or another neutral"
+        )
+    if bool(high.any()):
+        out.append(
+            f"CAAP neutral {neutral!r}{where} gives the explained class more than {warn_share:g} of the source's "
+            f"probability for {listed(high)}: the map's range is compressed; try neutral='auto' or another neutral"
+        )
     return out
 
 
