@@ -31,8 +31,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from vit_patching.checks import check_batch_size, check_choice, check_positive_number, check_window
+from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
+from vit_patching.evaluation.perturbation import describe_substrate
 from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT, check_classifier
 
@@ -247,8 +250,6 @@ def select_window(
     """
     import pandas as pd
 
-    from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
-    from vit_patching.evaluation.perturbation import describe_substrate
 
     check_classifier(model)
     model.check_images(images)
@@ -274,8 +275,6 @@ def select_window(
             )
     elif criterion == "pointing_game":
         raise ValueError("masks: criterion='pointing_game' needs evidence masks, got None")
-    from vit_patching.evaluation import make_substrate
-
     for sub in (insertion_substrate, deletion_substrate):  # fail before any CAAP run
         make_substrate(images[:1], sub[:1] if isinstance(sub, Tensor) and sub.ndim == 4 else sub)
     tolerance = model.cfg.patch_size[0] / 2 if pg_tolerance is None else pg_tolerance
@@ -289,8 +288,6 @@ def select_window(
         target=target, neutral=neutral, site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
     )
     targets = ctx.target.to(images.device)
-    from tqdm.auto import tqdm
-
     rows, per_image, maps, zmid, warns = [], [], {}, {}, []
     pixels = None
     for w in tqdm(windows, desc="windows", disable=not progress, leave=False):
