@@ -8,7 +8,7 @@ training) and ``<name>.safetensors`` + ``<name>.md`` (model card) are written to
 Neutral inputs (recipe field ``neutral_rows``, CLI ``--neutral-rows``; 0 gives the original recipe): every batch
 of ``batch_size`` images gets ``neutral_rows`` extra inputs that show no class evidence, trained towards the
 UNIFORM distribution over classes (soft-target cross-entropy = KL to uniform + log C). They are built with CAAP's
-own ``neutral_images`` (``zeros``, ``black``, ``image_mean``, ``blur``), so the neutral contexts CAAP patches
+own baseline builder (``vit_patching.images.baseline_images``) (``zeros``, ``black``, ``image_mean``, ``blur``), so the neutral contexts CAAP patches
 from are inputs the model has learnt to call undecided. ``NEUTRAL_MIX`` lists them: the batch's own scenes
 rendered without any object (background + pixel noise: ``render_scenes(scenes, objects="none")``), their blur
 and mean colour, the mean colour of the ordinary scenes, and the constant ``zeros`` (dataset-mean colour) and
@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from vit_patching.model import HookedViT
-from vit_patching.patching.caap import neutral_images
+from vit_patching.images import baseline_images
 from vit_patching.zoo.datasets import CHUNK, ToyScenes, batch_from_scenes, generate, render_scenes, sample_scenes
 from vit_patching.zoo.registry import MODEL_SPECS, build_timm_model, get_spec
 
@@ -146,7 +146,7 @@ def neutral_batch(hooked: HookedViT, images: torch.Tensor, empty: torch.Tensor, 
         source, neutral = NEUTRAL_MIX[i % len(NEUTRAL_MIX)]
         j = i % len(images)
         x = empty[j : j + 1] if source == "empty" else images[j : j + 1]
-        out.append(x if neutral is None else neutral_images(hooked, x, neutral)[0].expand_as(x))
+        out.append(x if neutral is None else baseline_images(x, neutral, data_config=hooked.cfg.data_config)[0].expand_as(x))
     return torch.cat(out)
 
 
@@ -162,7 +162,7 @@ def neutral_worst(model: torch.nn.Module, hooked: HookedViT, task: str, seed: in
     was_training = model.training
     model.eval()
     _, empty = empty_scene_images(task, n, seed)
-    worst = max(float(F.softmax(model(neutral_images(hooked, empty, kind)[0]), -1).amax())
+    worst = max(float(F.softmax(model(baseline_images(empty, kind, data_config=hooked.cfg.data_config)[0]), -1).amax())
                 for kind in MEASURED_NEUTRALS)
     model.train(was_training)
     return worst
@@ -187,7 +187,7 @@ def neutral_predictions(model: torch.nn.Module, name: str, n: int = NEUTRAL_N, s
     for source, kind, x in cases:
         src = empty if source == "empty scene" else real.images
         if x is None:
-            x = neutral_images(hooked, src, kind)[0]
+            x = baseline_images(src, kind, data_config=hooked.cfg.data_config)[0]
         probs = torch.cat([F.softmax(model(x[i : i + 512]), -1) for i in range(0, len(x), 512)])
         mean = probs.mean(0)
         row = {"source": source, "neutral": kind, "class": spec.class_names[int(mean.argmax())],
@@ -339,7 +339,7 @@ def write_card(path: Path, name: str, seed: int, recipe: Recipe, info: dict, com
             f"\n  Plus {recipe.neutral_rows} **neutral rows** per batch ({recipe.neutral_rows}/"
             f"{recipe.batch_size + recipe.neutral_rows} = {recipe.neutral_rows / (recipe.batch_size + recipe.neutral_rows):.0%} "
             f"of the rows) trained towards the uniform distribution (soft-target cross-entropy): `NEUTRAL_MIX` = "
-            f"{mix}, built with CAAP's `neutral_images` (\"empty\" = the batch's scenes drawn without any object)."
+            f"{mix}, built with `vit_patching.images.baseline_images` (CAAP's neutral builder) (\"empty\" = the batch's scenes drawn without any object)."
         )
     else:
         neutral_recipe = "\n  No neutral rows (every row is an image with its class label)."
@@ -411,7 +411,7 @@ def write_card(path: Path, name: str, seed: int, recipe: Recipe, info: dict, com
 
 ## Neutral contexts ({NEUTRAL_N} fresh scenes, seed {NEUTRAL_SEED}, drawn without objects and as they are)
 
-What the model predicts on CAAP's image neutrals (`vit_patching.patching.caap.neutral_images`) and on the empty
+What the model predicts on CAAP's image neutrals (`vit_patching.images.baseline_images`) and on the empty
 scenes themselves (`none`). "class, p": the class of the mean predicted distribution and its probability;
 "mean / worst max p": the mean and the largest max class probability over the images (1/{n_cls} = {1 / n_cls:.3f}
 is undecided). `zeros` (the dataset-mean colour, CAAP's default) and `black` are one image.{before_note}

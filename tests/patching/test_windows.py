@@ -40,8 +40,8 @@ def test_every_window_is_scored_as_the_evaluation_module_scores_its_caap_map(mod
         w = (int(row["start"]), int(row["end"]))
         attr = caap(model, images, window=w, neutral="blur", readout="prob")
         torch.testing.assert_close(selection.maps[w], attr.map)
-        ins = insertion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zero").auc.mean().item()
-        dele = deletion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zero").auc.mean().item()
+        ins = insertion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zeros").auc.mean().item()
+        dele = deletion_auc(model, images, attr.map, attr.target, unit="patch", substrate="zeros").auc.mean().item()
         pg = pointing_game(attr.map, masks, tolerance=4).accuracy  # default tolerance: half a patch
         assert row["insertion_auc"] == pytest.approx(ins, abs=1e-6)
         assert row["deletion_auc"] == pytest.approx(dele, abs=1e-6)

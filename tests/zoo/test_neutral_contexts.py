@@ -6,7 +6,7 @@ The models were trained with neutral rows (scenes without objects, their blur an
 import pytest
 import torch
 
-from vit_patching.patching.caap import neutral_images
+from vit_patching.images import baseline_images
 from vit_patching.zoo import get_spec, load_model
 from vit_patching.zoo.datasets import batch_from_scenes, render_scenes, sample_scenes
 
@@ -33,7 +33,7 @@ def probabilities(model, images):
 def test_neutral_context_of_an_empty_scene_is_undecided(model_and_scenes, neutral):
     name, model, scenes = model_and_scenes
     empty = (render_scenes(scenes, objects="none") - 0.5) / 0.5  # background + pixel noise, no object
-    x, per_image = neutral_images(model, empty, neutral)
+    x, per_image = baseline_images(empty, neutral, data_config=model.cfg.data_config)
     assert per_image == (neutral in ("image_mean", "blur"))
     if neutral == "zeros":
         assert torch.equal(x, torch.zeros(1, 3, 64, 64))  # the dataset-mean colour

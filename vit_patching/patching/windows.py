@@ -208,8 +208,8 @@ def select_window(
     upsample: str = DEFAULT_UPSAMPLE,
     warn_share: float = DEFAULT_WARN_SHARE,
     score: str = "prob",
-    insertion_substrate: str | Tensor = "zero",
-    deletion_substrate: str | Tensor = "zero",
+    insertion_substrate: str | Tensor = "zeros",
+    deletion_substrate: str | Tensor = "zeros",
     pg_tolerance: int | float | None = None,
     eval_kwargs: Mapping[str, Any] | None = None,
     batch_size: int = 64,
@@ -228,8 +228,8 @@ def select_window(
             :func:`~vit_patching.patching.caap.caap`).
         score: Score of the insertion/deletion curves: ``"prob"`` (RISE) or ``"logit"``.
         insertion_substrate, deletion_substrate: What insertion starts from / deletion fills in (see
-            :func:`~vit_patching.evaluation.make_substrate`): ``"zero"`` (dataset-mean colour, default),
-            ``"blur"``, ``"mean"`` or a tensor.
+            :func:`~vit_patching.evaluation.make_substrate`): ``"zeros"`` (dataset-mean colour, default),
+            ``"blur"``, ``"image_mean"``, ``"black"`` or a tensor (:data:`vit_patching.images.BASELINES`).
         pg_tolerance: Pointing-game tolerance in pixels (default: half a patch).
         eval_kwargs: Extra keyword arguments for :func:`~vit_patching.evaluation.insertion_deletion` (both
             modes), e.g. ``{"step": 2}``.
