@@ -165,7 +165,9 @@ class HookedViT(HookedRootModule):
         if not images.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (normalised pixels), got dtype {images.dtype}")
         if images.shape[0] == 0:
-            raise ValueError(f"{name}: expected a non-empty batch (at least one image), got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"{name}: expected a non-empty batch [batch, channel, height, width], got shape {tuple(images.shape)}"
+            )
         if images.shape[1] != cfg.in_chans:
             raise ValueError(f"{name} must have {cfg.in_chans} channels on axis 1, got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -180,8 +182,10 @@ class HookedViT(HookedRootModule):
         # Last, after the cheap shape checks: one pass over the values. A NaN/Inf pixel would otherwise spread
         # through attention to every token and surface only as NaN scores far from its cause.
         if images.device.type != "meta" and not bool(torch.isfinite(images).all()):  # meta tensors hold no values
-            n_bad = int((~torch.isfinite(images)).sum())
-            raise ValueError(f"{name}: expected finite pixel values, got {n_bad} NaN/Inf value(s)")
+            bad = ~torch.isfinite(images)
+            which = bad.flatten(1).any(1).nonzero()[:, 0].tolist()
+            raise ValueError(f"{name}: expected finite pixel values, got {int(bad.sum())} NaN/Inf entries in image(s) "
+                             f"{which[:5]}{' ...' if len(which) > 5 else ''}")
 
     @property
     def transform(self) -> Callable:

@@ -129,7 +129,7 @@ def neutral_images(
 def _check_finite(x: Tensor, name: str) -> None:
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        raise ValueError(f"{name}: expected finite values, got {int(bad.sum())} NaN/Inf entries in shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected finite pixel values, got {int(bad.sum())} NaN/Inf entries in shape {tuple(x.shape)}")
 
 
 def _check_target(model: HookedViT, target: Any, batch: int) -> Tensor | None:
@@ -254,7 +254,6 @@ def prepare_caap(
         model.check_images(reference, "reference")
         if reference.shape[1:] != images.shape[1:]:
             raise ValueError(f"reference: expected images of shape [n, {', '.join(map(str, images.shape[1:]))}], got {tuple(reference.shape)}")
-        _check_finite(reference, "reference")
     if isinstance(neutral, str) and neutral == "blur" and blur_sigma is not None:
         check_positive_number(blur_sigma, "blur_sigma")
     if isinstance(neutral, Tensor):  # shape/dtype errors before any forward pass
@@ -262,7 +261,6 @@ def prepare_caap(
         if neutral.ndim == 4 and neutral.shape[0] not in (1, batch):
             baseline_images(images, neutral, name="neutral")
         _check_finite(neutral, "neutral")
-    _check_finite(images, "images")  # NaN pixels would silently give an all-NaN map
     starts, layers = sorted(set(starts)), sorted(set(layers))
     src_hooks = [_site_hook(site, l) for l in layers]
     start_hooks = {s: get_act_name("resid_pre", s) for s in starts}

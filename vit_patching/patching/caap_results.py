@@ -70,8 +70,10 @@ def neutral_warnings(
 ) -> list[str]:
     """Why a neutral context may make CAAP maps hard to read (empty if it is a good neutral for every image).
 
-    Two cases, reported with the image indices: the neutral run already predicts the explained class, or it
-    gives the class more than ``warn_share`` of the source run's probability.
+    Two cases, reported with the image indices: the neutral run already predicts the explained class (its top
+    class, with a probability of at least ``min(2 / n_classes, 0.5)``, twice a uniform guess: a near-uniform neutral whose
+    top class happens to be the explained one is not a prediction), or it gives the class more than
+    ``warn_share`` of the source run's probability.
 
     Example:
         >>> lg = torch.tensor([[3.0, 0.0]])
@@ -82,7 +84,7 @@ def neutral_warnings(
     ps = source_logits.float().softmax(-1)
     t = target[:, None].to(p0.device)
     p0_t, ps_t = p0.gather(1, t)[:, 0], ps.gather(1, t)[:, 0]
-    predicts = p0.argmax(-1) == t[:, 0]
+    predicts = (p0.argmax(-1) == t[:, 0]) & (p0_t >= min(2.0 / p0.shape[-1], 0.5))
     high = (p0_t > warn_share * ps_t) & ~predicts
     out = []
 

@@ -233,9 +233,8 @@ def cache_for(model: HookedViT, images: Tensor, hooks: Iterable[str]) -> tuple[T
 
 
 def check_image_batch(model: HookedViT, images: Any, name: str) -> None:
-    """Refuse, before any compute, images the model does not take, an empty batch, and NaN/Inf pixels.
-
-    (A NaN pixel would spread through attention to every token; an empty batch would reach ``torch.cat``.)
+    """Refuse, before any compute, images the model does not take, an empty batch, and NaN/Inf pixels
+    (:meth:`HookedViT.check_images`, the one image check; named here for the engine's callers).
 
     Example:
         >>> check_image_batch(model, torch.zeros(0, 3, 32, 32), "clean")
@@ -244,15 +243,6 @@ def check_image_batch(model: HookedViT, images: Any, name: str) -> None:
         ValueError: clean: expected a non-empty batch [batch, channel, height, width], got shape (0, 3, 32, 32)
     """
     model.check_images(images, name)
-    if images.shape[0] == 0:
-        raise ValueError(
-            f"{name}: expected a non-empty batch [batch, channel, height, width], got shape {tuple(images.shape)}"
-        )
-    bad = ~torch.isfinite(images)
-    if bool(bad.any()):
-        which = bad.flatten(1).any(1).nonzero()[:, 0].tolist()
-        raise ValueError(f"{name}: expected finite pixel values, got {int(bad.sum())} NaN/Inf entries in image(s) "
-                         f"{which[:5]}{' ...' if len(which) > 5 else ''}")
 
 
 def run_patch_spec(
