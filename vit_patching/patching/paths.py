@@ -84,6 +84,16 @@ def _prepare(model: HookedViT, clean: Tensor, corrupted: Tensor, pixels: Tensor 
     check_batch_size(batch_size)
     sender_sets = parse_node_sets(all_senders(model) if senders is None else senders, "sender", model, "senders")
     receiver_sets = parse_node_sets(receivers, "receiver", model, "receivers")
+    if model.cfg.parallel_attn_mlp:
+        # A parallel block's attention and MLP both read one norm of resid_pre: there is no separate q/k/v or
+        # MLP input to write a receiver's path into, and head l does not feed MLP l, so only logits can receive.
+        inner = sorted({n.kind for group in receiver_sets for n in group} - {"logits"})
+        if inner:
+            raise ValueError(
+                "receivers: expected only 'logits' on a model with parallel attention/MLP blocks "
+                f"(ParallelScalingBlock, cfg.parallel_attn_mlp), got {', '.join(inner)} receivers; their inputs "
+                "share one norm with no split input hooks"
+            )
     return layout, sender_sets, receiver_sets
 
 
