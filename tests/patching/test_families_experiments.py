@@ -39,7 +39,6 @@ FAMILIES = {  # name -> (timm model, overrides of model_helpers.TINY, expected c
     "parallel_block": (VIT, dict(block_fn=ParallelScalingBlock), dict(parallel_attn_mlp=True)),
     "gqa": ("vit_base_patch16_sapiens2", dict(num_kv_heads=(2, 1)), dict(norm_kind="RMS", n_registers=8)),
 }
-ROPE_AND_POOL = ["eva02_rope_swiglu_subln", "dinov3_rope_layerscale_registers", "perception_encoder", "siglip_map_no_cls"]
 CLASSES = torch.tensor([1, 2])
 ATOL = 2e-5
 

@@ -159,7 +159,8 @@ def path_patch(
 
     Raises:
         ValueError: bad node strings, layers/heads out of range, 'logits' mixed into a receiver set,
-            unknown ``freeze`` entries, mismatched clean/corrupted.
+            unknown ``freeze`` entries, mismatched clean/corrupted, head/attn/MLP receivers on a model with
+            parallel attention/MLP blocks (only ``"logits"`` can receive there).
 
     Example:
         >>> res = path_patch(model, clean, corrupted, "logit_diff", receivers=["L3H0.q", "L3H0.k", "logits"])
@@ -303,6 +304,10 @@ def direct_path_patch(
 
     Returns:
         :class:`PatchingResult` with axes ``("sender", "receiver")``, NaN where the sender is not upstream.
+
+    Raises:
+        ValueError: as :func:`path_patch`; on parallel attention/MLP blocks pass ``receivers=["logits"]`` (the
+            default receivers include every head's inputs, which those blocks do not have separately).
 
     Example:
         >>> res = direct_path_patch(model, clean, corrupted, senders=["L0H1"], receivers=all_heads(model, inputs="q"))
