@@ -84,6 +84,16 @@ def _prepare(model: HookedViT, clean: Tensor, corrupted: Tensor, pixels: Tensor 
     check_batch_size(batch_size)
     sender_sets = parse_node_sets(all_senders(model) if senders is None else senders, "sender", model, "senders")
     receiver_sets = parse_node_sets(receivers, "receiver", model, "receivers")
+    if model.cfg.parallel_attn_mlp:
+        # A parallel block's attention and MLP both read one norm of resid_pre: there is no separate q/k/v or
+        # MLP input to write a receiver's path into, and head l does not feed MLP l, so only logits can receive.
+        inner = sorted({n.kind for group in receiver_sets for n in group} - {"logits"})
+        if inner:
+            raise ValueError(
+                "receivers: expected only 'logits' on a model with parallel attention/MLP blocks "
+                f"(ParallelScalingBlock, cfg.parallel_attn_mlp), got {', '.join(inner)} receivers; their inputs "
+                "share one norm with no split input hooks"
+            )
     return layout, sender_sets, receiver_sets
 
 
@@ -149,7 +159,8 @@ def path_patch(
 
     Raises:
         ValueError: bad node strings, layers/heads out of range, 'logits' mixed into a receiver set,
-            unknown ``freeze`` entries, mismatched clean/corrupted.
+            unknown ``freeze`` entries, mismatched clean/corrupted, head/attn/MLP receivers on a model with
+            parallel attention/MLP blocks (only ``"logits"`` can receive there).
 
     Example:
         >>> res = path_patch(model, clean, corrupted, "logit_diff", receivers=["L3H0.q", "L3H0.k", "logits"])
@@ -293,6 +304,10 @@ def direct_path_patch(
 
     Returns:
         :class:`PatchingResult` with axes ``("sender", "receiver")``, NaN where the sender is not upstream.
+
+    Raises:
+        ValueError: as :func:`path_patch`; on parallel attention/MLP blocks pass ``receivers=["logits"]`` (the
+            default receivers include every head's inputs, which those blocks do not have separately).
 
     Example:
         >>> res = direct_path_patch(model, clean, corrupted, senders=["L0H1"], receivers=all_heads(model, inputs="q"))
