@@ -262,3 +262,59 @@ def test_full_resid_decomposition_sums_to_the_stream(expand_neurons):
     torch.testing.assert_close(
         model.accumulated_bias(1, mlp_input=True), all_biases - model.blocks[1].mlp.b_out, **CLOSE
     )
+
+
+# Every model family the HookedViT tests build: the embedding rows, prefix tokens, LayerScale and norms all
+# enter the decomposition differently.
+FAMILIES = {
+    "plain": ("vit_tiny_patch16_224", {}),
+    "pre_norm_clip": ("vit_tiny_patch16_224", dict(pre_norm=True, act_layer="quick_gelu")),
+    "distilled": ("deit_tiny_distilled_patch16_224", {}),
+    "distilled_features": ("deit_tiny_distilled_patch16_224", dict(num_classes=0)),
+    "registers": ("vit_tiny_patch16_224", dict(reg_tokens=3)),
+    "no_cls_avg_pool": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
+    "layer_scale_no_embed_class": ("vit_tiny_patch16_224", dict(init_values=1e-5, no_embed_class=True, reg_tokens=2)),
+    "fc_norm_token": ("vit_tiny_patch16_224", dict(fc_norm=True)),
+    "qk_norm_no_pos_embed": ("vit_tiny_patch16_224", dict(qk_norm=True, pos_embed="none")),
+    "clip_gap_layer_scale": ("vit_tiny_patch16_224", dict(pre_norm=True, global_pool="avg", init_values=1e-5)),
+}
+
+
+@pytest.mark.parametrize("expand_neurons", [False, True], ids=["mlp", "neurons"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_full_resid_decomposition_sums_to_the_stream_on_every_family(family, expand_neurons):
+    """Before the pre_norm override, the CLIP families' parts missed the stream by ~2 (raw embeddings, pre ln_pre)."""
+    name, kwargs = FAMILIES[family]
+    _, model = make_pair(name, depth=3, **kwargs)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+        for layer, mlp_input, stream in [
+            (None, False, "blocks.2.hook_resid_post"),
+            (1, False, "blocks.1.hook_resid_pre"),
+            (1, True, "blocks.1.hook_resid_mid"),
+            (0, False, "blocks.0.hook_resid_pre"),
+        ]:
+            parts, labels = cache.get_full_resid_decomposition(
+                layer, mlp_input=mlp_input, expand_neurons=expand_neurons, return_labels=True
+            )
+            assert len(labels) == parts.shape[0]
+            # float32 rounding of a sum of up to ~400 rows (observed <= 2.4e-6)
+            torch.testing.assert_close(parts.sum(0), cache[stream], atol=1e-5, rtol=0, msg=f"{layer=} {mlp_input=}")
+            if model.cfg.pre_norm:
+                assert "embed" not in labels and "pos_embed" not in labels
+                assert torch.equal(parts[labels.index("embed_ln_pre")], cache["blocks.0.hook_resid_pre"])
+            else:
+                assert labels.count("embed") == 1 and labels.count("pos_embed") == 1
+
+
+def test_full_resid_decomposition_projection_and_ln_on_pre_norm():
+    """apply_ln and a projection treat the ln_pre row like every other row: the projected rows, summed, give the
+    logit (head bias aside) of the final normalised CLS token."""
+    _, model = make_pair(pre_norm=True, depth=2)
+    model.process_weights_(fold_ln=True)  # TransformerLens's apply_ln only normalises: the affine must be folded
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(images(2))
+        parts = cache.get_full_resid_decomposition(apply_ln=True, pos_slice=0, project_output_onto=model.W_H[:, 3])
+        plain = cache.get_full_resid_decomposition(apply_ln=True, pos_slice=0) @ model.W_H[:, 3]
+    torch.testing.assert_close(parts, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts.sum(0) + model.b_H[3], logits[:, 3], atol=1e-4, rtol=0)

@@ -90,6 +90,9 @@ def test_feature_matches_timm(feature):
     ref_logits, ref_blocks = timm_block_outputs(m, x)
     with torch.no_grad():
         logits, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_resid_post"))
+        fast = model(x)
+    # The unhooked forward runs timm's own parameters and kernels (LayerScale gamma included): bit for bit.
+    assert torch.equal(fast, ref_logits), (fast - ref_logits).abs().max().item()
     assert len(ref_blocks) == model.cfg.n_layers
     assert logits.shape == ref_logits.shape
     torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
@@ -105,6 +108,7 @@ def test_dynamic_img_size_matches_timm(size, extra):
     ref_logits, ref_blocks = timm_block_outputs(m, x)
     with torch.no_grad():
         logits, cache = model.run_with_cache(x)
+        assert torch.equal(model(x), ref_logits)  # unhooked: bit for bit
     torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
     for i, ref in enumerate(ref_blocks):
         torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"], ref, atol=ATOL, rtol=0)
@@ -124,6 +128,30 @@ def test_prefix_tokens_and_patch_embed_match_timm_forward_features():
         _, cache = model.run_with_cache(x, names_filter="blocks.0.hook_resid_pre")
     h.remove()
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], seen[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(init_values=1e-5), dict(init_values=1e-5, no_embed_class=True, reg_tokens=4, global_pool="avg")],
+    ids=["deit3_like", "dinov2_like"],
+)
+def test_layer_scale_unhooked_forward_is_bit_identical_to_timm(kwargs):
+    """Folding gamma into W_O/W_out used to change the rounding (max diff 1.1e-6): gamma now stays separate on the
+    forward, while W_O/b_O/W_out/b_out still carry it."""
+    m, model = make_pair(depth=3, **kwargs)
+    assert model.cfg.layer_scale and model.blocks[0].attn.ls_gamma is not None
+    x = images(3)
+    with torch.no_grad():
+        assert (model(x) - m(x)).abs().max().item() == 0.0
+    sd = m.state_dict()
+    g1 = sd["blocks.2.ls1.gamma"]
+    assert torch.equal(model.blocks[2].attn.b_O, sd["blocks.2.attn.proj.bias"] * g1)
+    assert torch.equal(model.blocks[2].attn.W_O.flatten(0, 1), (sd["blocks.2.attn.proj.weight"] * g1[:, None]).T)
+    # Folding gamma in (for writable views) keeps the model equal to timm within rounding.
+    model.process_weights_(fold_layer_scale=True)
+    assert not model.cfg.layer_scale and model.blocks[2].mlp.ls_gamma is None
+    assert "blocks.0.attn.ls_gamma" not in model.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), m(x), atol=ATOL, rtol=0)
 
 
 def test_eval_mode_and_dropout_free_even_if_timm_is_training():

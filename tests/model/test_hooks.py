@@ -435,20 +435,62 @@ def test_no_partial_attachment_after_bad_name(bad_name):
     _assert_no_hooks(model)
 
 
-def test_backward_hooks_and_gradient_cache():
+@pytest.mark.parametrize("site", ["blocks.1.hook_resid_pre", "blocks.0.attn.hook_pattern", "blocks.1.ln2.hook_scale"])
+def test_backward_hooks_see_the_gradient_of_their_activation(site):
+    """The gradient a backward hook receives equals torch.autograd.grad of the same scalar with respect to the
+    activation captured at that point in the same forward (also at fast-path sites that bwd hooks switch off)."""
     _, model = make_pair()
     x = images(B)
-    _, cache = model.run_with_cache(
-        x, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_pattern")), incl_bwd=False
-    )
-    grads = {}
+    with torch.no_grad():
+        clean = model(x)
+    acts, grads = {}, {}
     logits = model.run_with_hooks(
         x,
-        bwd_hooks=[("blocks.1.hook_resid_pre", lambda g, hook: grads.setdefault(hook.name, g))],
+        fwd_hooks=[(site, lambda t, hook: acts.setdefault(hook.name, t))],
+        bwd_hooks=[(site, lambda g, hook: grads.setdefault(hook.name, g.clone()))],
         reset_hooks_end=False,
     )
-    logits[:, 3].sum().backward()
-    model.reset_hooks()
+    try:
+        torch.testing.assert_close(logits, clean, atol=1e-5, rtol=0)  # the hooks observe only
+        score = logits[:, 3].sum()
+        (expected,) = torch.autograd.grad(score, acts[site], retain_graph=True)
+        score.backward()
+    finally:
+        model.reset_hooks()
     _assert_no_hooks(model)
-    assert grads["blocks.1.hook_resid_pre"].shape == cache["blocks.1.hook_resid_pre"].shape
-    assert grads["blocks.1.hook_resid_pre"].abs().sum() > 0
+    assert expected.abs().max() > 0
+    assert grads[site].shape == acts[site].shape
+    torch.testing.assert_close(grads[site], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "hook_name, edit",
+    [
+        ("blocks.1.attn.hook_pattern", lambda t: t.flip(-1)),
+        ("blocks.0.attn.hook_attn_scores", lambda t: 2 * t),
+        ("blocks.0.ln2.hook_scale", lambda t: 3 * t),
+        ("blocks.1.ln1.hook_normalized", lambda t: -t),
+    ],
+)
+def test_plain_pytorch_pre_hooks_switch_to_the_explicit_path(hook_name, edit):
+    """A register_forward_pre_hook on a HookPoint of a fast-path site (fused attention, F.layer_norm) must fire and
+    take effect exactly as the same edit through a TransformerLens hook does."""
+    _, model = make_pair()
+    x = images(B)
+    fired = []
+
+    def pre_hook(module, args):
+        fired.append(module.name)
+        return (edit(args[0]),)
+
+    with torch.no_grad():
+        clean = model(x)
+        expected = model.run_with_hooks(x, fwd_hooks=[(hook_name, lambda t, hook: edit(t))])
+        handle = model.mod_dict[hook_name].register_forward_pre_hook(pre_hook)
+        try:
+            out = model(x)
+        finally:
+            handle.remove()
+    assert fired == [hook_name]
+    assert (expected - clean).abs().max() > 1e-3
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)

@@ -60,13 +60,31 @@ def test_preprocess_errors():
         (torch.randn(1, 3, 32, 48), ValueError, "got 32x48"),
         (torch.randn(1, 3, 32, 32, device="meta"), ValueError, "images are on meta but the model is on cpu"),
         (np.zeros((1, 3, 32, 32), dtype=np.float32), TypeError, "torch.Tensor"),
+        (torch.randn(0, 3, 32, 32), ValueError, r"images: expected a non-empty batch.*got shape \(0, 3, 32, 32\)"),
+        (torch.randn(2, 3, 32, 32).index_put_((torch.tensor(1), torch.tensor(0)), torch.tensor(float("nan"))),
+         ValueError, "images: expected finite pixel values, got 1024 NaN/Inf"),
+        (torch.full((1, 3, 32, 32), float("inf")), ValueError, "images: expected finite pixel values, got 3072 NaN/Inf"),
     ],
-    ids=["3d", "5d", "channels", "int64", "uint8", "size", "non_square", "device", "numpy"],
+    ids=["3d", "5d", "channels", "int64", "uint8", "size", "non_square", "device", "numpy", "empty", "nan", "inf"],
 )
 def test_bad_images_raise_clear_errors(bad, exc, match):
     _, model = make_pair()
     with pytest.raises(exc, match=match):
         model(bad)
+
+
+def test_check_images_names_the_argument_for_empty_and_non_finite_batches():
+    _, model = make_pair()
+    with pytest.raises(ValueError, match="corrupted: expected a non-empty batch"):
+        model.check_images(images(0), "corrupted")
+    bad = images(1)
+    bad[0, 2, 5, 7] = float("-inf")
+    with pytest.raises(ValueError, match="clean: expected finite pixel values, got 1 NaN/Inf"):
+        model.check_images(bad, "clean")
+    with pytest.raises(ValueError, match="images: expected finite"):
+        model.grid_size_for(bad)
+    with pytest.raises(ValueError, match="images: expected finite"):
+        model.embed_input(bad)
 
 
 def test_dynamic_model_needs_patch_multiples():
@@ -134,8 +152,12 @@ def test_start_at_layer_needs_a_residual():
         model(images(1), start_at_layer=1)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
-def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol):
+# Observed (2-layer LayerScale model, |logits| <= 3): explicit path vs timm in the same dtype 0.0156 (bf16) and
+# 0.00195 (fp16), one ulp at that magnitude; vs timm in float32 0.0139 (bf16) and 0.0016 (fp16). Tolerances ~2x.
+@pytest.mark.parametrize(
+    "dtype, atol, atol_fp32", [(torch.bfloat16, 0.032, 0.03), (torch.float16, 0.004, 0.0035)], ids=["bf16", "fp16"]
+)
+def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol, atol_fp32):
     m = make_timm(depth=2, init_values=1e-5, global_pool="avg")
     model = HookedViT.from_timm(m)
     x = images(2)
@@ -148,8 +170,8 @@ def test_low_precision_matches_timm_in_the_same_dtype(dtype, atol):
         ref = m(x.to(dtype))
         cached, cache = model.run_with_cache(x.to(dtype))  # explicit paths in low precision too
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=0)
-    torch.testing.assert_close(out.float(), ref32, atol=5 * atol, rtol=0)
+    assert torch.equal(out, ref)  # the unhooked forward runs timm's kernels in timm's order: bit for bit
+    torch.testing.assert_close(out.float(), ref32, atol=atol_fp32, rtol=0)
     torch.testing.assert_close(cached.float(), ref.float(), atol=atol, rtol=0)
     assert cache["blocks.1.attn.hook_pattern"].dtype == dtype
     # converting a low-precision timm model keeps its dtype

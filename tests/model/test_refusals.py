@@ -134,3 +134,32 @@ def test_refusal_leaves_timm_untouched():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     _refuse(m, "extra")
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+
+
+def test_distilled_with_registers_refused_before_conversion():
+    """timm's distilled forward ignores reg_tokens; the conversion used to die in a bare reshape instead."""
+    m = make_timm("deit_tiny_distilled_patch16_224", depth=1, reg_tokens=2)
+    _refuse(m, r"register tokens \(reg_tokens=2\) on a distilled DeiT")
+    with pytest.raises(UnsupportedModelError, match="reg_tokens"):
+        config_from_timm(m)  # the config check refuses it: conversion never starts
+
+
+@pytest.mark.parametrize(
+    "path, kind, register",
+    [
+        ("blocks.1.attn", "forward hook", lambda mod: mod.register_forward_hook(lambda m, a, out: out * 1.5)),
+        ("blocks.0.mlp.fc1", "forward pre-hook", lambda mod: mod.register_forward_pre_hook(lambda m, a: (a[0] * 2,))),
+        ("norm", "backward hook", lambda mod: mod.register_full_backward_hook(lambda m, gi, go: None)),
+        ("head", "backward pre-hook", lambda mod: mod.register_full_backward_pre_hook(lambda m, go: None)),
+        ("", "forward hook", lambda mod: mod.register_forward_hook(lambda m, a, out: out + 1)),
+    ],
+    ids=["fwd", "pre", "bwd", "bwd_pre", "root"],
+)
+def test_timm_model_with_hooks_refused(path, kind, register):
+    """A hook on any timm module would be silently dropped by the conversion (the hooked timm output differs)."""
+    m = make_timm(depth=2)
+    handle = register(m.get_submodule(path))
+    where = repr(path) if path else "the model itself"
+    _refuse(m, rf"model: a {kind} is registered on {where}")
+    handle.remove()
+    HookedViT.from_timm(m)  # converts once the hook is gone

@@ -106,9 +106,12 @@ def test_in_place_edits_through_views_change_the_model(edit):
     assert (after - before).abs().max() > 1e-3
 
 
-def test_per_block_weights_are_views_and_stacks_are_copies(pair):
-    _, model = pair
+def test_per_block_weights_are_views_and_stacks_are_copies():
+    # With LayerScale, W_O/W_out are computed (gamma kept apart for a bit-identical forward) until it is folded in.
+    _, model = make_pair(depth=2, init_values=1e-5)
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert attn.W_O.untyped_storage().data_ptr() != attn.w_proj.untyped_storage().data_ptr()
+    model.process_weights_(fold_layer_scale=True)
     for view, param in ((attn.W_Q, attn.w_qkv), (attn.b_V, attn.b_qkv), (attn.W_O, attn.w_proj), (mlp.W_in, mlp.w_fc1),
                         (mlp.W_out, mlp.w_fc2), (model.W_H, model.head.w_head)):  # fmt: skip
         assert view.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()

@@ -4,6 +4,12 @@ Weights are exposed in TransformerLens's right-multiplying convention (``W_Q [he
 ``W_in [d_model d_mlp]``) as views of parameters kept in timm's layout, with timm's LayerScale folded into ``W_O``/``b_O`` and ``W_out``/``b_out`` so that ``hook_attn_out`` and
 ``hook_mlp_out`` are exactly what is added to the residual stream.
 
+LayerScale (DeiT-III, DINOv2): the parameters stay timm's own (``w_proj``/``b_proj``/``ls_gamma``,
+``w_fc2``/``b_fc2``/``ls_gamma``) and the forward multiplies by gamma after the projection, as timm does, so the
+unhooked forward is bit-identical to timm's. ``W_O``/``b_O``/``W_out``/``b_out`` are then the folded products,
+computed on access: new tensors, not views (an in-place write to them does not reach the model; call
+``HookedViT.process_weights_(fold_layer_scale=True)`` first to fold gamma in and get writable views back).
+
 Fast paths: a LayerNorm with no hook on ``hook_scale``/``hook_normalized`` runs ``F.layer_norm``; attention
 with no hook on ``hook_attn_scores``/``hook_pattern`` (and ``use_fused_attn``) runs
 ``F.scaled_dot_product_attention``. Hooks on ``q``/``k``/``v``/``z`` fire on both paths. Every hook's return
@@ -22,8 +28,14 @@ from .config import ViTConfig
 
 
 def is_hooked(*points: HookPoint) -> bool:
-    """True if any forward or backward hook is attached to one of ``points``."""
-    return any(p._forward_hooks or p._backward_hooks or p._backward_pre_hooks for p in points)
+    """True if any forward, forward-pre or backward hook is attached to one of ``points``.
+
+    Plain PyTorch ``register_forward_pre_hook`` counts too: such a hook may replace the activation, so the
+    explicit path that materialises it must run.
+    """
+    return any(
+        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks for p in points
+    )
 
 
 def _act(x: Tensor, name: str) -> Tensor:
@@ -138,7 +150,9 @@ class Attention(nn.Module):
         self.w_qkv = nn.Parameter(torch.zeros(3 * h * dh, dm))
         self.b_qkv = nn.Parameter(torch.zeros(3 * h * dh))
         self.w_proj = nn.Parameter(torch.zeros(dm, h * dh))
-        self.b_O = nn.Parameter(torch.zeros(dm))
+        self.b_proj = nn.Parameter(torch.zeros(dm))
+        # timm's LayerScale gamma, kept apart so the forward rounds as timm does (see the module docstring).
+        self.ls_gamma: nn.Parameter | None = nn.Parameter(torch.ones(dm)) if cfg.layer_scale else None
         if cfg.qk_norm:
             self.q_norm = LayerNorm(dh, cfg.eps_qk)
             self.k_norm = LayerNorm(dh, cfg.eps_qk)
@@ -184,7 +198,14 @@ class Attention(nn.Module):
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]:
-        return self.w_proj.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+        """Output weights, LayerScale folded in: a view of ``w_proj`` without LayerScale, else a new tensor."""
+        w = self.w_proj if self.ls_gamma is None else self.w_proj * self.ls_gamma[:, None]
+        return w.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+
+    @property
+    def b_O(self) -> Float[Tensor, "d_model"]:
+        """Output bias written to the residual stream (``b_proj``, times gamma under LayerScale)."""
+        return self.b_proj if self.ls_gamma is None else self.b_proj * self.ls_gamma
 
     def forward(
         self,
@@ -215,7 +236,8 @@ class Attention(nn.Module):
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(dim=2) + self.b_O
-        return F.linear(z.flatten(2), self.w_proj, self.b_O)
+        out = F.linear(z.flatten(2), self.w_proj, self.b_proj)
+        return out if self.ls_gamma is None else out * self.ls_gamma  # timm's LayerScale, same rounding
 
 
 class MLP(nn.Module):
@@ -228,7 +250,8 @@ class MLP(nn.Module):
         self.w_fc1 = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.w_fc2 = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
-        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.b_fc2 = nn.Parameter(torch.zeros(cfg.d_model))
+        self.ls_gamma: nn.Parameter | None = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 
@@ -238,12 +261,19 @@ class MLP(nn.Module):
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
-        return self.w_fc2.T
+        """Output weights, LayerScale folded in: a view of ``w_fc2`` without LayerScale, else a new tensor."""
+        return (self.w_fc2 if self.ls_gamma is None else self.w_fc2 * self.ls_gamma[:, None]).T
+
+    @property
+    def b_out(self) -> Float[Tensor, "d_model"]:
+        """Output bias written to the residual stream (``b_fc2``, times gamma under LayerScale)."""
+        return self.b_fc2 if self.ls_gamma is None else self.b_fc2 * self.ls_gamma
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(F.linear(x, self.w_fc1, self.b_in))
         post = self.hook_post(_act(pre, self.cfg.act_fn))
-        return F.linear(post, self.w_fc2, self.b_out)
+        out = F.linear(post, self.w_fc2, self.b_fc2)
+        return out if self.ls_gamma is None else out * self.ls_gamma
 
 
 class TransformerBlock(nn.Module):

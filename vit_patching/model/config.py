@@ -51,6 +51,7 @@ class ViTConfig:
     global_pool: str = "token"
     pool_include_prefix: bool = False
     qk_norm: bool = False
+    layer_scale: bool = False  # timm LayerScale (ls1/ls2 gamma) on every block; see components.py
     act_fn: str = "gelu"
     eps: float = 1e-6
     eps_qk: float = 1e-6
@@ -138,6 +139,44 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+_HOOK_KINDS = (
+    ("_forward_pre_hooks", "forward pre-hook"),
+    ("_forward_hooks", "forward hook"),
+    ("_backward_pre_hooks", "backward pre-hook"),
+    ("_backward_hooks", "backward hook"),
+)
+
+
+def check_no_module_hooks(model: nn.Module, name: str = "model") -> None:
+    """Refuse a timm model that carries PyTorch hooks on any of its modules.
+
+    A hook can change what timm computes, and the conversion copies weights only: the HookedViT would
+    silently differ from the timm model the user ran. Remove the hooks (``handle.remove()``) first, or
+    re-add their effect as a HookedViT hook.
+
+    Raises:
+        UnsupportedModelError: naming the module path and the kind of hook.
+
+    Example:
+        >>> import timm
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1)
+        >>> _ = m.blocks[0].register_forward_hook(lambda mod, args, out: out)
+        >>> check_no_module_hooks(m)
+        Traceback (most recent call last):
+        ...
+        vit_patching.model.config.UnsupportedModelError: model: a forward hook is registered on 'blocks.0' ...
+    """
+    for path, module in model.named_modules():
+        for attr, kind in _HOOK_KINDS:
+            if getattr(module, attr, None):
+                where = repr(path) if path else "the model itself"
+                raise UnsupportedModelError(
+                    f"{name}: a {kind} is registered on {where}; the conversion copies weights only and would "
+                    "drop it, so the HookedViT would differ from the hooked timm model. Remove the hook first "
+                    "(handle.remove()) and add its effect as a HookedViT hook instead"
+                )
+
+
 def config_from_timm(model: nn.Module) -> ViTConfig:
     """Read a :class:`ViTConfig` off a timm ``VisionTransformer`` instance, refusing what is not exact.
 
@@ -149,7 +188,8 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
 
     Raises:
         UnsupportedModelError: naming the feature (attention pooling, EVA/RoPE, gated attention,
-            ``scale_attn_norm``, non-standard blocks or MLPs, ...).
+            ``scale_attn_norm``, non-standard blocks or MLPs, register tokens on a distilled DeiT, PyTorch
+            hooks registered on the timm modules, ...).
 
     Example:
         >>> import timm
@@ -166,6 +206,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             f"model must be a timm VisionTransformer, got {type(model).__module__}.{type(model).__name__}"
             " (EVA, Swin, DeiT-III 'Eva' trees and other families are not supported)"
         )
+    check_no_module_hooks(model)
     name = type(model).__name__
     if name not in ("VisionTransformer", "VisionTransformerDistilled"):
         raise UnsupportedModelError(f"unsupported VisionTransformer subclass {name}")
@@ -196,6 +237,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     eps_set: set[float] = set()
     eps_qk: set[float] = set()
     qk_norm = None
+    layer_scale = None
     for i, blk in enumerate(blocks):
         if type(blk) is not Block:
             raise UnsupportedModelError(
@@ -223,10 +265,15 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             )
         if not isinstance(blk.mlp.norm, nn.Identity):
             raise UnsupportedModelError(f"blocks.{i}.mlp.norm: scale_mlp_norm is not supported")
+        this_ls = []
         for ls_name in ("ls1", "ls2"):
             ls = getattr(blk, ls_name)
             if not isinstance(ls, nn.Identity) and not hasattr(ls, "gamma"):
                 raise UnsupportedModelError(f"blocks.{i}.{ls_name}: unsupported LayerScale {type(ls).__name__}")
+            this_ls.append(not isinstance(ls, nn.Identity))
+        if this_ls[0] != this_ls[1] or (layer_scale is not None and this_ls[0] != layer_scale):
+            raise UnsupportedModelError(f"blocks.{i}: LayerScale on some residual branches only is not supported")
+        layer_scale = this_ls[0]
         for dp in ("drop_path1", "drop_path2"):
             if not isinstance(getattr(blk, dp), nn.Identity) and model.training:
                 raise UnsupportedModelError("stochastic depth in training mode is not supported")
@@ -271,6 +318,14 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     n_classes = head.out_features if isinstance(head, nn.Linear) else 0
     if not isinstance(head, (nn.Linear, nn.Identity)):
         raise UnsupportedModelError(f"unsupported classifier head {type(head).__name__}")
+    n_registers = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if has_dist and n_registers:
+        # VisionTransformerDistilled._pos_embed concatenates only CLS and DIST: its forward never uses the
+        # register tokens (and its pos_embed length does not match them), so there is no timm result to reproduce.
+        raise UnsupportedModelError(
+            f"register tokens (reg_tokens={n_registers}) on a distilled DeiT are not supported: timm's "
+            "VisionTransformerDistilled ignores them in its forward"
+        )
     if has_dist and global_pool != "token":
         raise UnsupportedModelError("distilled models must use token pooling")
     if has_dist and eps_fc is not None:
@@ -301,7 +356,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         in_chans=conv.in_channels,
         has_cls=model.cls_token is not None,
         has_dist=has_dist,
-        n_registers=int(getattr(model, "num_reg_tokens", 0) or 0),
+        n_registers=n_registers,
         no_embed_class=bool(model.no_embed_class),
         has_pos_embed=model.pos_embed is not None,
         patch_bias=conv.bias is not None,
@@ -311,6 +366,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         global_pool=global_pool,
         pool_include_prefix=bool(model.pool_include_prefix),
         qk_norm=bool(qk_norm),
+        layer_scale=bool(layer_scale),
         act_fn=act,
         eps=eps_set.pop(),
         eps_qk=eps_qk.pop() if eps_qk else 1e-6,

@@ -88,19 +88,16 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
         w_fc2 = take(p + "mlp.fc2.weight")
         # proj_bias=False drops the attention-proj and MLP biases: exactly zero, as for qkv_bias=False.
         b_out = take(p + "mlp.fc2.bias") if p + "mlp.fc2.bias" in src else torch.zeros(dm, dtype=w_fc2.dtype)
-        # LayerScale folds exactly into the output projections (a per-channel scale of a linear map).
-        if p + "ls1.gamma" in src:
-            g = take(p + "ls1.gamma")
-            w_o, b_o = w_o * g[:, None], b_o * g
-        if p + "ls2.gamma" in src:
-            g = take(p + "ls2.gamma")
-            w_fc2, b_out = w_fc2 * g[:, None], b_out * g
-        out[q + "attn.w_proj"], out[q + "attn.b_O"] = w_o, b_o
+        # LayerScale stays a separate gamma (applied after the projection, as timm) so that the forward rounds
+        # exactly as timm's; W_O / W_out fold it in on access.
+        if cfg.layer_scale:
+            out[q + "attn.ls_gamma"], out[q + "mlp.ls_gamma"] = take(p + "ls1.gamma"), take(p + "ls2.gamma")
+        out[q + "attn.w_proj"], out[q + "attn.b_proj"] = w_o, b_o
         out[q + "mlp.w_fc1"] = take(p + "mlp.fc1.weight")
         out[q + "mlp.b_in"] = (
             take(p + "mlp.fc1.bias") if p + "mlp.fc1.bias" in src else torch.zeros(cfg.d_mlp, dtype=w_fc2.dtype)
         )
-        out[q + "mlp.w_fc2"], out[q + "mlp.b_out"] = w_fc2, b_out
+        out[q + "mlp.w_fc2"], out[q + "mlp.b_fc2"] = w_fc2, b_out
 
     if cfg.final_norm:
         out["ln_final.w"], out["ln_final.b"] = take("norm.weight"), take("norm.bias")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from ..checks import check_bool
 from .cache import ViTActivationCache
 from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
@@ -156,6 +157,8 @@ class HookedViT(HookedRootModule):
             )
         if not images.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor (normalised pixels), got dtype {images.dtype}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{name}: expected a non-empty batch (at least one image), got shape {tuple(images.shape)}")
         if images.shape[1] != cfg.in_chans:
             raise ValueError(f"{name} must have {cfg.in_chans} channels on axis 1, got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -167,6 +170,11 @@ class HookedViT(HookedRootModule):
                 f"{name} must be {cfg.img_size[0]}x{cfg.img_size[1]} pixels (the model's img_size), got {h}x{w}; "
                 "resize with model.transform or build the timm model with dynamic_img_size=True"
             )
+        # Last, after the cheap shape checks: one pass over the values. A NaN/Inf pixel would otherwise spread
+        # through attention to every token and surface only as NaN scores far from its cause.
+        if images.device.type != "meta" and not bool(torch.isfinite(images).all()):  # meta tensors hold no values
+            n_bad = int((~torch.isfinite(images)).sum())
+            raise ValueError(f"{name}: expected finite pixel values, got {n_bad} NaN/Inf value(s)")
 
     @property
     def transform(self) -> Callable:
@@ -206,6 +214,10 @@ class HookedViT(HookedRootModule):
     def embed_input(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
         """Embedding: ``hook_embed + hook_pos_embed``, then ``ln_pre`` if the model has it (= resid_pre of block 0)."""
         self.check_images(images)
+        return self._embed_checked(images)
+
+    def _embed_checked(self, images: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """:meth:`embed_input` for images already checked by :meth:`check_images` (one finiteness pass only)."""
         if images.device != self.device:
             raise ValueError(f"images are on {images.device} but the model is on {self.device}; move one of them")
         images = images.to(self.dtype)
@@ -214,7 +226,10 @@ class HookedViT(HookedRootModule):
         pos = self.pos_embed.table((gh, gw))[None].expand(embed.shape[0], -1, -1)
         if is_hooked(self.hook_pos_embed):
             pos = pos.clone()  # a real tensor, so hooks may write into it in place
-        resid = embed + self.hook_pos_embed(pos)
+        if self.cfg.has_pos_embed or is_hooked(self.hook_pos_embed):
+            resid = embed + self.hook_pos_embed(pos)
+        else:  # timm only concatenates here (a contiguous copy): same layout, hence the same rounding downstream
+            resid = embed.contiguous()
         if self.cfg.pre_norm:
             resid = self.ln_pre(resid)
         return resid
@@ -280,8 +295,8 @@ class HookedViT(HookedRootModule):
         if stop < start:
             raise ValueError(f"stop_at_layer ({stop}) must be >= start_at_layer ({start})")
         if start_at_layer is None:
-            self.check_images(input)  # clear errors before any (jaxtyping) annotation check of embed_input
-            resid = self.embed_input(input)
+            self.check_images(input)  # clear errors before any (jaxtyping) annotation check of the embedding
+            resid = self._embed_checked(input)
         else:
             if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
                 raise ValueError(
@@ -573,7 +588,12 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ weight processing
     def process_weights_(
-        self, *, fold_ln: bool = False, center_writing_weights: bool = False, fold_value_biases: bool = False
+        self,
+        *,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        fold_value_biases: bool = False,
+        fold_layer_scale: bool = False,
     ) -> "HookedViT":
         """Apply TransformerLens-style weight processing in place; logits are unchanged.
 
@@ -583,22 +603,46 @@ class HookedViT(HookedRootModule):
             center_writing_weights: Remove the mean over ``d_model`` from everything written to the residual
                 stream. Needs every reader of the residual to be a LayerNorm.
             fold_value_biases: ``b_O += sum_h b_V[h] @ W_O[h]`` and ``b_V = 0`` (pattern rows sum to 1).
+            fold_layer_scale: Multiply LayerScale's gamma into ``w_proj``/``b_proj`` and ``w_fc2``/``b_fc2``
+                (``cfg.layer_scale`` becomes False), so ``W_O``/``b_O``/``W_out``/``b_out`` are writable views again.
+                The model then equals timm to float rounding instead of bit for bit. Implied by
+                ``center_writing_weights`` and ``fold_value_biases``, which write to those weights.
 
         Returns:
             ``self``.
+
+        Example:
+            >>> model.process_weights_(fold_layer_scale=True).cfg.layer_scale
+            False
         """
         self._check_processing(fold_ln, center_writing_weights)
+        for flag, value in (("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights),
+                            ("fold_value_biases", fold_value_biases), ("fold_layer_scale", fold_layer_scale)):  # fmt: skip
+            check_bool(value, flag)
         with torch.no_grad():
+            if fold_layer_scale or center_writing_weights or fold_value_biases:
+                self._fold_layer_scale()
             if fold_ln:
                 self._fold_ln()
             if center_writing_weights:
                 self._center_writing_weights()
             if fold_value_biases:
                 for b in self.blocks:
-                    b.attn.b_O += torch.einsum("he,hed->d", b.attn.b_V, b.attn.W_O)
+                    b.attn.b_proj.add_(torch.einsum("he,hed->d", b.attn.b_V, b.attn.W_O))
                     b.attn.b_V.zero_()
         self.setup()
         return self
+
+    def _fold_layer_scale(self) -> None:
+        """Fold every LayerScale gamma into its output projection (exact per-channel scaling, new rounding)."""
+        for b in self.blocks:
+            for module, w, bias in ((b.attn, b.attn.w_proj, b.attn.b_proj), (b.mlp, b.mlp.w_fc2, b.mlp.b_fc2)):
+                if module.ls_gamma is not None:
+                    w.mul_(module.ls_gamma[:, None])
+                    bias.mul_(module.ls_gamma)
+                    del module.ls_gamma
+                    module.ls_gamma = None
+        self.cfg.layer_scale = False
 
     def _check_processing(self, fold_ln: bool, center_writing_weights: bool) -> None:
         """Refuse inexact processing before any weight is touched (no half-processed model on error)."""
@@ -663,10 +707,10 @@ class HookedViT(HookedRootModule):
                     center(t.view(-1, cfg.d_model))
             center(self.pos_embed.W_pos)
         for b in self.blocks:
-            center(b.attn.W_O)
-            center(b.attn.b_O.view(1, -1))
+            center(b.attn.W_O)  # views: LayerScale was folded first
+            center(b.attn.b_proj.view(1, -1))
             center(b.mlp.W_out)
-            center(b.mlp.b_out.view(1, -1))
+            center(b.mlp.b_fc2.view(1, -1))
 
 
 def check_classifier(model: Any, name: str = "model") -> HookedViT:
