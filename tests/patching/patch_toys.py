@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformer_lens.hook_points import HookPoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from model_helpers import images, make_pair  # noqa: E402
@@ -36,8 +37,25 @@ def tl_metric(m, batch: int):
     return lambda logits: m(logits, ids)
 
 
+def hooks_left(model) -> list[str]:
+    """Every hook still attached anywhere in ``model``: on every HookPoint module, the gated ones that are not in
+    ``hook_dict`` while their flag is off included (TransformerLens fwd/bwd hook handles and PyTorch forward,
+    forward-pre and backward hooks), and plain PyTorch hooks on any other module."""
+    left = []
+    for name, mod in model.named_modules():
+        kinds = {
+            "forward": mod._forward_hooks, "forward_pre": mod._forward_pre_hooks,
+            "backward": mod._backward_hooks, "backward_pre": getattr(mod, "_backward_pre_hooks", {}),
+        }
+        if isinstance(mod, HookPoint):
+            kinds.update(fwd_handles=mod.fwd_hooks, bwd_handles=mod.bwd_hooks)
+        left += [f"{name or '<model>'}:{kind}" for kind, hooks in kinds.items() if hooks]
+    return left
+
+
 def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp._forward_hooks for hp in model.hook_dict.values())
+    """True when no hook of any kind is left on any module of ``model`` (see :func:`hooks_left`)."""
+    return not hooks_left(model)
 
 
 @torch.no_grad()

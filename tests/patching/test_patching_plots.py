@@ -8,6 +8,7 @@ from PIL import Image
 
 from patch_toys import metric, pair, tiny
 from vit_patching.patching import layer_sweep, patch_heads, path_patch
+from vit_patching.patching._plot import MIN_GRID_WIDTH_PX, MODEBAR_PX, NAN_COLOR
 from vit_patching.plotting import save_png, screenshot_html
 
 
@@ -108,3 +109,28 @@ def test_html_renders_in_headless_chromium_and_png_exports(tmp_path, sweep):
             px = np.asarray(im.convert("RGB")).astype(float)
         saturation = px.max(-1) - px.min(-1)
         assert px.std() > 20 and (saturation > 60).mean() > 0.02  # coloured cells and the image were drawn
+
+
+def test_figures_clear_the_modebar_are_wide_enough_and_show_nan_apart_from_zero(model):
+    """The head grid's title used to sit under Plotly's modebar and be cut off ('head_patch (denoising, lo'), the
+    2x2 grid was ~300 px wide, and NaN cells were white like zero on the diverging scale."""
+    clean, corrupted = pair(batch=2)
+    heads = patch_heads(model, clean, corrupted, "logit_diff", sites="z", progress=False)
+    path = path_patch(model, clean, corrupted, metric(), receivers=["logits", "L1H0.q"], progress=False)
+    sweep = layer_sweep(model, clean, corrupted, metric(), sites="resid_pre", positions=[0, 3], progress=False)
+    by_pos = patch_heads(model, clean, corrupted, metric(), sites="z", by_pos=True, layers=[1], progress=False)
+    figs = {"layer_head": heads.plot(), "path": path.plot(), "path_grid": path.plot(kind="layer_head", receiver=1),
+            "layer_grid": sweep.plot(), "head_facets": by_pos.plot()}
+    for kind, fig in figs.items():
+        lay = fig.layout
+        assert lay.title.pad.t >= MODEBAR_PX and lay.margin.t >= lay.title.pad.t + 20, kind  # title below it
+        assert lay.width >= 7.5 * len(lay.title.text) + lay.margin.l, kind  # the whole title fits
+        assert lay.plot_bgcolor == NAN_COLOR, kind  # NaN cells are transparent: grey shows, not white
+    for kind in ("layer_head", "path", "path_grid"):
+        assert figs[kind].layout.width >= MIN_GRID_WIDTH_PX, kind
+    assert "grey: NaN" not in by_pos.plot(normalized=False).layout.coloraxis.colorbar.title.text  # no NaN: no note
+    for kind in ("path", "path_grid", "layer_grid"):  # these hold NaN cells (not upstream / not swept)
+        assert "grey: NaN" in figs[kind].layout.coloraxis.colorbar.title.text, kind
+    # A 2-layer x 2-head grid gets the largest cells (80 px, the plotting default was 40), not just a wider margin.
+    lay = figs["layer_head"].layout
+    assert lay.width - lay.margin.l - lay.margin.r == 2 * 80 and lay.height - lay.margin.t - lay.margin.b == 2 * 80

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from .engine import PatchRun, PatchSpec, Site, cache_for, run_patch_spec
+from vit_patching.checks import check_choice
+from vit_patching.hook_names import get_act_name
+from vit_patching.model import HookedViT, TokenLayout, check_classifier
+
+from .engine import PatchRun, PatchSpec, Site, cache_for, check_image_batch, run_patch_spec
 from .metrics import Metric, logit_diff, target_logit, target_prob
 from .results import PatchingResult
 
@@ -23,54 +28,22 @@ DIRECTIONS = ("denoising", "noising")
 METRIC_NAMES = ("logit_diff", "logit", "prob")
 
 
-def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``name``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def as_names(value: str | Sequence[str], choices: Sequence[str], name: str) -> list[str]:
-    """A non-empty list of distinct names from ``choices`` (a single string is one name)."""
-    names = [value] if isinstance(value, str) else list(value)
-    if not names:
-        raise ValueError(f"{name} must name at least one of {list(choices)}, got {value!r}")
-    for n in names:
-        check_choice(n, choices, name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"{name} must not repeat names, got {names}")
-    return names
-
-
-def check_indices(values: int | Sequence[int] | None, n: int, name: str, what: str) -> list[int]:
-    """Checked, distinct indices into ``range(n)`` (all of them when ``values`` is None)."""
-    if values is None:
-        return list(range(n))
-    out = [values] if isinstance(values, int) else list(values)
-    if not out:
-        raise ValueError(f"{name} must list at least one {what} in [0, {n}), got {values!r}")
-    for v in out:
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
-            raise ValueError(f"{name} must hold {what} indices in [0, {n}), got {v!r} in {values!r}")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} must not repeat indices, got {out}")
-    return out
-
-
-def check_inputs(model: Any, clean: Any, corrupted: Any, pixels: Any = None) -> Any:
-    """Validate a clean/corrupted image pair (and optional display pixels); return their token layout."""
-    model.check_images(clean, "clean")
-    model.check_images(corrupted, "corrupted")
+def check_inputs(model: HookedViT, clean: Any, corrupted: Any, pixels: Any = None) -> TokenLayout:
+    """Validate the model (a classifier), a clean/corrupted image pair (non-empty, finite) and optional display
+    pixels, before any compute; return the pair's token layout."""
+    check_classifier(model)
+    check_image_batch(model, clean, "clean")
+    check_image_batch(model, corrupted, "corrupted")
     if clean.shape != corrupted.shape:
         raise ValueError(
-            f"clean and corrupted must have the same shape [batch, channel, height, width], got "
-            f"{tuple(clean.shape)} and {tuple(corrupted.shape)}"
+            f"corrupted: expected clean's shape {tuple(clean.shape)} [batch, channel, height, width], "
+            f"got {tuple(corrupted.shape)}"
         )
     if pixels is not None:
         if not isinstance(pixels, Tensor) or pixels.ndim != 4 or pixels.shape[0] != clean.shape[0] \
                 or tuple(pixels.shape[-2:]) != tuple(clean.shape[-2:]) or pixels.shape[1] not in (1, 3):
             raise ValueError(
-                f"pixels must be display images [batch, 1 or 3, height, width] in [0, 1] matching clean "
+                f"pixels: expected display images [batch, 1 or 3, height, width] in [0, 1] matching clean "
                 f"{tuple(clean.shape)}, got {tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__}"
             )
     return model.layout_for(clean)
@@ -99,7 +72,7 @@ def resolve_metric(metric: Metric | str, clean_logits: Tensor, corrupted_logits:
     return logit_diff(clean_cls, corrupted_logits.argmax(-1)), metric
 
 
-def layout_options(layout: Any, pixels: Tensor | None) -> dict[str, Any]:
+def layout_options(layout: TokenLayout, pixels: Tensor | None) -> dict[str, Any]:
     """What figures need to draw a position axis as an image grid."""
     return {
         "grid_size": tuple(layout.grid_size),
@@ -109,7 +82,7 @@ def layout_options(layout: Any, pixels: Tensor | None) -> dict[str, Any]:
     }
 
 
-def axis_labels(axis: str, indices: Sequence[Any], layout: Any) -> list[str]:
+def axis_labels(axis: str, indices: Sequence[Any], layout: TokenLayout) -> list[str]:
     """Tick labels of an experiment axis: layers ``L3``, heads ``H1``, positions ``CLS``/``P(r,c)``."""
     if axis == "layer":
         return [f"L{i}" for i in indices]
@@ -120,8 +93,55 @@ def axis_labels(axis: str, indices: Sequence[Any], layout: Any) -> list[str]:
     return [str(i) for i in indices]
 
 
+@dataclass
+class CachedRuns:
+    """Both unpatched runs of an experiment, cached once, and the resolved metric.
+
+    Attributes:
+        source, target: The images written from / patched into.
+        source_logits, target_logits: Unpatched logits ``[batch, n_classes]``.
+        source_cache: The source run's activations at the hooks the experiment writes from.
+        target_cache: The target run's residual entering every block (where chunks start) and any extra hooks.
+        metric: The metric callable; ``metric_name`` its name.
+    """
+
+    source: Tensor
+    target: Tensor
+    source_logits: Tensor
+    target_logits: Tensor
+    source_cache: dict[str, Tensor]
+    target_cache: dict[str, Tensor]
+    metric: Metric
+    metric_name: str
+
+
+def cache_runs(
+    model: HookedViT,
+    metric: Metric | str,
+    clean: Tensor,
+    corrupted: Tensor,
+    *,
+    direction: str,
+    source_hooks: Sequence[str],
+    target_hooks: Sequence[str] = (),
+) -> CachedRuns:
+    """Cache the source run at ``source_hooks`` and the target run at every block's input plus ``target_hooks``
+    (one forward each), and resolve ``metric`` against the clean/corrupted predictions."""
+    if not callable(metric):  # a bad name fails before the two forwards
+        check_choice(metric, METRIC_NAMES, "metric")
+    source, target = source_target(direction, clean, corrupted)
+    prefix = [get_act_name("resid_pre", l) for l in range(model.cfg.n_layers)]
+    source_logits, source_cache = cache_for(model, source, source_hooks)
+    target_logits, target_cache = cache_for(model, target, [*prefix, *target_hooks])
+    clean_logits, corrupted_logits = (
+        (source_logits, target_logits) if direction == "denoising" else (target_logits, source_logits)
+    )
+    fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
+    return CachedRuns(source, target, source_logits, target_logits, source_cache, target_cache, fn, name)
+
+
 def run_cached(
-    model: Any,
+    model: HookedViT,
     spec: PatchSpec,
     metric: Metric | str,
     clean: Tensor,
@@ -131,24 +151,19 @@ def run_cached(
     batch_size: int,
     progress: bool,
 ) -> tuple[PatchRun, str]:
-    """Cache both runs once (source: the spec's hooks; target: every block's input), then run the spec."""
-    source, target = source_target(direction, clean, corrupted)
-    prefix = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)]
-    source_logits, source_cache = cache_for(model, source, spec.hooks)
-    target_logits, target_cache = cache_for(model, target, prefix)
-    clean_logits, corrupted_logits = (
-        (source_logits, target_logits) if direction == "denoising" else (target_logits, source_logits)
-    )
-    fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
+    """Cache both runs once (:func:`cache_runs`: source at the spec's hooks, target at every block's input),
+    then run the spec."""
+    c = cache_runs(model, metric, clean, corrupted, direction=direction, source_hooks=spec.hooks)
     run = run_patch_spec(
-        model, spec, fn, target=target, source=source, target_cache=target_cache, source_cache=source_cache,
-        target_logits=target_logits, source_logits=source_logits, batch_size=batch_size, progress=progress,
+        model, spec, c.metric, target=c.target, source=c.source, target_cache=c.target_cache,
+        source_cache=c.source_cache, target_logits=c.target_logits, source_logits=c.source_logits,
+        batch_size=batch_size, progress=progress,
     )
-    return run, name
+    return run, c.metric_name
 
 
 def grid_experiment(
-    model: Any,
+    model: HookedViT,
     clean: Tensor,
     corrupted: Tensor,
     metric: Metric | str,
@@ -156,7 +171,7 @@ def grid_experiment(
     axes: dict[str, list[Any]],
     make_site: Callable[..., Site],
     kind: str,
-    layout: Any,
+    layout: TokenLayout,
     direction: str,
     batch_size: int,
     progress: bool,
@@ -189,10 +204,3 @@ def grid_experiment(
         options=opts,
         n_forwards=run.n_forwards,
     )
-
-
-def check_batch_size(batch_size: Any) -> int:
-    """A positive int batch size (rows per forward pass)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (rows per forward pass), got {batch_size!r}")
-    return batch_size

@@ -17,6 +17,10 @@ _DEFAULT_KIND = {
     ("sender", "receiver"): "path",
 }
 _HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
+MODEBAR_PX = 36  # Plotly's modebar (top right, ~30 px): the title goes below it, not under it
+MIN_GRID_WIDTH_PX = 450  # layer x head / sender x receiver grids: readable cells and room for the title
+MAX_GRID_HEIGHT_PX = 480
+NAN_COLOR = "#bdbdbd"  # cells with no value (not run, or 0/0 recovery); zero is white on the diverging scale
 
 
 def cell_values(result: Any, image: int | None, normalized: bool) -> Tensor:
@@ -95,35 +99,81 @@ def plot_result(
         site_names = [result.labels["site"][i] for i in idx]
         layer_names = result.labels["layer"]
         kwargs.setdefault("facet_cols", n_layer)
-        return plotting.layer_patch_grid(
+        fig = plotting.layer_patch_grid(
             rows, layer_labels=[f"{s} {l}" if len(idx) > 1 else l for s in site_names for l in layer_names],
             image=_underlay(result, image, underlay), **_grid_kwargs(result), **kwargs,
         )
+        return finish_figure(fig, rows)
     if kind == "head_facets":
         _require(axes, ("site", "layer", "pos", "head"), kind)
         idx = _sites(result, site)
         if len(idx) != 1:
             raise ValueError(f"kind='head_facets' shows one site; pass site= one of {result.labels['site']}")
-        return plotting.head_position_facets(
-            _full_positions(result, values[idx[0]].transpose(1, 2)).transpose(1, 2),
-            layer_labels=result.labels["layer"], head_labels=result.labels["head"],
+        facets = _full_positions(result, values[idx[0]].transpose(1, 2)).transpose(1, 2)
+        fig = plotting.head_position_facets(
+            facets, layer_labels=result.labels["layer"], head_labels=result.labels["head"],
             image=_underlay(result, image, underlay), **_grid_kwargs(result), **kwargs,
         )
+        return finish_figure(fig, facets)
     if kind == "path":
         _require(axes, ("sender", "receiver"), kind)
-        return plotting.path_patching_heatmap(values, result.labels["sender"], result.labels["receiver"], **kwargs)
+        kwargs.setdefault("cell_px", grid_cell_px(values.shape, result.labels["sender"]))
+        fig = plotting.path_patching_heatmap(values, result.labels["sender"], result.labels["receiver"], **kwargs)
+        return finish_figure(fig, values, min_width=MIN_GRID_WIDTH_PX)
     # layer_head
     if axes == ("site", "layer", "head"):
         idx = _sites(result, site)
         rows = values[idx].flatten(0, 1)
         names = [result.labels["site"][i] for i in idx]
         layer_labels = [f"{s} {l}" if len(idx) > 1 else l for s in names for l in result.labels["layer"]]
-        return plotting.layer_head_grid(rows, layer_labels=layer_labels, head_labels=result.labels["head"], **kwargs)
+        kwargs.setdefault("cell_px", grid_cell_px(rows.shape, layer_labels))
+        fig = plotting.layer_head_grid(rows, layer_labels=layer_labels, head_labels=result.labels["head"], **kwargs)
+        return finish_figure(fig, rows, min_width=MIN_GRID_WIDTH_PX)
     _require(axes, ("sender", "receiver"), kind)
     grid, labels = _path_head_grid(result, values, receiver)
     kwargs.setdefault("title", f"path patching into {result.labels['receiver'][receiver]} "
                                f"({result.direction}, {result.metric})")
-    return plotting.layer_head_grid(grid, **labels, **kwargs)
+    kwargs.setdefault("cell_px", grid_cell_px(grid.shape, labels["layer_labels"]))
+    fig = plotting.layer_head_grid(grid, **labels, **kwargs)
+    return finish_figure(fig, grid, min_width=MIN_GRID_WIDTH_PX)
+
+
+def grid_cell_px(shape: tuple[int, ...], row_labels: list[str]) -> float:
+    """Cell size of a [rows, cols] grid figure: large enough that the figure is at least
+    :data:`MIN_GRID_WIDTH_PX` wide (a 2-layer x 4-head grid is otherwise ~300 px, its title cut off), at most
+    80 px, and no taller than :data:`MAX_GRID_HEIGHT_PX` where the rows allow."""
+    n_rows, n_cols = shape
+    default = min(40.0, max(14.0, 420.0 / max(n_rows, n_cols)))
+    # Mirrors the plotting module's margins: left for the row labels, 110 px right for the colour bar.
+    fixed_w = 30 + 7 * max((len(s) for s in row_labels), default=1) + 110
+    cell = min(80.0, max(default, (MIN_GRID_WIDTH_PX - fixed_w) / n_cols))
+    return max(default, min(cell, MAX_GRID_HEIGHT_PX / n_rows))
+
+
+def finish_figure(fig: Any, values: Tensor, *, min_width: int = 0) -> Any:
+    """Layout every patching figure gets: the title below Plotly's modebar (a wider top margin), at least
+    ``min_width`` px (and as wide as the title), and NaN cells drawn in :data:`NAN_COLOR`, distinct from zero
+    (white), with a note under the colour bar when there are any."""
+    lay = fig.layout
+    top = (lay.margin.t or 0) + MODEBAR_PX
+    fig.update_layout(margin=dict(t=top), height=(lay.height or 0) + MODEBAR_PX)
+    if lay.title.text:
+        pad = (lay.title.pad.t or 0) + MODEBAR_PX
+        fig.update_layout(title=dict(pad=dict(t=pad)))
+        # ~7.5 px per character at Plotly's 17 px title font, from the left margin.
+        min_width = max(min_width, int((lay.margin.l or 0) + 7.5 * len(_plain(lay.title.text)) + 30))
+    if lay.width is not None and lay.width < min_width:
+        extra = min_width - lay.width
+        fig.update_layout(width=min_width, margin=dict(r=(lay.margin.r or 0) + extra))  # plot area unchanged
+    fig.update_layout(plot_bgcolor=NAN_COLOR)  # heatmaps leave NaN cells transparent: the background shows
+    if bool(values.isnan().any()) and lay.coloraxis.colorbar is not None:
+        title = lay.coloraxis.colorbar.title.text or ""
+        fig.update_layout(coloraxis_colorbar_title_text=f"{title}<br><sub>grey: NaN</sub>")
+    return fig
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"<[^>]+>", "", text)
 
 
 def _path_head_grid(result: Any, values: Tensor, receiver: int) -> tuple[Tensor, dict[str, list[str]]]:

@@ -19,58 +19,33 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
+
+from vit_patching.checks import check_batch_size
+from vit_patching.hook_names import get_act_name, hook_layer, site_axes
+from vit_patching.model import HookedViT, check_classifier
 
 from .metrics import Metric
 
 logger = logging.getLogger(__name__)
 
-# Hook-name suffix -> names of the non-batch index axes a Site may address (leading axes of the activation).
-_AXES: dict[str, tuple[str, ...]] = {
-    "hook_resid_pre": ("pos",),
-    "hook_resid_mid": ("pos",),
-    "hook_resid_post": ("pos",),
-    "hook_attn_out": ("pos",),
-    "hook_mlp_out": ("pos",),
-    "hook_mlp_in": ("pos",),
-    "mlp.hook_pre": ("pos",),
-    "mlp.hook_post": ("pos",),
-    "hook_embed": ("pos",),
-    "hook_pos_embed": ("pos",),
-    "attn.hook_q": ("pos", "head"),
-    "attn.hook_k": ("pos", "head"),
-    "attn.hook_v": ("pos", "head"),
-    "attn.hook_z": ("pos", "head"),
-    "attn.hook_result": ("pos", "head"),
-    "hook_q_input": ("pos", "head"),
-    "hook_k_input": ("pos", "head"),
-    "hook_v_input": ("pos", "head"),
-    "hook_attn_in": ("pos", "head"),
-    "attn.hook_attn_scores": ("head", "pos"),
-    "attn.hook_pattern": ("head", "pos"),
-}
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
-
 
 def hook_axes(hook: str) -> tuple[str, ...]:
-    """Index axes (after batch) that a :class:`Site` on ``hook`` may address, e.g. ``("pos", "head")``."""
-    for suffix, axes in _AXES.items():
-        if hook.endswith(suffix):
-            return axes
-    raise ValueError(f"hook {hook!r} cannot be patched by the engine; patchable suffixes: {sorted(_AXES)}")
+    """Index axes (after batch) a :class:`Site` on ``hook`` may address (:func:`vit_patching.hook_names.site_axes`)."""
+    return site_axes(hook)
 
 
-def hook_layer(hook: str) -> int | None:
-    """Block index of a hook name (``None`` for the embedding hooks)."""
-    m = _LAYER_RE.match(hook)
-    return int(m.group(1)) if m else None
+def result_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype results are kept in: the model's when it is float64, else float32 (half models' metrics are
+    accumulated in float32; float64 models keep their precision)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -95,7 +70,7 @@ class Site:
     def index(self) -> tuple[int | None, ...]:
         axes = hook_axes(self.hook)
         if self.head is not None and "head" not in axes:
-            raise ValueError(f"Site on {self.hook!r} has no head axis, but head={self.head} was given")
+            raise ValueError(f"head: expected None, {self.hook!r} has no head axis, got {self.head!r}")
         return tuple(self.pos if a == "pos" else self.head for a in axes)
 
 
@@ -107,7 +82,7 @@ class PatchSpec:
     """A list of patch variants (each a set of sites patched together), with optional labels.
 
     Example:
-        >>> spec = PatchSpec([(Site(f"blocks.{l}.hook_resid_pre", pos=p),) for l in range(4) for p in range(65)])
+        >>> spec = PatchSpec([(Site(get_act_name("resid_pre", l), pos=p),) for l in range(4) for p in range(65)])
     """
 
     variants: list[Variant]
@@ -116,9 +91,9 @@ class PatchSpec:
     def __post_init__(self) -> None:
         self.variants = [tuple(v) if not isinstance(v, Site) else (v,) for v in self.variants]
         if not self.variants:
-            raise ValueError("PatchSpec.variants must not be empty")
+            raise ValueError("variants: expected at least one variant, got []")
         if self.labels is not None and len(self.labels) != len(self.variants):
-            raise ValueError(f"labels must match variants: {len(self.labels)} labels for {len(self.variants)} variants")
+            raise ValueError(f"labels: expected one per variant ({len(self.variants)}), got {len(self.labels)}")
 
     @property
     def hooks(self) -> list[str]:
@@ -165,17 +140,14 @@ def row_chunks(n_rows: int, batch_size: int, *, progress: bool = False, desc: st
         >>> [c.tolist() for c in row_chunks(5, 2)]
         [[0, 1], [2, 3], [4]]
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    from tqdm.auto import tqdm
-
+    check_batch_size(batch_size)
     n_chunks = math.ceil(n_rows / batch_size)
     for c in tqdm(range(n_chunks), desc=desc, disable=not progress, leave=False):
         yield torch.arange(c * batch_size, min((c + 1) * batch_size, n_rows))
 
 
 def run_interventions(
-    model: Any,
+    model: HookedViT,
     start_input: Tensor,
     interventions: Sequence[Intervention] = (),
     *,
@@ -252,7 +224,7 @@ class PatchRun:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def cache_for(model: Any, images: Tensor, hooks: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def cache_for(model: HookedViT, images: Tensor, hooks: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """Logits and the named activations of one run (only those hooks are cached)."""
     names = sorted(set(hooks))
     with torch.no_grad():
@@ -260,8 +232,31 @@ def cache_for(model: Any, images: Tensor, hooks: Iterable[str]) -> tuple[Tensor,
     return logits, cache
 
 
+def check_image_batch(model: HookedViT, images: Any, name: str) -> None:
+    """Refuse, before any compute, images the model does not take, an empty batch, and NaN/Inf pixels.
+
+    (A NaN pixel would spread through attention to every token; an empty batch would reach ``torch.cat``.)
+
+    Example:
+        >>> check_image_batch(model, torch.zeros(0, 3, 32, 32), "clean")
+        Traceback (most recent call last):
+        ...
+        ValueError: clean: expected a non-empty batch [batch, channel, height, width], got shape (0, 3, 32, 32)
+    """
+    model.check_images(images, name)
+    if images.shape[0] == 0:
+        raise ValueError(
+            f"{name}: expected a non-empty batch [batch, channel, height, width], got shape {tuple(images.shape)}"
+        )
+    bad = ~torch.isfinite(images)
+    if bool(bad.any()):
+        which = bad.flatten(1).any(1).nonzero()[:, 0].tolist()
+        raise ValueError(f"{name}: expected finite pixel values, got {int(bad.sum())} NaN/Inf entries in image(s) "
+                         f"{which[:5]}{' ...' if len(which) > 5 else ''}")
+
+
 def run_patch_spec(
-    model: Any,
+    model: HookedViT,
     spec: PatchSpec,
     metric: Metric,
     *,
@@ -296,16 +291,19 @@ def run_patch_spec(
         >>> spec = PatchSpec([(Site("blocks.2.hook_resid_pre", pos=p),) for p in range(model.cfg.n_pos)])
         >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_classifier(model)
+    check_batch_size(batch_size)
+    for arg, images in (("target", target), ("source", source)):
+        if images is not None:
+            check_image_batch(model, images, arg)
     start = spec.start_layer()
     L = model.cfg.n_layers
     for h in spec.hooks:
         if h not in model.hook_dict:
-            raise ValueError(f"unknown or switched-off hook {h!r} in the patch spec")
+            raise ValueError(f"spec: expected hooks of this model, got unknown or switched-off hook {h!r}")
         layer = hook_layer(h)
         if layer is not None and layer >= L:
-            raise ValueError(f"hook {h!r} is beyond the model's {L} layers")
+            raise ValueError(f"spec: expected hooks in the model's {L} layers, got {h!r}")
     # Validate every site's index against the model once, before any work.
     n_pos = None
     if target is not None:
@@ -318,9 +316,9 @@ def run_patch_spec(
         for s in v:
             s.index()
             if s.pos is not None and not 0 <= s.pos < n_pos:
-                raise ValueError(f"{s}: pos must be in [0, {n_pos}), got {s.pos}")
+                raise ValueError(f"pos: expected a token position in [0, {n_pos}) in {s}, got {s.pos}")
             if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
-                raise ValueError(f"{s}: head must be in [0, {model.cfg.n_heads}), got {s.head}")
+                raise ValueError(f"head: expected a head in [0, {model.cfg.n_heads}) in {s}, got {s.head}")
 
     # Rows run variant-major, variants sorted by the block they start at; a chunk starts at its first row's
     # block (the earliest it needs), so a layer sweep's late layers skip the early blocks.
@@ -329,31 +327,31 @@ def run_patch_spec(
     chunk_starts = None if target is None and target_logits is None else _chunk_starts(
         [starts[v] for v in order], target.shape[0] if target is not None else target_logits.shape[0], batch_size
     )
-    need_target = sorted({f"blocks.{s}.hook_resid_pre" for s in chunk_starts or [start] if s is not None})
+    need_target = sorted({get_act_name("resid_pre", s) for s in chunk_starts or [start] if s is not None})
     if target_cache is None or any(h not in target_cache for h in need_target) or target_logits is None:
         if target is None:
             if target_cache is not None and target_logits is not None and (
-                start is not None and f"blocks.{start}.hook_resid_pre" in target_cache
+                start is not None and get_act_name("resid_pre", start) in target_cache
             ):  # a caller's cache with only the spec-wide prefix: every chunk starts there
                 chunk_starts = [start] * len(chunk_starts)
             else:
-                raise ValueError("target images are needed (target_cache/target_logits do not cover the prefix)")
+                raise ValueError("target: expected target images, as target_cache/target_logits do not cover the "
+                                 "residual entering the start layer, got None")
         else:
             target_logits, target_cache = cache_for(model, target, need_target)
     if source_cache is None or any(h not in source_cache for h in spec.hooks) or source_logits is None:
         if source is None:
-            raise ValueError("source images are needed (source_cache/source_logits do not cover the spec's hooks)")
+            raise ValueError("source: expected source images, as source_cache/source_logits do not cover the spec's "
+                             "hooks, got None")
         source_logits, source_cache = cache_for(model, source, spec.hooks)
     batch = target_logits.shape[0]
     if source_logits.shape[0] != batch:
-        raise ValueError(
-            f"source and target must have the same batch size, got {source_logits.shape[0]} and {batch}"
-        )
+        raise ValueError(f"source: expected the target's batch size {batch}, got {source_logits.shape[0]}")
     for h in spec.hooks:
         if source_cache[h].shape[0] != batch:
-            raise ValueError(f"source_cache[{h!r}] has batch {source_cache[h].shape[0]}, expected {batch}")
+            raise ValueError(f"source_cache: expected batch {batch} for {h!r}, got {source_cache[h].shape[0]}")
     if target is not None and source is not None and target.shape[-2:] != source.shape[-2:]:
-        raise ValueError(f"source and target image sizes differ: {tuple(source.shape)} vs {tuple(target.shape)}")
+        raise ValueError(f"source: expected the target's image size {tuple(target.shape)}, got {tuple(source.shape)}")
 
     image_ids = torch.arange(batch, device=target_logits.device)
     target_score = metric(target_logits, image_ids)
@@ -363,7 +361,7 @@ def run_patch_spec(
     n_chunks = math.ceil(n_rows / batch_size)
     uniform = _UniformSpec.build(spec)  # None unless every variant has the same hooks and index pattern
     chunks: list[Tensor] = []  # kept on the device until the end: no host sync between chunks
-    from tqdm.auto import tqdm
+    dtype = result_dtype(target_logits.dtype)
 
     row_order = (torch.tensor(order)[:, None] * batch + torch.arange(batch)).reshape(-1)
     for c in tqdm(range(n_chunks), desc="patching", disable=not progress, leave=False):
@@ -373,20 +371,20 @@ def run_patch_spec(
         if chunk_start is None:
             base = target[img_ids.to(target.device)]
         else:
-            prefix = target_cache[f"blocks.{chunk_start}.hook_resid_pre"]
+            prefix = target_cache[get_act_name("resid_pre", chunk_start)]
             base = prefix[img_ids.to(prefix.device)]
         if uniform is not None:
             ivs = uniform.compile(var_ids, img_ids, source_cache, base.device)
         else:
-            ivs = _compile(spec, var_ids.tolist(), img_ids, source_cache, base.device)
+            ivs = compile_spec(spec, var_ids.tolist(), img_ids, source_cache, base.device)
         logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start)
-        chunks.append(metric(logits, img_ids.to(logits.device)).float())
+        chunks.append(metric(logits, img_ids.to(logits.device)).to(dtype))
     values = torch.cat(chunks).cpu()
     values = torch.empty_like(values).index_copy_(0, row_order, values)  # back to variant-major row order
     return PatchRun(
         values=values.view(len(spec.variants), batch, *values.shape[1:]),
-        target_score=target_score.float().cpu(),
-        source_score=source_score.float().cpu(),
+        target_score=target_score.to(dtype).cpu(),
+        source_score=source_score.to(dtype).cpu(),
         n_forwards=n_chunks,
         start_layer=start,
         info={"chunk_start_layers": chunk_starts},
@@ -399,10 +397,12 @@ def _chunk_starts(sorted_starts: list[int | None], batch: int, batch_size: int) 
     return [sorted_starts[r // batch] for r in range(0, n_rows, batch_size)]
 
 
-def _compile(
+def compile_spec(
     spec: PatchSpec, var_ids: list[int], img_ids: Tensor, source_cache: dict[str, Tensor], device: torch.device
 ) -> list[Intervention]:
-    """Group one chunk's writes by (hook, which axes are indexed) and gather their source values at once."""
+    """One chunk's writes as :class:`Intervention` s: row ``r`` runs variant ``var_ids[r]`` of ``spec`` on image
+    ``img_ids[r]``; writes are grouped by (hook, which axes are indexed) and their source values gathered at once.
+    """
     groups: dict[tuple[str, tuple[bool, ...]], tuple[list[int], list[int], list[list[int]]]] = {}
     for r, v in enumerate(var_ids):
         img = int(img_ids[r])

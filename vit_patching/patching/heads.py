@@ -13,23 +13,24 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from ._experiment import as_names, check_batch_size, check_indices, check_inputs, grid_experiment
+from vit_patching.checks import check_batch_size, check_bool, check_indices, check_names
+from vit_patching.hook_names import get_act_name, site_axes
+from vit_patching.model import HookedViT
+
+from ._experiment import check_inputs, grid_experiment
 from .engine import Site
 from .metrics import Metric
 from .results import PatchingResult
 
-#: Site name -> hook template of head patching.
+#: Site name -> short activation name for :func:`~vit_patching.hook_names.get_act_name`:
+#: ``get_act_name(HEAD_SITES[site], layer)`` is the hook head patching writes (every one has a head axis).
 HEAD_SITES: dict[str, str] = {
-    "z": "blocks.{layer}.attn.hook_z",
-    "q": "blocks.{layer}.attn.hook_q",
-    "k": "blocks.{layer}.attn.hook_k",
-    "v": "blocks.{layer}.attn.hook_v",
-    "pattern": "blocks.{layer}.attn.hook_pattern",
+    site: site for site in ("z", "q", "k", "v", "pattern") if "head" in site_axes(get_act_name(site, 0))
 }
 
 
 def patch_heads(
-    model: Any,
+    model: HookedViT,
     clean: Float[Tensor, "batch channel height width"],
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
@@ -75,12 +76,12 @@ def patch_heads(
         >>> res_pos = patch_heads(model, clean, corrupted, sites=("z", "pattern"), by_pos=True, layers=[4])
     """
     layout = check_inputs(model, clean, corrupted, pixels)
-    if not isinstance(by_pos, bool):
-        raise TypeError(f"by_pos must be a bool, got {type(by_pos).__name__}")
+    check_bool(by_pos, "by_pos")
     if positions is not None and not by_pos:
-        raise ValueError(f"positions={positions!r} needs by_pos=True (without it every position is patched at once)")
+        raise ValueError(f"positions: expected None without by_pos=True (every position is patched at once), "
+                         f"got {positions!r}")
     axes: dict[str, list[Any]] = {
-        "site": as_names(sites, list(HEAD_SITES), "sites"),
+        "site": check_names(sites, list(HEAD_SITES), "sites"),
         "layer": check_indices(layers, model.cfg.n_layers, "layers", "layer"),
     }
     if by_pos:
@@ -88,7 +89,7 @@ def patch_heads(
     axes["head"] = check_indices(heads, model.cfg.n_heads, "heads", "head")
 
     def make_site(site: str, layer: int, head: int, pos: int | None = None) -> Site:
-        return Site(HEAD_SITES[site].format(layer=layer), pos=pos, head=head)
+        return Site(get_act_name(HEAD_SITES[site], layer), pos=pos, head=head)
 
     return grid_experiment(
         model, clean, corrupted, metric, axes=axes, make_site=make_site,

@@ -64,7 +64,10 @@ def target_prob(target: int | Int[Tensor, " batch"]) -> Metric:
     t = _as_targets(target, "target")
 
     def metric(logits: Float[Tensor, "rows n_classes"], image_index: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
-        return logits.float().softmax(-1).gather(1, _pick(t, image_index)[:, None])[:, 0]
+        # at least float32 (a half model's softmax), float64 kept
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1).gather(
+            1, _pick(t, image_index)[:, None]
+        )[:, 0]
 
     metric.__name__ = "target_prob"
     return metric

@@ -1,13 +1,8 @@
 """Path patching: the effect of a sender's output on the metric *through* chosen receivers only.
 
-Nodes are written as strings (or :class:`Node`):
-
-* senders (their output): ``"embed"`` (the embedding, i.e. block 0's input), ``"L2H1"`` (head 1 of block 2),
-  ``"L2"`` (every head of block 2 together), ``"MLP2"``;
-* receivers (their input): ``"L3H0"`` (the head's q, k and v inputs), ``"L3H0.q"`` / ``".k"`` / ``".v"`` /
-  ``".qk"`` ... (some of them), ``"L3"`` (every head's inputs), ``"MLP3"``, ``"logits"`` (the final residual).
-
-A tuple of nodes is a *set* patched together (one sender row or one receiver column).
+Nodes are written as strings (or :class:`~vit_patching.patching.nodes.Node`; see :mod:`.nodes`): senders
+``"embed"``, ``"L2H1"``, ``"L2"``, ``"MLP2"``; receivers ``"L3H0"``, ``"L3H0.q"``, ``"L3"``, ``"MLP3"``,
+``"logits"``. A tuple of nodes is a *set* patched together (one sender row or one receiver column).
 
 Two algorithms, both batched through the engine's :func:`~vit_patching.patching.engine.run_interventions`:
 
@@ -30,208 +25,39 @@ does).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._experiment import (
-    check_batch_size,
-    check_choice,
-    check_inputs,
-    layout_options,
-    resolve_metric,
-    source_target,
-)
-from .engine import Intervention, PatchSpec, Site, _compile, cache_for, row_chunks, run_interventions
+from vit_patching.checks import check_batch_size, check_choice
+from vit_patching.hook_names import get_act_name, hook_layer, site_axes
+from vit_patching.model import HookedViT, TokenLayout
+
+from ._experiment import DIRECTIONS, CachedRuns, cache_runs, check_inputs, layout_options
+from .engine import Intervention, PatchSpec, compile_spec, result_dtype, row_chunks, run_interventions
 from .metrics import Metric
+from .nodes import (  # noqa: F401  (Node, all_heads, all_senders: re-exported, their historical home)
+    Node,
+    NodeSet,
+    all_heads,
+    all_senders,
+    node_set_label,
+    parse_node_sets,
+    qkv_flags,
+    receiver_hooks,
+    sender_sites,
+    upstream,
+)
 from .results import PatchingResult
 
-_SENDER_KINDS = ("embed", "head", "attn", "mlp")
-_RECEIVER_KINDS = ("head", "attn", "mlp", "logits")
-_NODE_RE = re.compile(r"^(?:L(?P<layer>\d+)(?:H(?P<head>\d+))?(?:\.(?P<inputs>[qkv]{1,3}))?|MLP(?P<mlp>\d+))$")
-
-
-@dataclass(frozen=True)
-class Node:
-    """A component of the path graph.
-
-    Attributes:
-        kind: ``"embed"``, ``"head"``, ``"attn"`` (all heads of a block), ``"mlp"`` or ``"logits"``.
-        layer: Block index (``None`` for embed/logits).
-        head: Head index (``kind == "head"``).
-        inputs: For head/attn receivers, which inputs are patched: a subset of ``"qkv"``.
-
-    Example:
-        >>> Node.parse("L2H1.q")
-        Node(kind='head', layer=2, head=1, inputs='q')
-        >>> Node.parse("MLP0").label
-        'MLP0'
-    """
-
-    kind: str
-    layer: int | None = None
-    head: int | None = None
-    inputs: str = "qkv"
-
-    @classmethod
-    def parse(cls, node: "str | Node", name: str = "node") -> "Node":
-        """Parse ``"embed"``, ``"logits"``, ``"L2H1"``, ``"L2H1.qk"``, ``"L2"``, ``"MLP2"`` (or pass a Node)."""
-        if isinstance(node, Node):
-            return node
-        if not isinstance(node, str):
-            raise TypeError(f"{name} must be a node string like 'L2H1' or a Node, got {type(node).__name__}")
-        if node in ("embed", "logits"):
-            return cls(node)
-        if node == "resid_final":
-            return cls("logits")
-        m = _NODE_RE.match(node)
-        if m is None:
-            raise ValueError(
-                f"{name} must be 'embed', 'logits', 'L<layer>H<head>[.q|k|v...]', 'L<layer>[.q|k|v...]' or "
-                f"'MLP<layer>', got {node!r}"
-            )
-        if m["mlp"] is not None:
-            return cls("mlp", int(m["mlp"]))
-        inputs = m["inputs"] or "qkv"
-        if len(set(inputs)) != len(inputs):
-            raise ValueError(f"{name}: inputs must not repeat letters, got {node!r}")
-        inputs = "".join(c for c in "qkv" if c in inputs)
-        layer = int(m["layer"])
-        return cls("attn", layer, None, inputs) if m["head"] is None else cls("head", layer, int(m["head"]), inputs)
-
-    @property
-    def label(self) -> str:
-        if self.kind in ("embed", "logits"):
-            return self.kind
-        if self.kind == "mlp":
-            return f"MLP{self.layer}"
-        base = f"L{self.layer}" + ("" if self.head is None else f"H{self.head}")
-        return base if self.inputs == "qkv" else f"{base}.{self.inputs}"
-
-    # Residual-stream "time": a writer at stage w is seen by every reader at stage r > w.
-    def write_stage(self) -> int:
-        return {"embed": 0, "head": 2 * (self.layer or 0) + 1, "attn": 2 * (self.layer or 0) + 1}.get(
-            self.kind, 2 * (self.layer or 0) + 2
-        )
-
-    def read_stage(self) -> int:
-        if self.kind == "logits":
-            return 1 << 30  # after every block
-        return 2 * self.layer + (1 if self.kind in ("head", "attn") else 2)
-
-    def start_layer(self, n_layers: int) -> int:
-        """First block a run patching this node must include."""
-        if self.kind == "embed":
-            return 0
-        return n_layers - 1 if self.kind == "logits" else self.layer
-
-
-NodeSet = tuple[Node, ...]
-
-
-def _check_node(node: Node, role: str, model: Any, name: str) -> Node:
-    kinds = _SENDER_KINDS if role == "sender" else _RECEIVER_KINDS
-    if node.kind not in kinds:
-        raise ValueError(f"{name}: {node.label!r} cannot be a {role}; {role}s are of kind {list(kinds)}")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    if node.layer is not None and not 0 <= node.layer < L:
-        raise ValueError(f"{name}: layer of {node.label!r} must be in [0, {L}), got {node.layer}")
-    if node.head is not None and not 0 <= node.head < H:
-        raise ValueError(f"{name}: head of {node.label!r} must be in [0, {H}), got {node.head}")
-    if role == "sender" and node.inputs != "qkv":
-        raise ValueError(f"{name}: a sender is patched at its output; drop the input suffix of {node.label!r}")
-    return node
-
-
-def parse_node_sets(nodes: Any, role: str, model: Any, name: str) -> list[NodeSet]:
-    """Parse a list whose items are nodes or tuples/lists of nodes (a set patched together)."""
-    if isinstance(nodes, (str, Node)):
-        nodes = [nodes]
-    items = list(nodes)
-    if not items:
-        raise ValueError(f"{name} must list at least one {role}")
-    out = []
-    for item in items:
-        group = [item] if isinstance(item, (str, Node)) else list(item)
-        if not group:
-            raise ValueError(f"{name}: an empty {role} set was given")
-        parsed = tuple(_check_node(Node.parse(n, name), role, model, name) for n in group)
-        if role == "receiver" and len(parsed) > 1 and any(n.kind == "logits" for n in parsed):
-            raise ValueError(f"{name}: 'logits' (the final residual) cannot share a receiver set with other nodes")
-        out.append(parsed)
-    return out
-
-
-def all_senders(model: Any, *, embed: bool = True, mlps: bool = True) -> list[str]:
-    """Every sender in forward order: ``embed``, then per block its heads ``L{l}H{h}`` and ``MLP{l}``.
-
-    Example:
-        >>> all_senders(model)[:3]
-        ['embed', 'L0H0', 'L0H1']
-    """
-    out = ["embed"] if embed else []
-    for l in range(model.cfg.n_layers):
-        out += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
-        if mlps:
-            out.append(f"MLP{l}")
-    return out
-
-
-def all_heads(model: Any, *, inputs: str = "qkv", layers: Sequence[int] | None = None) -> list[str]:
-    """Every head as a node string (``inputs`` selects the receiver inputs, e.g. ``"q"``).
-
-    Example:
-        >>> all_heads(model, inputs="q", layers=[1])
-        ['L1H0.q', 'L1H1.q']
-    """
-    suffix = "" if inputs == "qkv" else f".{inputs}"
-    return [f"L{l}H{h}{suffix}" for l in (layers if layers is not None else range(model.cfg.n_layers))
-            for h in range(model.cfg.n_heads)]
-
-
-def _sender_sites(node: Node) -> tuple[Site, ...]:
-    if node.kind == "embed":
-        return (Site("blocks.0.hook_resid_pre"),)
-    if node.kind == "mlp":
-        return (Site(f"blocks.{node.layer}.hook_mlp_out"),)
-    return (Site(f"blocks.{node.layer}.attn.hook_z", head=node.head),)
-
-
-def _receiver_hooks(node: Node, n_layers: int) -> list[tuple[str, int | None]]:
-    """(hook, head or None for all) that hold a receiver's input."""
-    if node.kind == "mlp":
-        return [(f"blocks.{node.layer}.hook_mlp_in", None)]
-    if node.kind == "logits":
-        return [(f"blocks.{n_layers - 1}.hook_resid_post", None)]
-    return [(f"blocks.{node.layer}.hook_{c}_input", node.head) for c in node.inputs]
-
-
-def _flags(receiver_sets: list[NodeSet]) -> dict[str, bool]:
-    kinds = {n.kind for s in receiver_sets for n in s}
-    flags = {}
-    if kinds & {"head", "attn"}:
-        flags["use_split_qkv_input"] = True
-        flags["use_attn_in"] = False
-    if "mlp" in kinds:
-        flags["use_hook_mlp_in"] = True
-    return flags
-
-
-def _upstream(senders: NodeSet, receivers: NodeSet) -> bool:
-    return any(s.write_stage() < r.read_stage() for s in senders for r in receivers)
-
-
-def _label(nodes: NodeSet) -> str:
-    return "+".join(n.label for n in nodes)
+__all__ = ["Node", "all_heads", "all_senders", "direct_path_patch", "path_patch"]
 
 
 def _write_groups(entries: list[tuple[str, int | None, int, Any]], device: torch.device, add: bool,
-                  values_of: Any) -> list[Intervention]:
+                  values_of: Callable[[str, list[Any], Tensor | None], Tensor]) -> list[Intervention]:
     """Group ``(hook, head, row, key)`` writes by (hook, all heads?) into vectorised interventions.
 
     ``values_of(hook, keys, heads)`` returns the values of those writes stacked on axis 0 (``heads`` is None
@@ -250,29 +76,32 @@ def _write_groups(entries: list[tuple[str, int | None, int, Any]], device: torch
     return out
 
 
-def _prepare(model: Any, clean: Tensor, corrupted: Tensor, pixels: Tensor | None, senders: Any, receivers: Any,
-             direction: str, batch_size: int) -> tuple[Any, list[NodeSet], list[NodeSet]]:
+def _prepare(model: HookedViT, clean: Tensor, corrupted: Tensor, pixels: Tensor | None, senders: Any,
+             receivers: Any, direction: str, batch_size: int) -> tuple[TokenLayout, list[NodeSet], list[NodeSet]]:
+    """Every argument check of both algorithms, before any forward pass."""
     layout = check_inputs(model, clean, corrupted, pixels)
-    check_choice(direction, ("denoising", "noising"), "direction")
+    check_choice(direction, DIRECTIONS, "direction")
     check_batch_size(batch_size)
     sender_sets = parse_node_sets(all_senders(model) if senders is None else senders, "sender", model, "senders")
     receiver_sets = parse_node_sets(receivers, "receiver", model, "receivers")
     return layout, sender_sets, receiver_sets
 
 
-def _result(values: Tensor, sender_sets: list[NodeSet], receiver_sets: list[NodeSet], source_score: Tensor,
-            target_score: Tensor, metric_name: str, direction: str, kind: str, layout: Any, pixels: Tensor | None,
-            n_forwards: int, options: dict[str, Any]) -> PatchingResult:
+def _result(values: Tensor, sender_sets: list[NodeSet], receiver_sets: list[NodeSet], runs: CachedRuns,
+            direction: str, kind: str, layout: TokenLayout, pixels: Tensor | None, n_forwards: int,
+            options: dict[str, Any]) -> PatchingResult:
     opts = layout_options(layout, pixels)
     opts.update(senders=[[n.label for n in s] for s in sender_sets],
                 receivers=[[n.label for n in r] for r in receiver_sets], **options)
+    ids = torch.arange(values.shape[-1], device=runs.target_logits.device)
     return PatchingResult(
         values=values,
         axes=("sender", "receiver"),
-        labels={"sender": [_label(s) for s in sender_sets], "receiver": [_label(r) for r in receiver_sets]},
-        target_score=target_score.float().cpu(),
-        source_score=source_score.float().cpu(),
-        metric=metric_name,
+        labels={"sender": [node_set_label(s) for s in sender_sets],
+                "receiver": [node_set_label(r) for r in receiver_sets]},
+        target_score=runs.metric(runs.target_logits, ids).to(values.dtype).cpu(),
+        source_score=runs.metric(runs.source_logits, ids).to(values.dtype).cpu(),
+        metric=runs.metric_name,
         direction=direction,
         kind=kind,
         options=opts,
@@ -280,20 +109,8 @@ def _result(values: Tensor, sender_sets: list[NodeSet], receiver_sets: list[Node
     )
 
 
-def _caches(model: Any, source: Tensor, target: Tensor, source_hooks: list[str], target_hooks: list[str],
-            metric: Metric | str, direction: str) -> tuple[dict, dict, Tensor, Tensor, Metric, str]:
-    prefix = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)]
-    source_logits, source_cache = cache_for(model, source, source_hooks)
-    target_logits, target_cache = cache_for(model, target, prefix + target_hooks)
-    clean_logits, corrupted_logits = (
-        (source_logits, target_logits) if direction == "denoising" else (target_logits, source_logits)
-    )
-    fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
-    return source_cache, target_cache, source_logits, target_logits, fn, name
-
-
 def path_patch(
-    model: Any,
+    model: HookedViT,
     clean: Float[Tensor, "batch channel height width"],
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
@@ -342,29 +159,28 @@ def path_patch(
     layout, sender_sets, receiver_sets = _prepare(
         model, clean, corrupted, pixels, senders, receivers, direction, batch_size
     )
-    freeze_names = [freeze] if isinstance(freeze, str) else list(freeze)
+    freeze_names = list(dict.fromkeys([freeze] if isinstance(freeze, str) else list(freeze)))
     for f in freeze_names:
         check_choice(f, ("heads", "mlps"), "freeze")
     L = model.cfg.n_layers
-    frozen = ([f"blocks.{l}.attn.hook_z" for l in range(L)] if "heads" in freeze_names else []) + (
-        [f"blocks.{l}.hook_mlp_out" for l in range(L)] if "mlps" in freeze_names else []
+    frozen = ([get_act_name("z", l) for l in range(L)] if "heads" in freeze_names else []) + (
+        [get_act_name("mlp_out", l) for l in range(L)] if "mlps" in freeze_names else []
     )
-    sender_spec = PatchSpec([tuple(s for n in group for s in _sender_sites(n)) for group in sender_sets])
+    sender_spec = PatchSpec([tuple(s for n in group for s in sender_sites(n)) for group in sender_sets])
     n_s, n_r = len(sender_sets), len(receiver_sets)
-    valid = [[_upstream(s, r) for r in receiver_sets] for s in sender_sets]
+    valid = [[upstream(s, r) for r in receiver_sets] for s in sender_sets]
     logit_cols = [j for j, r in enumerate(receiver_sets) if r[0].kind == "logits"]
     input_cols = [j for j in range(n_r) if j not in logit_cols]
     sender_start = [min(n.start_layer(L) for n in s) for s in sender_sets]
     receiver_start = [min(n.start_layer(L) for n in r) for r in receiver_sets]
 
-    with model.flags(**_flags(receiver_sets)):
-        source, target = source_target(direction, clean, corrupted)
-        source_cache, target_cache, source_logits, target_logits, fn, metric_name = _caches(
-            model, source, target, sender_spec.hooks, frozen, metric, direction
-        )
+    with model.flags(**qkv_flags(receiver_sets)):
+        runs = cache_runs(model, metric, clean, corrupted, direction=direction, source_hooks=sender_spec.hooks,
+                          target_hooks=frozen)
         batch = clean.shape[0]
-        values = torch.full((n_s, n_r, batch), float("nan"))
-        device = target_logits.device
+        dtype = result_dtype(runs.target_logits.dtype)
+        values = torch.full((n_s, n_r, batch), float("nan"), dtype=dtype)
+        device = runs.target_logits.device
         # Run-1 rows (sender, image), senders ordered by the block they start at.
         order = sorted(range(n_s), key=lambda s: sender_start[s])
         rows1 = (torch.tensor(order)[:, None] * batch + torch.arange(batch)).reshape(-1)
@@ -372,41 +188,43 @@ def path_patch(
         for chunk in row_chunks(len(rows1), batch_size, progress=progress, desc="path patching"):
             r1 = rows1[chunk]
             s_ids, img_ids = r1 // batch, r1 % batch
-            start = sender_start[int(s_ids[0])]
+            start = sender_start[int(s_ids[0])]  # the chunk's earliest sender: nothing changes before it
             imgs = img_ids.to(device)
             all_rows = torch.arange(len(r1), device=device)
-            ivs = [Intervention(h, all_rows, (), target_cache[h][imgs]) for h in frozen
-                   if int(h.split(".")[1]) >= start]
-            ivs += _compile(sender_spec, s_ids.tolist(), img_ids, source_cache, device)  # after the freezes
-            record = sorted({h for j in input_cols for n in receiver_sets[j] for h, _ in _receiver_hooks(n, L)
-                             if int(h.split(".")[1]) >= start})
+            ivs = [Intervention(h, all_rows, (), runs.target_cache[h][imgs]) for h in frozen if hook_layer(h) >= start]
+            ivs += compile_spec(sender_spec, s_ids.tolist(), img_ids, runs.source_cache, device)  # after the freezes
+            record = sorted({h for j in input_cols for n in receiver_sets[j] for h, _ in receiver_hooks(n, L)
+                             if hook_layer(h) >= start})
             logits1, recorded = run_interventions(
-                model, target_cache[f"blocks.{start}.hook_resid_pre"][imgs], ivs, start_layer=start, record=record
+                model, runs.target_cache[get_act_name("resid_pre", start)][imgs], ivs, start_layer=start, record=record
             )
             n_forwards += 1
-            score1 = fn(logits1, imgs).float().cpu()
+            score1 = runs.metric(logits1, imgs).to(dtype).cpu()
             for j in logit_cols:
                 ok = torch.tensor([valid[int(s)][j] for s in s_ids])
                 values[s_ids[ok], j, img_ids[ok]] = score1[ok]
             # Run-2 rows (run-1 row, receiver set) for the pairs that can carry an effect.
             pairs = [(i, j) for i in range(len(r1)) for j in input_cols if valid[int(s_ids[i])][j]]
-            for local, cols, score2 in _receiver_runs(model, pairs, recorded, receiver_sets, receiver_start,
-                                                     img_ids, target_cache, fn, batch_size):
+            for local, cols, score2 in _receiver_runs(model, pairs, recorded, start, receiver_sets, receiver_start,
+                                                     img_ids, runs, batch_size):
                 n_forwards += 1
-                values[s_ids[local], cols, img_ids[local]] = score2
-        ids = torch.arange(batch, device=device)
-        source_score, target_score = fn(source_logits, ids), fn(target_logits, ids)
-    return _result(values, sender_sets, receiver_sets, source_score, target_score, metric_name, direction,
-                   "path_patch", layout, pixels, n_forwards, {"freeze": freeze_names, "batch_size": batch_size})
+                values[s_ids[local], cols, img_ids[local]] = score2.to(dtype)
+        return _result(values, sender_sets, receiver_sets, runs, direction, "path_patch", layout, pixels, n_forwards,
+                       {"freeze": freeze_names, "batch_size": batch_size})
 
 
-def _receiver_runs(model: Any, pairs: list[tuple[int, int]], recorded: dict[str, Tensor],
-                   receiver_sets: list[NodeSet], receiver_start: list[int], img_ids: Tensor,
-                   target_cache: dict[str, Tensor], fn: Metric, batch_size: int):
+def _receiver_runs(model: HookedViT, pairs: list[tuple[int, int]], recorded: dict[str, Tensor], run1_start: int,
+                   receiver_sets: list[NodeSet], receiver_start: list[int], img_ids: Tensor, runs: CachedRuns,
+                   batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Run 2 of path patching for one run-1 chunk: the target run with only the receivers' inputs set to
-    their recorded run-1 values; yields ``(run-1 rows, receiver columns, metric)`` per forward pass."""
+    their recorded run-1 values; yields ``(run-1 rows, receiver columns, metric)`` per forward pass.
+
+    Receivers in blocks before ``run1_start`` (the run-1 chunk's first block) were not recorded: no sender of
+    the chunk writes before they read, so their run-1 input *is* the target run's, and run 2 leaves them be.
+    (Which receivers fall before it depends on how ``batch_size`` chunks the senders; the result does not.)
+    """
     L = model.cfg.n_layers
-    device = next(iter(target_cache.values())).device
+    device = runs.target_logits.device
     pairs = sorted(pairs, key=lambda p: receiver_start[p[1]])  # later receivers start later
 
     def recorded_values(hook: str, keys: list[int], heads: Tensor | None) -> Tensor:
@@ -418,23 +236,22 @@ def _receiver_runs(model: Any, pairs: list[tuple[int, int]], recorded: dict[str,
         start = receiver_start[part[0][1]]
         local = torch.tensor([i for i, _ in part])
         entries = [(h, head, k, i) for k, (i, j) in enumerate(part) for n in receiver_sets[j]
-                   for h, head in _receiver_hooks(n, L)]
+                   for h, head in receiver_hooks(n, L) if hook_layer(h) >= run1_start]
         imgs = img_ids[local].to(device)
-        logits, _ = run_interventions(model, target_cache[f"blocks.{start}.hook_resid_pre"][imgs],
+        logits, _ = run_interventions(model, runs.target_cache[get_act_name("resid_pre", start)][imgs],
                                       _write_groups(entries, device, False, recorded_values), start_layer=start)
-        yield local, torch.tensor([j for _, j in part]), fn(logits, imgs).float().cpu()
+        yield local, torch.tensor([j for _, j in part]), runs.metric(logits, imgs).cpu()
 
 
-def _sender_delta(node: Node, imgs: Tensor, source_cache: dict, target_cache: dict, model: Any) -> Tensor:
-    """A sender's source-minus-target write to the residual stream, ``[rows, pos, d_model]``."""
-    if node.kind == "embed":
-        h = "blocks.0.hook_resid_pre"
-        return source_cache[h][imgs] - target_cache[h][imgs]
-    if node.kind == "mlp":
-        h = f"blocks.{node.layer}.hook_mlp_out"
-        return source_cache[h][imgs] - target_cache[h][imgs]
-    h = f"blocks.{node.layer}.attn.hook_z"
-    dz = source_cache[h][imgs] - target_cache[h][imgs]  # [rows pos head d_head]
+def _sender_delta(node: Node, imgs: Tensor, runs: CachedRuns, model: HookedViT) -> Tensor:
+    """A sender's source-minus-target write to the residual stream, ``[rows, pos, d_model]``, in the model's
+    dtype."""
+    src, tgt = runs.source_cache, runs.target_cache
+    if node.kind in ("embed", "mlp"):
+        h = sender_sites(node)[0].hook  # block 0's input / the MLP's output: already a residual write
+        return src[h][imgs] - tgt[h][imgs]
+    h = get_act_name("z", node.layer)
+    dz = src[h][imgs] - tgt[h][imgs]  # [rows pos head d_head]
     W_O = model.blocks[node.layer].attn.W_O  # [head d_head d_model]
     if node.head is None:
         return torch.einsum("bphe,hed->bpd", dz, W_O)
@@ -442,7 +259,7 @@ def _sender_delta(node: Node, imgs: Tensor, source_cache: dict, target_cache: di
 
 
 def direct_path_patch(
-    model: Any,
+    model: HookedViT,
     clean: Float[Tensor, "batch channel height width"],
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
@@ -488,21 +305,21 @@ def direct_path_patch(
         model, clean, corrupted, pixels, senders, receivers, direction, batch_size
     )
     L = model.cfg.n_layers
-    source_hooks = sorted({s.hook for group in sender_sets for n in group for s in _sender_sites(n)})
+    source_hooks = sorted({s.hook for group in sender_sets for n in group for s in sender_sites(n)})
     pairs = [(s, r) for s in range(len(sender_sets)) for r in range(len(receiver_sets))
-             if _upstream(sender_sets[s], receiver_sets[r])]
+             if upstream(sender_sets[s], receiver_sets[r])]
     receiver_start = [min(n.start_layer(L) for n in r) for r in receiver_sets]
     pairs.sort(key=lambda p: receiver_start[p[1]])
     batch = clean.shape[0]
     rows = [(s, r, b) for s, r in pairs for b in range(batch)]
-    values = torch.full((len(sender_sets), len(receiver_sets), batch), float("nan"))
 
-    with model.flags(**_flags(receiver_sets)):
-        source, target = source_target(direction, clean, corrupted)
-        source_cache, target_cache, source_logits, target_logits, fn, metric_name = _caches(
-            model, source, target, source_hooks, source_hooks, metric, direction
-        )
-        device = target_logits.device
+    with model.flags(**qkv_flags(receiver_sets)):
+        runs = cache_runs(model, metric, clean, corrupted, direction=direction, source_hooks=source_hooks,
+                          target_hooks=source_hooks)
+        device, act_dtype = runs.target_logits.device, runs.target_cache[source_hooks[0]].dtype
+        dtype = result_dtype(runs.target_logits.dtype)
+        values = torch.full((len(sender_sets), len(receiver_sets), batch), float("nan"), dtype=dtype)
+        d_resid = runs.target_cache[get_act_name("resid_pre", 0)].shape[1:]  # [pos, d_model]
         n_forwards = 0
         for chunk in row_chunks(len(rows), batch_size, progress=progress, desc="direct path patching"):
             part = [rows[k] for k in chunk.tolist()]
@@ -513,27 +330,26 @@ def direct_path_patch(
                 for rn in receiver_sets[r]:
                     ups = tuple(n for n in sender_sets[s] if n.write_stage() < rn.read_stage())
                     if ups:
-                        entries += [(h, head, k, (ups, b)) for h, head in _receiver_hooks(rn, L)]
+                        entries += [(h, head, k, (ups, b)) for h, head in receiver_hooks(rn, L)]
 
             def delta_values(hook: str, keys: list[tuple[NodeSet, int]], heads: Tensor | None) -> Tensor:
-                out = torch.empty(len(keys), *target_cache[f"blocks.{start}.hook_resid_pre"].shape[1:], device=device)
+                # In the activations' dtype: a float32 buffer would round a float64 model's deltas.
+                out = torch.empty(len(keys), *d_resid, device=device, dtype=act_dtype)
                 for ups in dict.fromkeys(u for u, _ in keys):  # one batched delta per distinct sender subset
                     sel = [i for i, (u, _) in enumerate(keys) if u == ups]
                     img = torch.tensor([keys[i][1] for i in sel], device=device)
-                    out[sel] = sum(_sender_delta(n, img, source_cache, target_cache, model) for n in ups)
-                if heads is None and hook.endswith("_input"):  # every head of the block gets the same write
+                    out[sel] = sum(_sender_delta(n, img, runs, model) for n in ups)
+                if heads is None and "head" in site_axes(hook):  # every head of the block gets the same write
                     out = out[:, :, None, :].expand(-1, -1, model.cfg.n_heads, -1)
                 return out
 
             ivs = _write_groups(entries, device, True, delta_values)
             logits, _ = run_interventions(
-                model, target_cache[f"blocks.{start}.hook_resid_pre"][imgs], ivs, start_layer=start
+                model, runs.target_cache[get_act_name("resid_pre", start)][imgs], ivs, start_layer=start
             )
             n_forwards += 1
-            score = fn(logits, imgs).float().cpu()
+            score = runs.metric(logits, imgs).to(dtype).cpu()
             for k, (s, r, b) in enumerate(part):
                 values[s, r, b] = score[k]
-        ids = torch.arange(batch, device=device)
-        source_score, target_score = fn(source_logits, ids), fn(target_logits, ids)
-    return _result(values, sender_sets, receiver_sets, source_score, target_score, metric_name, direction,
-                   "direct_path", layout, pixels, n_forwards, {"batch_size": batch_size})
+        return _result(values, sender_sets, receiver_sets, runs, direction, "direct_path", layout, pixels,
+                       n_forwards, {"batch_size": batch_size})

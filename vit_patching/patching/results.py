@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import _plot
 from .metrics import recovery
 
 
@@ -123,8 +124,6 @@ class PatchingResult:
             >>> fig = layer_sweep(model, clean, corrupted).plot(site="resid_pre")
             >>> fig.write_html("sweep.html")
         """
-        from . import _plot
-
         return _plot.plot_result(self, kind, site=site, receiver=receiver, image=image, normalized=normalized,
                                  underlay=underlay, **kwargs)
 

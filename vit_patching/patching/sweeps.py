@@ -14,25 +14,27 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from ._experiment import as_names, check_batch_size, check_indices, check_inputs, grid_experiment
+from vit_patching.checks import check_batch_size, check_indices, check_names
+from vit_patching.hook_names import get_act_name, site_axes
+from vit_patching.model import HookedViT
+
+from ._experiment import check_inputs, grid_experiment
 from .engine import Site
 from .metrics import Metric
 from .results import PatchingResult
 
-#: Site name -> hook template of the layer sweeps (all ``[batch pos d_model]``).
+#: Site name -> short activation name for :func:`~vit_patching.hook_names.get_act_name` (all ``[batch pos
+#: d_model]``): ``get_act_name(SWEEP_SITES[site], layer)`` is the hook a sweep patches.
 SWEEP_SITES: dict[str, str] = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    site: site for site in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+    if site_axes(get_act_name(site, 0)) == ("pos",)  # the table only holds what the engine patches per position
 }
 #: The sites of TransformerLens's ``get_act_patch_block_every``.
 BLOCK_EVERY_SITES = ("resid_pre", "attn_out", "mlp_out")
 
 
 def layer_sweep(
-    model: Any,
+    model: HookedViT,
     clean: Float[Tensor, "batch channel height width"],
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
@@ -76,7 +78,7 @@ def layer_sweep(
         >>> fig = res.plot()                                  # one patch grid per layer
     """
     layout = check_inputs(model, clean, corrupted, pixels)
-    site_names = as_names(sites, list(SWEEP_SITES), "sites")
+    site_names = check_names(sites, list(SWEEP_SITES), "sites")
     axes = {
         "site": site_names,
         "layer": check_indices(layers, model.cfg.n_layers, "layers", "layer"),
@@ -84,7 +86,7 @@ def layer_sweep(
     }
 
     def make_site(site: str, layer: int, pos: int) -> Site:
-        return Site(SWEEP_SITES[site].format(layer=layer), pos=pos)
+        return Site(get_act_name(SWEEP_SITES[site], layer), pos=pos)
 
     return grid_experiment(
         model, clean, corrupted, metric, axes=axes, make_site=make_site, kind="layer_sweep", layout=layout,
@@ -93,7 +95,7 @@ def layer_sweep(
 
 
 def block_every(
-    model: Any,
+    model: HookedViT,
     clean: Float[Tensor, "batch channel height width"],
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
@@ -108,5 +110,6 @@ def block_every(
         ['resid_pre', 'attn_out', 'mlp_out']
     """
     if "sites" in kwargs:
-        raise ValueError(f"block_every fixes sites={BLOCK_EVERY_SITES}; use layer_sweep(sites=...) for others")
+        raise ValueError(f"sites: expected none (block_every fixes sites={BLOCK_EVERY_SITES}; use "
+                         f"layer_sweep(sites=...) for others), got {kwargs['sites']!r}")
     return layer_sweep(model, clean, corrupted, metric, sites=BLOCK_EVERY_SITES, **kwargs)
