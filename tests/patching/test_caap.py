@@ -1,14 +1,18 @@
 """CAAP: agreement with an independent naive implementation, known identities, the engine fast path, errors."""
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 from jaxtyping import TypeCheckError
 
 from caap_toys import naive_caap, tiny_images, tiny_model
 from vit_patching.evaluation import gaussian_blur
+from vit_patching.images import to_pixels
 from vit_patching.patching import engine
-from vit_patching.patching.caap import Attribution, caap, caap_spec, compare_attributions, default_window, to_pixels
+from vit_patching.patching.caap import Attribution, caap, caap_spec, compare_attributions, default_window
 from vit_patching.patching.engine import PatchSpec, Site, run_patch_spec
 from vit_patching.patching.metrics import target_logit
 
@@ -130,7 +134,7 @@ def test_single_layer_window_equals_the_engine_layer_sweep_cell(model, images):
 
 
 def test_pinning_every_patch_over_the_embedding_reproduces_the_source(model, images):
-    """caap.md 6.2: all patch positions pinned over [0, 1) with an image neutral = the source logits."""
+    """All patch positions pinned over [0, 1) with an image neutral = the source logits."""
     layout = model.layout_for(images)
     spec = PatchSpec([tuple(Site("blocks.0.hook_resid_pre", pos=p) for p in layout.patch_positions())])
     run = run_patch_spec(model, spec, lambda lg, i: lg, target=torch.zeros_like(images), source=images, progress=False)
@@ -194,7 +198,7 @@ def test_to_pixels_inverts_the_normalisation(model):
     pixels = torch.rand(2, 3, 32, 32)
     mean = torch.tensor(model.cfg.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.cfg.data_config["std"]).view(1, 3, 1, 1)
-    torch.testing.assert_close(to_pixels(model, (pixels - mean) / std), pixels)
+    torch.testing.assert_close(to_pixels((pixels - mean) / std, model.cfg.data_config), pixels)
 
 
 # ------------------------------------------------------------------------------------------- engine fast path
@@ -303,3 +307,192 @@ def test_top_level_caap_is_the_function():
 
     assert vp.caap is caap and callable(vp.caap)
     assert caap_module.default_window(4) == (0, 2)  # the package attribute stays the submodule
+
+
+# ------------------------------------------------------------------------------- colour centres (issue 9)
+def colour_centres(fig, maps):
+    """For each map heatmap of ``fig`` (drawn without an image): the map value at the centre of its colour scale.
+
+    A figure may draw ``map - offset`` instead of the map; the offset must then be one constant per panel.
+    """
+    traces = [t for t in fig.data if t.type == "heatmap"]
+    assert len(traces) == len(maps)
+    out = []
+    for t, m in zip(traces, maps):
+        axis = fig.layout[t.coloraxis or "coloraxis"]
+        offset = m.double() - torch.tensor(np.asarray(t.z, dtype=float))
+        torch.testing.assert_close(offset, torch.full_like(offset, float(offset.flatten()[0])), atol=1e-5, rtol=0)
+        out.append((axis.cmin + axis.cmax) / 2 + float(offset.flatten()[0]))
+    return out
+
+
+@pytest.mark.parametrize("shared_scale", [True, False])
+def test_compare_attributions_centres_every_panel_on_its_own_neutral(model, images, shared_scale):
+    attrs = {n: caap(model, images, window=(0, 2), neutral=n) for n in ("zeros", "black", "blur")}
+    zmids = [a.zmid(1) for a in attrs.values()]
+    assert len({round(z, 4) for z in zmids}) == 3  # the case of the bug: three different neutral scores
+    fig = compare_attributions(attrs, i=1, over_image=False, shared_scale=shared_scale)
+    centres = colour_centres(fig, [a.map[1] for a in attrs.values()])
+    assert centres == pytest.approx(zmids, abs=1e-5)
+    same = compare_attributions({"a": attrs["zeros"], "b": caap(model, images, window=(1, 3))}, i=0, over_image=False)
+    assert np.allclose(np.asarray(same.data[0].z, dtype=float), attrs["zeros"].map[0].numpy())  # one centre: raw maps
+
+
+# ---------------------------------------------------------------------------------------- bad values (issue 15)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_images_are_refused_before_any_forward_pass(model, images, bad, monkeypatch):
+    x = images.clone()
+    x[1, 2, 5, 7] = bad
+    monkeypatch.setattr(model, "run_with_cache", lambda *a, **k: pytest.fail("forward pass before the check"))
+    with pytest.raises(ValueError, match="^images: expected finite values, got 1 NaN/Inf"):
+        caap(model, x, window=(0, 2))
+    with pytest.raises(ValueError, match="^neutral: expected finite"):
+        caap(model, images, window=(0, 2), neutral=torch.full((3, 32, 32), bad))
+
+
+@pytest.mark.parametrize("target", [10**20, -(10**20), 5, -1, 1e20, torch.tensor([0, 1, 10**18])])
+def test_huge_or_out_of_range_targets_name_target(model, images, target):
+    # A float is refused by the annotation check in tests (jaxtyping + beartype) and by the library otherwise.
+    match = "target" if isinstance(target, float) else "^target"
+    with pytest.raises((ValueError, TypeError, TypeCheckError), match=match):
+        caap(model, images, target, window=(0, 1))
+    with pytest.raises((ValueError, TypeError, TypeCheckError), match=match):
+        caap(model, images, window=(0, 1)).for_class(target)
+
+
+# -------------------------------------------------------------------------------- neutral diagnosis (issue 16)
+def _direct_neutral_logits(model, images, neutral):
+    with torch.no_grad():
+        return model(_neutral_batch(model, images, neutral))
+
+
+@pytest.mark.parametrize("neutral,readout", [("zeros", "logit"), ("black", "delta_prob"), ("blur", "prob"), ("image_mean", "delta_logit")])
+def test_diagnosis_equals_a_direct_forward_of_the_neutral_image(model, images, neutral, readout):
+    attr = caap(model, images, window=(1, 3), neutral=neutral, readout=readout)
+    lg = _direct_neutral_logits(model, images, neutral)
+    p = lg.softmax(-1)
+    t = attr.target
+    assert torch.equal(attr.neutral_prediction, lg.argmax(-1))
+    torch.testing.assert_close(attr.neutral_prediction_prob, p.max(-1).values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attr.neutral_target_prob, p[torch.arange(3), t], atol=1e-5, rtol=1e-5)
+    score = p if readout.endswith("prob") else lg
+    torch.testing.assert_close(attr.neutral_target_score, score[torch.arange(3), t], atol=1e-5, rtol=1e-5)
+    assert attr.neutral_choice == [neutral] * 3
+    df = attr.to_dataframe()
+    for col in ("neutral_prediction", "neutral_prediction_prob", "neutral_target_score", "neutral_target_prob"):
+        assert df[col].iloc[16 * 2 + 5] == pytest.approx(float(getattr(attr, col)[2]))
+    assert (df["neutral"] == neutral).all()
+    assert f"neutral_prediction=[{int(attr.neutral_prediction[0])}@" in repr(attr)
+
+
+def test_diagnosis_of_mean_activations_is_the_neutral_run_from_the_window_start(model, images):
+    reference = tiny_images(5, seed=4)
+    _, cache = model.run_with_cache(reference, return_cache_object=False)
+    for start in (0, 2):
+        attr = caap(model, images, window=(start, 3), neutral="mean_activations", reference=reference, readout="prob")
+        with torch.no_grad():
+            lg = model(cache[f"blocks.{start}.hook_resid_pre"].mean(0, keepdim=True), start_at_layer=start)[0]
+        assert (attr.neutral_prediction == lg.argmax()).all()
+        torch.testing.assert_close(attr.neutral_target_score, lg.softmax(-1)[attr.target], atol=1e-5, rtol=1e-5)
+
+
+def _warnings_expected(attr, share=0.5):
+    p0, ps = attr.neutral_logits.softmax(-1), attr.source_logits.softmax(-1)
+    idx = torch.arange(len(attr.target))
+    return bool(((p0.argmax(-1) == attr.target) | (p0[idx, attr.target] > share * ps[idx, attr.target])).any())
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from vit_patching.zoo import load_dataset, load_model
+
+    return load_model("toy-shapes"), load_dataset("shapes", n=64, seed=0)
+
+
+def test_warning_fires_on_the_toy_model_for_its_neutral_predicted_class(toy, caplog):
+    model, batch = toy
+    with torch.no_grad():
+        c0 = int(model(torch.zeros(1, *batch.images.shape[1:])).argmax())
+        pred = model(batch.images).argmax(-1)
+    # Images of the zeros image's class, if any, and one of another class whose neutral is an image of its own class.
+    same = batch.images[pred == c0][:2]
+    k = int((pred != c0).nonzero()[0])
+    twin = int(((pred == pred[k]) & (torch.arange(64) != k)).nonzero()[0])
+    with caplog.at_level(logging.WARNING, logger="vit_patching.patching.caap"):
+        if len(same):
+            attr = caap(model, same, window=(0, 2))
+            assert attr.warnings and "already predicts the explained class" in attr.warnings[0]
+            assert _warnings_expected(attr)
+        own = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[twin])
+    assert own.warnings and "already predicts the explained class for 1/1 images [0]" in own.warnings[0]
+    assert [r.getMessage() for r in caplog.records][-len(own.warnings):] == own.warnings
+
+
+def test_warning_stays_quiet_for_a_neutral_that_predicts_another_class(toy, caplog):
+    # A crafted case on the trained toy model: the neutral is an image of another class than the explained one.
+    model, batch = toy
+    with torch.no_grad():
+        p = model(batch.images).softmax(-1)
+    conf, pred = p.max(-1)
+    k = int(conf.argmax())
+    j = int(torch.where(pred != pred[k], conf, torch.zeros_like(conf)).argmax())
+    assert pred[j] != pred[k] and p[j, pred[k]] < 0.5 * p[k, pred[k]]  # the case really is a quiet one
+    with caplog.at_level(logging.WARNING, logger="vit_patching.patching.caap"):
+        quiet = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[j])
+    assert not _warnings_expected(quiet) and quiet.warnings == [] and not caplog.records
+    loud = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[j], warn_share=0.0)
+    assert len(loud.warnings) == 1 and "more than 0 of the source's probability" in loud.warnings[0]
+
+
+def test_auto_is_the_per_image_best_of_the_image_neutrals(model, images):
+    auto = caap(model, images, window=(1, 3), neutral="auto", readout="prob")
+    each = {n: caap(model, images, window=(1, 3), neutral=n, readout="prob") for n in ("zeros", "black", "image_mean", "blur")}
+    probs = torch.stack([a.neutral_target_prob for a in each.values()])  # [neutral, image]
+    best = [list(each)[int(k)] for k in probs.argmin(0)]
+    assert auto.neutral_choice == best and auto.options["neutral"] == "auto"
+    for i, n in enumerate(best):
+        torch.testing.assert_close(auto.map[i], each[n].map[i], atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(auto.neutral_target_prob[i], probs.min(0).values[i], atol=1e-6, rtol=1e-5)
+    assert (auto.to_dataframe().groupby("image")["neutral"].first().tolist()) == best
+
+
+# ------------------------------------------------------------------------------------ one result type (issue 10)
+def test_attribution_is_an_attribution_maps_with_the_package_upsampling(model, images):
+    from vit_patching.attribution.base import AttributionMaps
+    from vit_patching.images import DEFAULT_UPSAMPLE, upsample_map
+
+    attr = caap(model, images, window=(0, 2))
+    assert isinstance(attr, AttributionMaps) and attr.method == "caap" and len(attr) == 3
+    assert attr.map is attr.patch_map and attr.options is attr.settings
+    assert attr.options["upsample"] == DEFAULT_UPSAMPLE == "bilinear"
+    torch.testing.assert_close(attr.pixel_map, upsample_map(attr.map, (32, 32), mode="bilinear"))
+    both = Attribution.cat([caap(model, images[:1], window=(0, 2)), caap(model, images[1:], window=(0, 2))])
+    torch.testing.assert_close(both.map, attr.map, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(both.neutral_target_prob, attr.neutral_target_prob)
+    assert len(both.neutral_choice) == 3 and both.window == (0, 2)
+
+
+def test_deprecated_neutral_helpers_warn_and_match_vit_patching_images(model, images):
+    from vit_patching import images as image_ops
+    from vit_patching.patching import caap as caap_module
+
+    with pytest.warns(DeprecationWarning, match="baseline_images"):
+        x0, per_image = caap_module.neutral_images(model, images, "black")
+    ref, ref_per_image = image_ops.baseline_images(images, "black", data_config=model.cfg.data_config)
+    assert torch.equal(x0, ref) and per_image == ref_per_image is False
+    with pytest.warns(DeprecationWarning, match="to_pixels"):
+        torch.testing.assert_close(caap_module.to_pixels(model, images), image_ops.to_pixels(images, model.cfg.data_config))
+    from vit_patching import checks
+
+    assert caap_module.check_window is checks.check_window
+
+
+def test_windows_module_uses_no_private_caap_name():
+    import ast
+    import inspect
+
+    from vit_patching.patching import windows
+
+    tree = ast.parse(inspect.getsource(windows))
+    imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names]
+    assert imported and not [n for n in imported if n.startswith("_")]

@@ -135,3 +135,37 @@ def test_bad_input_names_the_argument(model, data, kwargs, name):
     with pytest.raises((ValueError, TypeError)) as err:
         select_window(model, data[0], **kwargs)
     assert name in str(err.value)
+
+
+def test_each_window_figure_is_centred_on_its_own_neutral_score(model, data):
+    """mean_activations: the neutral run starts at each window's first block, so centres differ by window."""
+    from test_caap import colour_centres
+
+    images, _ = data
+    reference = tiny_images(4, seed=5)
+    windows = [(0, 2), (1, 3), (2, 4)]
+    sel = select_window(model, images, windows, neutral="mean_activations", reference=reference, eval_kwargs={"step": 8})
+    own = {w: caap(model, images, window=w, neutral="mean_activations", reference=reference).neutral_score for w in windows}
+    for w in windows:
+        assert sel.zmid[w] == pytest.approx(own[w].tolist(), abs=1e-6)
+    i = 1
+    assert len({round(float(own[w][i]), 4) for w in windows}) == 3  # the case of the bug
+    maps = [sel.maps[w][i] for w in windows]
+    expected = [float(own[w][i]) for w in windows]
+    assert colour_centres(sel.compare(windows, i=i, over_image=False), maps) == pytest.approx(expected, abs=1e-5)
+    assert colour_centres(sel.slider(i, windows=windows, over_image=False), maps) == pytest.approx(expected, abs=1e-5)
+
+
+def test_neutral_warnings_are_surfaced_once(model, data, caplog):
+    images, _ = data
+    with torch.no_grad():
+        pred = model(images).argmax(-1)
+    neutral = images[0]  # the first image as the neutral of every image: it predicts its own class
+    with caplog.at_level("WARNING"):
+        sel = select_window(model, images, [(0, 1), (0, 2), (1, 3)], neutral=neutral, eval_kwargs={"step": 8})
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    one = caap(model, images, window=(0, 1), neutral=neutral)
+    assert one.warnings and sel.warnings == one.warnings
+    assert f"{int((pred == pred[0]).sum())}/3 images" in sel.warnings[0]
+    assert sorted(logged) == sorted(sel.warnings)  # once each, not once per window
+    assert sel.neutral_choice == ["tensor[3, 32, 32]"] * 3

@@ -11,7 +11,10 @@ from typing import Any
 
 from torch import Tensor
 
-from vit_patching.attribution.base import AttributionMethod, check_choice
+from vit_patching.attribution.base import AttributionMethod
+from vit_patching.checks import check_bool, check_choice, check_window
+from vit_patching.images import DEFAULT_UPSAMPLE
+from vit_patching.model import HookedViT
 
 __all__ = ["CAAPMethod"]
 
@@ -21,9 +24,10 @@ class CAAPMethod(AttributionMethod):
 
     Every option is passed to :func:`vit_patching.patching.caap.caap` unchanged; ``window=None`` takes CAAP's
     :func:`~vit_patching.patching.caap.default_window` for the model's depth. The patch map is CAAP's ``map``;
-    the pixel map follows this interface's ``upsample`` rule (bilinear by default, like every patch-native
-    method here), not CAAP's own ``pixel_map`` default. Cost: about ``N`` patched forward passes per image,
-    started at the window's first block.
+    the pixel map follows this interface's ``upsample`` rule, bilinear by default
+    (:data:`vit_patching.images.DEFAULT_UPSAMPLE`), which is also CAAP's own ``pixel_map`` default. Cost: about
+    ``N`` patched forward passes per image, started at the window's first block. ``neutral="auto"`` picks the
+    neutral per image (see :func:`~vit_patching.patching.caap.caap`).
 
     Args:
         model: a HookedViT with a classification head.
@@ -44,20 +48,20 @@ class CAAPMethod(AttributionMethod):
 
     def __init__(
         self,
-        model: Any,
+        model: HookedViT,
         *,
         window: tuple[int, int] | None = None,
         neutral: str | Tensor | None = None,
         site: str = "resid_pre",
         readout: str | None = None,
         include_prefix: bool = False,
-        upsample: str = "bilinear",
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__(model, upsample=upsample)
         from vit_patching.patching import caap as caap_module
 
         L = model.cfg.n_layers
-        self.window = caap_module.default_window(L) if window is None else caap_module.check_window(window, L)
+        self.window = caap_module.default_window(L) if window is None else check_window(window, L)
         self.neutral = caap_module.DEFAULT_NEUTRAL if neutral is None else neutral
         self.site = site
         self.readout = caap_module.DEFAULT_READOUT if readout is None else readout
@@ -67,8 +71,7 @@ class CAAPMethod(AttributionMethod):
             check_choice(self.neutral, caap_module.NEUTRALS, "neutral")
         check_choice(site, list(caap_module.SITES), "site")
         check_choice(self.readout, caap_module.READOUTS, "readout")
-        if not isinstance(include_prefix, bool):
-            raise TypeError(f"include_prefix: expected a bool, got {type(include_prefix).__name__}")
+        check_bool(include_prefix, "include_prefix")
 
     def rows_per_image_for(self, images: Tensor) -> int:
         gh, gw = self.model.grid_size_for(images)

@@ -32,10 +32,12 @@ import torch
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
-from .caap import (
-    DEFAULT_NEUTRAL, DEFAULT_READOUT, _check_batch_size, _check_choice, _check_model, caap_from_context,
-    check_window, prepare_caap,
-)
+from vit_patching.checks import check_batch_size, check_choice, check_positive_number, check_window
+from vit_patching.images import DEFAULT_UPSAMPLE
+from vit_patching.model import HookedViT, check_classifier
+
+from .caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, READOUTS, UPSAMPLES, caap_from_context, prepare_caap
+from .caap_results import centred_maps
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,12 @@ class WindowSelection:
         maps: CAAP patch maps per window ``{(start, end): [batch, grid_h, grid_w]}``.
         pixels: The images in [0, 1] ``[batch, channel, height, width]`` (for overlays).
         options: CAAP and evaluation settings.
-        zmid: Centre of the figures' diverging colour scale per image (the unpatched neutral score).
+        zmid: Centre of the figures' diverging colour scale per window and image (the unpatched neutral score;
+            it differs between windows only for ``neutral="mean_activations"``, whose neutral run starts at the
+            window's first block) ``{(start, end): [score per image]}``.
+        warnings: The neutral-context warnings of the CAAP runs (see :attr:`Attribution.warnings`), each once;
+            logged once by :func:`select_window`.
+        neutral_choice: The neutral used per image (``neutral="auto"`` picks one per image).
 
     Example:
         >>> best = sel.table.sort_values("ins_minus_del", ascending=False).iloc[0]
@@ -96,12 +103,14 @@ class WindowSelection:
     maps: dict[tuple[int, int], Tensor]
     pixels: Tensor
     options: dict[str, Any] = field(default_factory=dict)
-    zmid: list[float] = field(default_factory=list)
+    zmid: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    neutral_choice: list[str] = field(default_factory=list)
 
     def _metric(self, metric: str | None) -> str:
         metric = CRITERIA[self.criterion][0] if metric is None else metric
         available = [m for m in _METRICS if m in self.table.columns]
-        _check_choice(metric, available, "metric")
+        check_choice(metric, available, "metric")
         return metric
 
     def scores(self, metric: str | None = None) -> Float[Tensor, "start end"]:
@@ -152,10 +161,11 @@ class WindowSelection:
 
         self._check_image(i)
         windows = self._check_windows(windows)
+        maps, zmid, label = centred_maps([self.maps[w][i] for w in windows], [self.zmid[w][i] for w in windows],
+                                         self.options["readout"])
         return window_slider(
-            [self.maps[w][i] for w in windows], [_window_label(w) for w in windows],
-            self.pixels[i] if over_image else None, upsample=self.options["upsample"],
-            title="CAAP window", value_label=self.options["readout"], zmid=self.zmid[i],
+            maps, [_window_label(w) for w in windows], self.pixels[i] if over_image else None,
+            upsample=self.options["upsample"], title="CAAP window", value_label=label, zmid=zmid,
         )
 
     def compare(self, windows: Sequence[tuple[int, int]] | None = None, i: int = 0, over_image: bool = True):
@@ -164,9 +174,11 @@ class WindowSelection:
 
         self._check_image(i)
         windows = self._check_windows(windows)
+        maps, zmid, label = centred_maps([self.maps[w][i] for w in windows], [self.zmid[w][i] for w in windows],
+                                         self.options["readout"])
         return compare_maps(
-            {_window_label(w): self.maps[w][i] for w in windows}, self.pixels[i] if over_image else None,
-            upsample=self.options["upsample"], value_label=self.options["readout"], zmid=self.zmid[i],
+            {_window_label(w): m for w, m in zip(windows, maps)}, self.pixels[i] if over_image else None,
+            upsample=self.options["upsample"], value_label=label, zmid=zmid,
         )
 
     def __repr__(self) -> str:
@@ -177,7 +189,7 @@ class WindowSelection:
 
 
 def select_window(
-    model: Any,
+    model: HookedViT,
     images: Float[Tensor, "batch channel height width"],
     windows: Sequence[tuple[int, int]] | None = None,
     *,
@@ -190,7 +202,8 @@ def select_window(
     include_prefix: bool = False,
     reference: Float[Tensor, "ref channel height width"] | None = None,
     blur_sigma: float | None = None,
-    upsample: str = "nearest",
+    upsample: str = DEFAULT_UPSAMPLE,
+    warn_share: float = DEFAULT_WARN_SHARE,
     score: str = "prob",
     insertion_substrate: str | Tensor = "zero",
     deletion_substrate: str | Tensor = "zero",
@@ -208,7 +221,7 @@ def select_window(
         target: Class per image; ``None`` = the prediction (also the class the metrics score).
         masks: Evidence masks ``[batch, H, W]`` (non-zero = evidence) for the pointing game, optional.
         criterion: ``"ins_minus_del"`` (default), ``"insertion"``, ``"deletion"`` or ``"pointing_game"``.
-        neutral, site, readout, include_prefix, reference, blur_sigma, upsample: CAAP options (see
+        neutral, site, readout, include_prefix, reference, blur_sigma, upsample, warn_share: CAAP options (see
             :func:`~vit_patching.patching.caap.caap`).
         score: Score of the insertion/deletion curves: ``"prob"`` (RISE) or ``"logit"``.
         insertion_substrate, deletion_substrate: What insertion starts from / deletion fills in (see
@@ -235,12 +248,12 @@ def select_window(
     import pandas as pd
 
     from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
-    from vit_patching.evaluation.perturbation import check_choice as _eval_choice
     from vit_patching.evaluation.perturbation import describe_substrate
 
-    _check_model(model)
+    check_classifier(model)
     model.check_images(images)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
+    warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
     L = model.cfg.n_layers
     if windows is None:
         windows = all_windows(L)
@@ -249,8 +262,10 @@ def select_window(
     windows = [check_window(w, L, name=f"windows[{k}]") for k, w in enumerate(windows)]
     if len(set(windows)) != len(windows):
         raise ValueError(f"windows: expected distinct windows, got duplicates in {windows}")
-    _check_choice(criterion, list(CRITERIA), "criterion")
-    _eval_choice("score", score, ("prob", "logit"))
+    check_choice(criterion, list(CRITERIA), "criterion")
+    check_choice(score, ("prob", "logit"), "score")
+    check_choice(readout, READOUTS, "readout")
+    check_choice(upsample, UPSAMPLES, "upsample")
     if masks is not None:
         if not isinstance(masks, Tensor) or masks.shape != (images.shape[0], *images.shape[-2:]):
             raise ValueError(
@@ -276,14 +291,16 @@ def select_window(
     targets = ctx.target.to(images.device)
     from tqdm.auto import tqdm
 
-    rows, per_image, maps = [], [], {}
+    rows, per_image, maps, zmid, warns = [], [], {}, {}, []
     pixels = None
     for w in tqdm(windows, desc="windows", disable=not progress, leave=False):
         attr = caap_from_context(
-            model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size
+            model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size,
+            warn_share=warn_share, log_warnings=False,
         )
-        # The colour-scale centre is the neutral score: equal for every window unless neutral='mean_activations'.
-        pixels, zmid = attr.pixels, attr.neutral_score.tolist()
+        # The colour-scale centre is the window's own neutral score (it depends on the start for mean_activations).
+        pixels, zmid[w] = attr.pixels, attr.neutral_score.tolist()
+        warns += [m for m in attr.warnings if m not in warns]
         maps[w] = attr.map
         common = dict(targets=targets, unit="patch", score=score, batch_size=batch_size, **eval_kwargs)
         amap = attr.map.to(images.device)
@@ -305,12 +322,16 @@ def select_window(
     options = dict(ctx.options)
     options.update(
         readout=readout, include_prefix=include_prefix, upsample=upsample, score=score, unit="patch",
-        insertion_substrate=describe_substrate(insertion_substrate), deletion_substrate=describe_substrate(deletion_substrate),
+        warn_share=warn_share, insertion_substrate=describe_substrate(insertion_substrate),
+        deletion_substrate=describe_substrate(deletion_substrate),
         pg_tolerance=tolerance if masks is not None else None, batch_size=batch_size, n_images=images.shape[0],
         **eval_kwargs,
     )
+    for m in warns:
+        logger.warning(m)
     logger.info("select_window: recommended %s by %s = %.4g", recommended, column, float(table[column][best]))
     return WindowSelection(
         table=table, per_image=pd.DataFrame(per_image), recommended=recommended, criterion=criterion,
         n_layers=L, maps=maps, pixels=pixels, options=options, zmid=zmid,
+        warnings=warns, neutral_choice=list(ctx.neutral_choice),
     )
