@@ -54,7 +54,7 @@ def _expected_curve(model, image, substrate, order, step, insertion):
     return torch.tensor(curve, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("substrate", ["blur", "zero", "mean"])
+@pytest.mark.parametrize("substrate", ["blur", "zeros", "image_mean"])
 def test_additive_model_curve_matches_independent_recomputation(substrate):
     model = AdditiveModel(3, 5, 6, seed=3).eval()
     image = _rand(1, 3, 5, 6, seed=4) * 2 - 1
@@ -78,12 +78,12 @@ def test_additive_model_contribution_order_is_optimal_over_all_orderings():
     gives the minimal deletion AUC and the maximal insertion AUC, its reverse the opposite extremes."""
     model = AdditiveModel(3, 2, 3, seed=7).eval()
     image = _rand(1, 3, 2, 3, seed=8) * 2 - 1
-    sub = make_substrate(image, "mean")
+    sub = make_substrate(image, "image_mean")
     contrib = (model.weight.detach() * (image[0] - sub[0])).sum(dim=0)[None]  # [1, 2, 3]
     perms = torch.tensor(list(itertools.permutations(range(6))), dtype=torch.float64)  # [720, 6]
     maps = (6 - perms).reshape(-1, 2, 3)  # each permutation becomes a map whose descending order is that ordering
     images = image.expand(720, -1, -1, -1)
-    kw = dict(step=1, substrate="mean", score="logit", batch_size=2048)
+    kw = dict(step=1, substrate="image_mean", score="logit", batch_size=2048)
     all_del = deletion_auc(model, images, maps, torch.zeros(720, dtype=torch.long), **kw).auc
     all_ins = insertion_auc(model, images, maps, torch.zeros(720, dtype=torch.long), **kw).auc
     best_del = deletion_auc(model, image, contrib, **kw).auc[0]
@@ -127,7 +127,7 @@ def test_region_model_perfect_random_inverted_order_and_exact_values():
     image = 0.5 + _rand(1, 3, 16, 16, seed=3)
     m = float(image[0, :, ROWS, COLS].mean())
     perfect, inverted, random = _region_maps()
-    kw = dict(substrate="zero", score="logit", step=16)  # 16 pixels per step: the perfect map clears the region at once
+    kw = dict(substrate="zeros", score="logit", step=16)  # 16 pixels per step: the perfect map clears the region at once
     dele = {name: deletion_auc(model, image, s, **kw).auc.item() for name, s in
             [("perfect", perfect), ("random", random), ("inverted", inverted)]}
     ins = {name: insertion_auc(model, image, s, **kw).auc.item() for name, s in
@@ -142,7 +142,7 @@ def test_region_model_perfect_random_inverted_order_and_exact_values():
     # patch steps on a patch map with the same peak give the same curve
     patch_map = torch.zeros(1, 4, 4, dtype=torch.float64)
     patch_map[0, 1, 2] = 1.0
-    res = deletion_auc(model, image, patch_map, unit="patch", substrate="zero", score="logit")
+    res = deletion_auc(model, image, patch_map, unit="patch", substrate="zeros", score="logit")
     assert res.settings["patch_size"] == 4 and res.curves.shape == (1, 17)
     assert res.auc.item() == pytest.approx(m / 32)
 
@@ -178,7 +178,7 @@ def test_batch_size_does_not_change_results_and_targets_default_to_prediction():
     assert torch.allclose(a.curves, b.curves) and torch.equal(a.targets, b.targets)
     assert a.targets.tolist() == [0, 0, 1]  # the dark third image is predicted class 1
     assert a.settings["targets"] == "predicted" and a.settings["substrate"] == "blur"
-    assert deletion_auc(model, images, maps).settings["substrate"] == "zero"
+    assert deletion_auc(model, images, maps).settings["substrate"] == "zeros"
 
 
 # ------------------------------------------------------------------------------------ Chefer perturbation
@@ -246,8 +246,10 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     images, maps = torch.ones(2, 3, 16, 16), torch.rand(2, 4, 4)
     with pytest.raises(ValueError, match=r"saliency: expected batch size 2 \(one map per image\), got shape \(3, 4, 4\)"):
         deletion_auc(model, images, torch.rand(3, 4, 4))
-    with pytest.raises(ValueError, match=r"substrate: expected one of \['blur', 'zero', 'mean'\], got 'black'"):
-        deletion_auc(model, images, maps, substrate="black")
+    with pytest.raises(ValueError, match=r"substrate: expected one of \['zeros', 'black', 'image_mean', 'blur'\], got 'grey'"):
+        deletion_auc(model, images, maps, substrate="grey")
+    with pytest.raises(ValueError, match=r"substrate: 'black' needs the model's data config"):
+        deletion_auc(model, images, maps, substrate="black")  # a plain callable has no data config
     for bad in (-1, 0):
         with pytest.raises(ValueError, match=rf"step: expected a positive int \(units per step\) or None, got {bad}"):
             insertion_auc(model, images, maps, step=bad)
@@ -259,7 +261,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         insertion_deletion(model, images, maps, mode="both")
     with pytest.raises(ValueError, match=r"targets: expected shape \(2,\) \(one class per image\), got \(3,\)"):
         insertion_auc(model, images, maps, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"batch_size: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive int \(rows per forward pass\), got 0"):
         insertion_auc(model, images, maps, batch_size=0)
     with pytest.raises(ValueError, match=r"fractions: expected at least two strictly increasing values in \[0, 1\], got \[0.5, 0.2\]"):
         perturbation_test(model, images, maps, order="positive", fractions=(0.5, 0.2))
@@ -318,3 +320,21 @@ def test_timm_vit_end_points_of_the_curves():
     assert torch.allclose(ins.curves[:, -1], clean[idx, ins.targets], atol=1e-5)
     with pytest.raises(ValueError, match="model: expected an nn.Module in eval mode"):
         deletion_auc(model.train(), images, maps)
+
+
+def test_black_substrate_by_name_reads_the_data_config_given_or_the_models():
+    model = RegionModel(ROWS, COLS).eval()
+    images, maps = _rand(2, 3, 16, 16, seed=40, dtype=torch.float32), _rand(2, 4, 4, seed=41, dtype=torch.float32)
+    dc = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    tensor = perturbation_test(model, images, maps, order="positive", substrate=black_substrate(dc["mean"], dc["std"]))
+    given = perturbation_test(model, images, maps, order="positive", substrate="black", data_config=dc)
+    model.cfg = type("Cfg", (), {"data_config": dc})()  # what a HookedViT carries
+    own = perturbation_test(model, images, maps, order="positive", substrate="black")
+    for res in (given, own):
+        torch.testing.assert_close(res.target_prob, tensor.target_prob, rtol=0, atol=0)
+        assert res.settings["substrate"] == "black"
+    assert not torch.equal(tensor.target_prob, perturbation_test(model, images, maps, order="positive").target_prob)
+    with pytest.warns(DeprecationWarning, match="substrate: 'zero' is deprecated"):
+        old = deletion_auc(model, images, maps, substrate="zero")
+    assert old.settings["substrate"] == "zeros"
+    assert torch.equal(old.curves, deletion_auc(model, images, maps, substrate="zeros").curves)

@@ -24,11 +24,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_patching.attribution.base import AttributionMethod
+from vit_patching.hook_names import get_act_name
+from vit_patching.images import DEFAULT_UPSAMPLE
+from vit_patching.model import HookedViT
 
 __all__ = ["GradientAttention", "RawAttention", "Rollout", "readout_query"]
 
 
-def readout_query(model: Any, n_pos: int) -> tuple[Float[Tensor, "pos"], str]:
+def readout_query(model: HookedViT, n_pos: int) -> tuple[Float[Tensor, "pos"], str]:
     """Weights over token rows that the classifier reads, and a description for the settings.
 
     Args:
@@ -65,7 +68,7 @@ class _AttentionMethod(AttributionMethod):
     native = "patch"
 
     def _patterns_cache(self, images: Tensor) -> list[Tensor]:
-        names = [f"blocks.{l}.attn.hook_pattern" for l in range(self.model.cfg.n_layers)]
+        names = [get_act_name("pattern", l) for l in range(self.model.cfg.n_layers)]
         with torch.no_grad():
             _, cache = self.model.run_with_cache(images, names_filter=lambda n: n in names, return_cache_object=False)
         return [cache[n] for n in names]
@@ -98,7 +101,7 @@ class RawAttention(_AttentionMethod):
 
     name = "raw_attention"
 
-    def __init__(self, model: Any, *, layer: int = -1, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, layer: int = -1, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
         self.layer = self._block_index(layer)
 
@@ -106,7 +109,7 @@ class RawAttention(_AttentionMethod):
         return {**super().options(), "layer": self.layer, "head_fusion": "mean"}
 
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
-        name = f"blocks.{self.layer}.attn.hook_pattern"
+        name = get_act_name("pattern", self.layer)
         with torch.no_grad():
             _, cache = self.model.run_with_cache(images, names_filter=lambda n: n == name, return_cache_object=False)
         return self._read(cache[name].mean(dim=1), images)
@@ -144,6 +147,12 @@ class GradientAttention(_AttentionMethod):
     query row(s) of ``R``, patch columns. ``∇A`` is the gradient of the target logit with respect to the
     post-softmax pattern. One forward and one backward pass per image.
 
+    The map is the same on a model and on its ``fold_ln`` / ``center_writing_weights`` twin, but **not** after
+    ``fold_value_biases``: pattern rows sum to 1, so moving ``b_V`` into ``b_O`` leaves the logits unchanged while
+    shifting row ``q`` of ``∇A`` by the constant ``(∂y_c/∂z_q) · b_V``, which the ReLU does not cancel. This
+    follows the reference (gradients at the post-softmax pattern of timm's ViT, value bias inside ``v``); run GAE
+    on a model converted without ``fold_value_biases`` (the default) to match it.
+
     Args:
         model: a HookedViT with a classification head.
         upsample: patch -> pixel rule.
@@ -166,7 +175,7 @@ class GradientAttention(_AttentionMethod):
             patterns.append(pattern)
             return pattern
 
-        names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+        names = [get_act_name("pattern", l) for l in range(model.cfg.n_layers)]
         with torch.enable_grad():
             x = images.detach().requires_grad_(True)  # so activations need grad even with frozen weights
             logits = model.run_with_hooks(x, fwd_hooks=[(n, keep) for n in names])

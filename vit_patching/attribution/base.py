@@ -8,8 +8,8 @@ batches with :meth:`AttributionMethod.attribute`. Every method returns maps at b
 * ``pixel_map [batch height width]``: one value per input pixel.
 
 Each method has a *native* resolution. Patch-native methods (attention, Grad-CAM, occlusion, AtMan, CAAP) are
-upsampled to pixels with :func:`vit_patching.evaluation.upsample_map` (``upsample`` option, bilinear by default,
-the metrics' own rule); pixel-native methods (Integrated Gradients, SmoothGrad, RISE) are summed over each patch.
+upsampled to pixels with :func:`vit_patching.images.upsample_map` (``upsample`` option,
+:data:`vit_patching.images.DEFAULT_UPSAMPLE` = bilinear by default, the metrics' own rule); pixel-native methods (Integrated Gradients, SmoothGrad, RISE) are summed over each patch.
 
 Example:
     >>> from vit_patching.attribution import get_method
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +31,13 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
+
+# check_choice and check_positive_int are re-exported here for modules that import them from this one
+# (vit_patching.attribution.benchmark, vit_patching.attribution.caap); new code imports vit_patching.checks.
+from vit_patching.checks import check_batch_size, check_bool, check_choice, check_positive_int
+from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
+from vit_patching.model import HookedViT, check_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -112,32 +120,6 @@ class AttributionMaps:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def check_fraction(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
-    """Return ``value`` as a float if it lies in [0, 1] (ends excluded when asked), else raise a ValueError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    v = float(value) if ok else float("nan")
-    lo_ok = v > 0 if open_low else v >= 0
-    hi_ok = v < 1 if open_high else v <= 1
-    if not (ok and lo_ok and hi_ok):
-        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
-        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
-    return v
-
-
-def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming ``name``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
-    return value
-
-
 def image_seeds(images: Float[Tensor, "batch channel height width"], seed: int) -> list[int]:
     """One 63-bit seed per image from ``seed`` and the image's bytes.
 
@@ -185,8 +167,8 @@ class AttributionMethod:
 
     Args:
         model: a :class:`~vit_patching.model.HookedViT` with a classification head, in eval mode.
-        upsample: how patch-native maps become ``pixel_map``: ``"bilinear"`` (default, the metrics' rule) or
-            ``"nearest"``.
+        upsample: how patch-native maps become ``pixel_map``: ``"bilinear"`` (default,
+            :data:`~vit_patching.images.DEFAULT_UPSAMPLE`, the metrics' rule) or ``"nearest"``.
 
     Example:
         >>> class Ones(AttributionMethod):
@@ -203,17 +185,9 @@ class AttributionMethod:
     rows_per_image: int = 1
     default_batch_size: ClassVar[int] = 64
 
-    def __init__(self, model: Any, *, upsample: str = "bilinear") -> None:
-        from vit_patching.model import HookedViT
-
-        if not isinstance(model, HookedViT):
-            raise TypeError(
-                f"model: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got {type(model).__name__}"
-            )
-        if not model.cfg.n_classes:
-            raise ValueError("model: expected a model with a classification head (n_classes > 0), got a headless model")
-        self.model = model
-        self.upsample = check_choice(upsample, ("bilinear", "nearest"), "upsample")
+    def __init__(self, model: HookedViT, *, upsample: str = DEFAULT_UPSAMPLE) -> None:
+        self.model = check_classifier(model)
+        self.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
 
     # -------------------------------------------------------------------------------------------- public
     @property
@@ -255,15 +229,13 @@ class AttributionMethod:
             raise ValueError(f"images: expected a tensor on the model's device {model.device}, got {images.device}")
         if model.training:
             raise ValueError("model: expected eval mode (call model.eval() first), got training=True")
-        bs = check_positive_int(self.default_batch_size if batch_size is None else batch_size, "batch_size")
-        if not isinstance(progress, bool):
-            raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+        bs = check_batch_size(self.default_batch_size if batch_size is None else batch_size)
+        check_bool(progress, "progress")
+        self.check_inputs(images)
         images = images.to(model.dtype)
         start = time.perf_counter()
         tgt = self._resolve_target(images, target, bs)
         per_chunk = max(1, bs // max(1, self.rows_per_image_for(images)))
-        from tqdm.auto import tqdm
-
         parts = []
         with tqdm(total=images.shape[0], desc=self.name, unit="img", disable=not progress, leave=False) as bar:
             for s in range(0, images.shape[0], per_chunk):
@@ -282,6 +254,9 @@ class AttributionMethod:
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
         """Native-resolution maps ``[chunk, grid_h, grid_w]`` or ``[chunk, H, W]`` for one chunk of images."""
         raise NotImplementedError
+
+    def check_inputs(self, images: Tensor) -> None:
+        """Method-specific checks of the images before any forward pass (override; raise naming the argument)."""
 
     def rows_per_image_for(self, images: Tensor) -> int:
         """Forward rows per image for this input size (override when it depends on the grid)."""
@@ -304,8 +279,6 @@ class AttributionMethod:
         return self.model.check_target(target, batch).to(images.device)
 
     def _both_resolutions(self, native: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-        from vit_patching.evaluation import upsample_map
-
         h, w = images.shape[-2:]
         grid = self.model.grid_size_for(images)
         if self.native == "patch":
@@ -377,7 +350,7 @@ def method_class(name: str) -> type[AttributionMethod]:
     return getattr(importlib.import_module(module), cls)
 
 
-def get_method(name: str, model: Any, **options: Any) -> AttributionMethod:
+def get_method(name: str, model: HookedViT, **options: Any) -> AttributionMethod:
     """Build attribution method ``name`` for ``model``; ``options`` are the method's keyword arguments.
 
     Args:
@@ -399,8 +372,6 @@ def get_method(name: str, model: Any, **options: Any) -> AttributionMethod:
         return cls(model, **options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
-            import inspect
-
             allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
             raise TypeError(f"options: {name!r} takes options {allowed}, got {sorted(options)} ({e})") from None
         raise

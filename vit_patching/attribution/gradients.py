@@ -12,26 +12,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vit_patching.attribution.base import AttributionMethod, check_choice, check_positive_int, image_seeds
+from vit_patching.attribution.base import AttributionMethod, image_seeds
+from vit_patching.attribution.perturbation import check_neutral, describe_neutral, neutral_batch
+from vit_patching.checks import check_choice, check_positive_int, check_positive_number, check_seed
+from vit_patching.hook_names import get_act_name
+from vit_patching.images import DEFAULT_UPSAMPLE
+from vit_patching.model import HookedViT
 
 __all__ = ["GradCAM", "IntegratedGradients", "SmoothGrad"]
 
 
 class GradCAM(AttributionMethod):
-    """Grad-CAM for ViT tokens (the pytorch-grad-cam ViT recipe, written in place).
+    """Grad-CAM for ViT tokens (the pytorch-grad-cam ViT recipe, at a point that weight processing leaves alone).
 
-    Target layer: the **output of the last block's first LayerNorm** (``blocks[-1].ln1``, timm's
-    ``blocks[-1].norm1``, affine included). Later sites (the block output, ``ln2``, ``attn``) carry no gradient at
-    the patch tokens of a CLS-pooled model, because only the CLS token reaches the head after them. All prefix
-    tokens (CLS, DIST, registers) are dropped and the patch tokens are laid on the model's grid. Channel weights
-    ``α_k = mean over patches of ∂y_c/∂A_k``; ``CAM = ReLU(Σ_k α_k A_k)``. One forward + one backward pass.
+    Target layer: the **normalised output of the last block's first LayerNorm before its affine**,
+    ``blocks[-1].ln1.hook_normalized`` (``(x - mean) / sqrt(var + eps)`` of the residual stream, per token).
+    pytorch-grad-cam hooks timm's ``blocks[-1].norm1`` *with* its affine; that point changes when the affine is
+    folded into ``W_Q``/``W_K``/``W_V`` (``HookedViT.from_timm(..., fold_ln=True)``), and so did the map, although
+    the model computes the same logits. The pre-affine output is the same tensor, with the same gradient, in a model
+    and in its processed twin (``fold_ln``, ``center_writing_weights``, ``fold_value_biases``), so the map is too.
+
+    Later sites (the block output, ``ln2``, ``attn``) carry no gradient at the patch tokens of a CLS-pooled model,
+    because only the CLS token reaches the head after them. All prefix tokens (CLS, DIST, registers) are dropped
+    and the patch tokens are laid on the model's grid. Channel weights ``α_k = mean over patches of ∂y_c/∂A_k``;
+    ``CAM = ReLU(Σ_k α_k A_k)``. One forward + one backward pass.
 
     This is Grad-CAM on token features, not the "GradCAM" of Chefer et al.'s tables (Grad-CAM on the last
     attention map).
 
     Args:
         model: a HookedViT with a classification head.
-        layer: block whose ``ln1`` output is the target layer (default -1, the last).
+        layer: block whose ``ln1`` normalised output is the target layer (default -1, the last).
         upsample: patch -> pixel rule.
 
     Example:
@@ -42,27 +53,39 @@ class GradCAM(AttributionMethod):
     name = "gradcam"
     native = "patch"
 
-    def __init__(self, model: Any, *, layer: int = -1, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, layer: int = -1, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
+        self._check_shared_ln1()
         self.layer = self._block_index(layer)
 
+    def _check_shared_ln1(self) -> None:
+        # With split q/k/v inputs ln1 normalises a [batch, pos, 3, head, d_model] stack: no one token feature map.
+        if self.model.cfg.use_split_qkv_input or self.model.cfg.use_attn_in:
+            raise ValueError("model: Grad-CAM needs the shared ln1 input; switch off use_split_qkv_input / use_attn_in")
+
+    @property
+    def hook_name(self) -> str:
+        """The hook whose activation is the target layer, ``blocks.{layer}.ln1.hook_normalized``."""
+        return get_act_name("normalized", self.layer, "ln1")
+
     def options(self) -> dict[str, Any]:
-        return {"target_layer": f"blocks.{self.layer}.ln1 output", "score": "logit", "relu": True}
+        return {
+            "target_layer": f"{self.hook_name} (ln1 output before its affine)", "score": "logit", "relu": True,
+        }
 
     def activations_and_grads(self, images: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Target-layer activations and the target logit's gradient there, both ``[batch, pos, d_model]``."""
-        model = self.model
-        if model.cfg.use_split_qkv_input or model.cfg.use_attn_in:
-            raise ValueError("model: Grad-CAM needs the shared ln1 input; switch off use_split_qkv_input / use_attn_in")
+        self._check_shared_ln1()  # the flags can be switched after construction
         store: list[Tensor] = []
-        handle = model.blocks[self.layer].ln1.register_forward_hook(lambda mod, inp, out: store.append(out))
-        try:
-            with torch.enable_grad():
-                x = images.detach().requires_grad_(True)
-                logits = model(x)
-                (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), store[0])
-        finally:
-            handle.remove()
+
+        def keep(act: Tensor, hook: Any) -> Tensor:
+            store.append(act)
+            return act
+
+        with torch.enable_grad():
+            x = images.detach().requires_grad_(True)  # so activations need grad even with frozen weights
+            logits = self.model.run_with_hooks(x, fwd_hooks=[(self.hook_name, keep)])
+            (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), store[0])
         return store[0].detach(), grad
 
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
@@ -79,7 +102,7 @@ class _CaptumPixelMethod(AttributionMethod):
 
     native = "pixel"
 
-    def __init__(self, model: Any, *, reduce: str, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, reduce: str, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
         self.reduce = check_choice(reduce, ("sum", "abs_sum"), "reduce")
 
@@ -92,8 +115,9 @@ class _CaptumPixelMethod(AttributionMethod):
 class IntegratedGradients(_CaptumPixelMethod):
     """Integrated Gradients (Sundararajan et al., 2017) with captum, summed over channels (and per patch).
 
-    ``φ = (x - x̄) ⊙ ∫ ∇f(x̄ + α(x - x̄)) dα`` of the target **logit**, with the baseline ``x̄`` built by CAAP's
-    neutral builder (default ``"zeros"``: 0 in normalised space = the dataset-mean colour, CAAP's default neutral).
+    ``φ = (x - x̄) ⊙ ∫ ∇f(x̄ + α(x - x̄)) dα`` of the target **logit**, with the baseline ``x̄`` from the one
+    baseline vocabulary, :func:`vit_patching.images.baseline_images` (default ``"zeros"``: 0 in normalised space =
+    the dataset-mean colour, also CAAP's default neutral; ``"black"`` uses the model's data config).
     With ``reduce="sum"`` the map sums to ``f(x) - f(x̄)`` up to the integration error (completeness).
     Cost: ``n_steps`` forward + backward passes per image.
 
@@ -101,7 +125,8 @@ class IntegratedGradients(_CaptumPixelMethod):
         model: a HookedViT with a classification head.
         n_steps: integration steps.
         method: captum integration rule (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
-        baseline: CAAP neutral name (``"zeros"``, ``"black"``, ``"image_mean"``, ``"blur"``) or an image tensor.
+        baseline: a :data:`vit_patching.images.BASELINES` name (``"zeros"``, ``"black"``, ``"image_mean"``,
+            ``"blur"``) or one normalised image tensor ``[C, H, W]`` / ``[1, C, H, W]``.
         reduce: channel reduction, ``"sum"`` (signed, keeps completeness) or ``"abs_sum"``.
         upsample: unused (pixel-native); kept for a uniform signature.
 
@@ -114,22 +139,20 @@ class IntegratedGradients(_CaptumPixelMethod):
 
     def __init__(
         self,
-        model: Any,
+        model: HookedViT,
         *,
         n_steps: int = 32,
         method: str = "gausslegendre",
         baseline: str | Tensor = "zeros",
         reduce: str = "sum",
-        upsample: str = "bilinear",
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__(model, reduce=reduce, upsample=upsample)
         self.n_steps = check_positive_int(n_steps, "n_steps")
         self.method = check_choice(
             method, ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"), "method"
         )
-        from vit_patching.attribution.perturbation import check_neutral
-
-        self.baseline = check_neutral(baseline)
+        self.baseline = check_neutral(baseline, "baseline", model=model)
         import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
     @property
@@ -137,8 +160,6 @@ class IntegratedGradients(_CaptumPixelMethod):
         return self.n_steps
 
     def options(self) -> dict[str, Any]:
-        from vit_patching.attribution.perturbation import describe_neutral
-
         return {
             "n_steps": self.n_steps, "integration": self.method, "baseline": describe_neutral(self.baseline),
             "score": "logit", "reduce": self.reduce,
@@ -147,8 +168,6 @@ class IntegratedGradients(_CaptumPixelMethod):
     def attributions(self, images: Tensor, target: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         """captum's per-channel attributions ``[batch, C, H, W]`` and its convergence delta ``[batch]``."""
         from captum.attr import IntegratedGradients as CaptumIG
-
-        from vit_patching.attribution.perturbation import neutral_batch
 
         baseline = neutral_batch(self.model, images, self.baseline)
         with torch.enable_grad():
@@ -188,22 +207,18 @@ class SmoothGrad(_CaptumPixelMethod):
 
     def __init__(
         self,
-        model: Any,
+        model: HookedViT,
         *,
         n_samples: int = 32,
         noise_level: float = 0.15,
         seed: int = 0,
         reduce: str = "sum",
-        upsample: str = "bilinear",
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__(model, reduce=reduce, upsample=upsample)
         self.n_samples = check_positive_int(n_samples, "n_samples")
-        if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) or not noise_level > 0:
-            raise ValueError(f"noise_level: expected a positive number, got {noise_level!r}")
-        self.noise_level = float(noise_level)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = seed
+        self.noise_level = check_positive_number(noise_level, "noise_level")
+        self.seed = check_seed(seed)
         import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
     @property

@@ -1,8 +1,8 @@
 """Perturbation-based attribution: patch occlusion (captum), RISE and AtMan-style attention suppression.
 
-Occlusion and RISE replace pixels with the **same neutral image as CAAP** (built by CAAP's own neutral
-builder, :func:`vit_patching.patching.caap.neutral_images`; default ``"zeros"`` = 0 in normalised space, the
-dataset-mean colour). Occlusion with that neutral is CAAP's input-space deletion twin.
+Occlusion and RISE replace pixels with a **neutral image from the one baseline vocabulary**
+(:func:`vit_patching.images.baseline_images`, the builder CAAP's neutral context uses too; default ``"zeros"`` = 0
+in normalised space, the dataset-mean colour). Occlusion with CAAP's neutral is CAAP's input-space deletion twin.
 
 Example:
     >>> from vit_patching.attribution import get_method
@@ -20,52 +20,51 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.attribution.base import (
-    AttributionMethod,
-    check_choice,
-    check_fraction,
-    check_positive_int,
-)
+from vit_patching.attribution.base import AttributionMethod
+from vit_patching.checks import check_choice, check_fraction, check_positive_int, check_seed
+from vit_patching.hook_names import get_act_name
+from vit_patching.images import DEFAULT_UPSAMPLE, baseline_images, check_baseline, describe_baseline, normalization
+from vit_patching.model import HookedViT
 
 __all__ = ["AtMan", "Occlusion", "RISE", "check_neutral", "describe_neutral", "neutral_batch"]
 
-_IMAGE_NEUTRALS = ("zeros", "black", "image_mean", "blur")
-
 
 # ----------------------------------------------------------------------------------------------- neutral image
-def check_neutral(neutral: Any, name: str = "neutral") -> str | Tensor:
-    """Validate an image neutral: one of CAAP's image neutrals or one normalised image ``[C, H, W]`` / ``[1, C, H, W]``.
+def check_neutral(neutral: Any, name: str = "neutral", *, model: HookedViT | None = None) -> str | Tensor:
+    """Validate an image neutral: a :data:`vit_patching.images.BASELINES` name or one normalised image.
 
-    (A per-image tensor would not follow the images through chunking; use a name such as ``"blur"`` instead.)
+    A tensor must be one image ``[C, H, W]`` or ``[1, C, H, W]``: a per-image tensor would not follow the images
+    through chunking; use a name such as ``"blur"`` instead. With ``model``, ``"black"`` is refused at once when
+    the model has no data config (mean/std) to define black in its input space.
+
+    Example:
+        >>> check_neutral("image_mean"), check_neutral(torch.zeros(3, 4, 4)).shape
+        ('image_mean', torch.Size([3, 4, 4]))
     """
-    import vit_patching.patching.caap  # noqa: F401  (the neutral builder; imported now, not inside timed calls)
-
-    if isinstance(neutral, Tensor):
-        if not neutral.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point (normalised) image tensor, got dtype {neutral.dtype}")
-        if not (neutral.ndim == 3 or (neutral.ndim == 4 and neutral.shape[0] == 1)):
-            raise ValueError(f"{name}: expected one image [C, H, W] or [1, C, H, W], got shape {tuple(neutral.shape)}")
-        return neutral
-    return check_choice(neutral, _IMAGE_NEUTRALS, name)
+    neutral = check_baseline(neutral, name, per_image_tensor=False)
+    no_config = model is not None and normalization(model.cfg.data_config) is None
+    if no_config and isinstance(neutral, str) and neutral == "black":
+        raise ValueError(f"{name}: 'black' needs the model's data config (mean/std), got a model without one; use 'zeros'")
+    return neutral
 
 
 def describe_neutral(neutral: str | Tensor) -> str:
-    """A short record of the neutral for the settings."""
-    return f"tensor{list(neutral.shape)}" if isinstance(neutral, Tensor) else neutral
+    """A short record of the neutral for the settings (:func:`vit_patching.images.describe_baseline`)."""
+    return describe_baseline(neutral)
 
 
 def neutral_batch(
-    model: Any, images: Float[Tensor, "batch channel height width"], neutral: str | Tensor
+    model: HookedViT, images: Float[Tensor, "batch channel height width"], neutral: str | Tensor
 ) -> Float[Tensor, "batch channel height width"]:
-    """The neutral image for every image of the batch, from CAAP's neutral builder.
+    """The neutral image for every image of the batch (:func:`vit_patching.images.baseline_images`).
+
+    ``"black"`` reads the model's data config; ``"blur"`` uses sigma ``side / 16``, as CAAP's neutral.
 
     Example:
         >>> neutral_batch(model, images, "zeros").abs().sum().item()
         0.0
     """
-    from vit_patching.patching.caap import neutral_images
-
-    x0, _ = neutral_images(model, images, neutral)
+    x0, _ = baseline_images(images, neutral, data_config=model.cfg.data_config)
     return x0.expand_as(images).contiguous()
 
 
@@ -96,7 +95,7 @@ class Occlusion(AttributionMethod):
 
     Args:
         model: a HookedViT with a classification head.
-        neutral: CAAP neutral (``"zeros"``, ``"black"``, ``"image_mean"``, ``"blur"``) or an image tensor.
+        neutral: a baseline name (``"zeros"``, ``"black"``, ``"image_mean"``, ``"blur"``) or one image tensor.
         score: ``"logit"`` (default, CAAP's default readout) or ``"prob"``.
         upsample: patch -> pixel rule.
 
@@ -108,9 +107,11 @@ class Occlusion(AttributionMethod):
     name = "occlusion"
     native = "patch"
 
-    def __init__(self, model: Any, *, neutral: str | Tensor = "zeros", score: str = "logit", upsample: str = "bilinear"):
+    def __init__(
+        self, model: HookedViT, *, neutral: str | Tensor = "zeros", score: str = "logit", upsample: str = DEFAULT_UPSAMPLE
+    ) -> None:
         super().__init__(model, upsample=upsample)
-        self.neutral = check_neutral(neutral)
+        self.neutral = check_neutral(neutral, model=model)
         self.score = _check_score(score)
         import captum.attr  # noqa: F401  (imported here so that attribute() timings exclude it)
 
@@ -149,16 +150,20 @@ class RISE(AttributionMethod):
     ``(cells + 1) x cell`` pixels, randomly shifted by less than one cell and cropped to the image (the paper's
     recipe). A mask ``m`` keeps the image where ``m = 1`` and shows the neutral image elsewhere:
     ``x_m = m x + (1 - m) x0``; with the default neutral ``"zeros"`` this is RISE's own masking of the normalised
-    tensor. ``S = Σ_i f_c(x_{m_i}) m_i / (n_masks · p)``. The masks are drawn once from ``seed`` and shared by
-    every image (as in the reference code). Cost: ``n_masks`` forward passes per image.
+    tensor. ``S = Σ_i f_c(x_{m_i}) m_i / (n_masks · p)``. The masks are drawn once per image size from ``seed``
+    and shared by every image (as in the reference code), or given (``masks``). Cost: ``n_masks`` forward passes per
+    image.
 
     Args:
         model: a HookedViT with a classification head.
-        n_masks: number of masks (the paper: 4000 for ResNet-50 on ImageNet).
+        n_masks: number of masks (the paper: 4000 for ResNet-50 on ImageNet); default 2000, or the number of
+            given ``masks``.
         cells: grid side ``s`` of the low-resolution masks.
-        p: keep probability.
+        p: keep probability (with given ``masks``: the ``p`` of the normalisation ``n_masks · p``).
         seed: mask seed.
-        neutral: CAAP neutral for the masked-out pixels.
+        masks: masks to use instead of drawing them, ``[n_masks, H, W]`` in [0, 1] (images must then be ``H x W``),
+            e.g. to reproduce another implementation's masks.
+        neutral: baseline name or one image tensor for the masked-out pixels.
         score: ``"prob"`` (RISE) or ``"logit"``.
         upsample: unused (pixel-native).
 
@@ -172,41 +177,64 @@ class RISE(AttributionMethod):
 
     def __init__(
         self,
-        model: Any,
+        model: HookedViT,
         *,
-        n_masks: int = 2000,
+        n_masks: int | None = None,
         cells: int = 7,
         p: float = 0.5,
         seed: int = 0,
+        masks: Float[Tensor, "n_masks height width"] | None = None,
         neutral: str | Tensor = "zeros",
         score: str = "prob",
-        upsample: str = "bilinear",
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__(model, upsample=upsample)
-        self.n_masks = check_positive_int(n_masks, "n_masks")
         self.cells = check_positive_int(cells, "cells")
         self.p = check_fraction(p, "p", open_low=True)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = seed
-        self.neutral = check_neutral(neutral)
+        self.seed = check_seed(seed)
+        self.neutral = check_neutral(neutral, model=model)
         self.score = _check_score(score)
         self._masks: dict[tuple[int, int], Tensor] = {}
+        self.given_masks = masks is not None
+        if masks is None:
+            self.n_masks = check_positive_int(2000 if n_masks is None else n_masks, "n_masks")
+            return
+        if not isinstance(masks, Tensor) or not masks.is_floating_point() or masks.ndim != 3 or masks.shape[0] == 0:
+            got = f"shape {tuple(masks.shape)}, dtype {masks.dtype}" if isinstance(masks, Tensor) else type(masks).__name__
+            raise ValueError(f"masks: expected a floating-point tensor [n_masks, height, width], got {got}")
+        if not (torch.isfinite(masks).all() and masks.min() >= 0 and masks.max() <= 1):
+            raise ValueError(f"masks: expected values in [0, 1], got min {masks.min().item()}, max {masks.max().item()}")
+        if n_masks is not None and n_masks != masks.shape[0]:
+            raise ValueError(f"n_masks: expected None or the number of given masks {masks.shape[0]}, got {n_masks!r}")
+        self.n_masks = masks.shape[0]
+        self._masks[tuple(masks.shape[1:])] = masks.detach().to(device="cpu", dtype=torch.float32).clone()
 
     @property
     def rows_per_image(self) -> int:  # type: ignore[override]
         return self.n_masks
 
     def options(self) -> dict[str, Any]:
+        masks = {"masks": "given"} if self.given_masks else {"cells": self.cells, "seed": self.seed}
         return {
-            "n_masks": self.n_masks, "cells": self.cells, "p": self.p, "seed": self.seed,
+            "n_masks": self.n_masks, **masks, "p": self.p,
             "neutral": describe_neutral(self.neutral), "score": self.score, "masking_space": "normalised input",
         }
+
+    def check_inputs(self, images: Tensor) -> None:
+        if self.given_masks:
+            (size,) = self._masks
+            if tuple(images.shape[-2:]) != size:
+                raise ValueError(
+                    f"images: expected {size[0]}x{size[1]} images (the size of the given RISE masks), "
+                    f"got {images.shape[-2]}x{images.shape[-1]}"
+                )
 
     def masks(self, size: tuple[int, int]) -> Float[Tensor, "n_masks height width"]:
         """The method's masks for images of ``size = (H, W)`` (drawn once per size, on the CPU, from ``seed``)."""
         size = (int(size[0]), int(size[1]))
         if size not in self._masks:
+            if self.given_masks:
+                raise ValueError(f"size: expected the size of the given masks {next(iter(self._masks))}, got {size}")
             g = torch.Generator().manual_seed(self.seed)
             s = self.cells
             cell_h, cell_w = math.ceil(size[0] / s), math.ceil(size[1] / s)
@@ -216,7 +244,8 @@ class RISE(AttributionMethod):
             dx = torch.randint(0, cell_w, (self.n_masks,), generator=g)
             rows = (dy[:, None] + torch.arange(size[0]))[:, :, None]
             cols = (dx[:, None] + torch.arange(size[1]))[:, None, :]
-            self._masks[size] = up[torch.arange(self.n_masks)[:, None, None], 0, rows, cols]
+            # clamp: bilinear weights can sum to 1 + 1 ulp, and a mask is a keep fraction in [0, 1]
+            self._masks[size] = up[torch.arange(self.n_masks)[:, None, None], 0, rows, cols].clamp(0, 1)
         return self._masks[size]
 
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
@@ -257,7 +286,7 @@ class AtMan(AttributionMethod):
     name = "atman"
     native = "patch"
 
-    def __init__(self, model: Any, *, suppression: float = 0.9, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, suppression: float = 0.9, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
         self.suppression = check_fraction(suppression, "suppression")
 
@@ -281,7 +310,7 @@ class AtMan(AttributionMethod):
         def scale(scores: Tensor, hook: Any) -> Tensor:
             return scores * factor
 
-        names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(model.cfg.n_layers)]
+        names = [get_act_name("attn_scores", l) for l in range(model.cfg.n_layers)]
         return model.run_with_hooks(images, fwd_hooks=[(n, scale) for n in names])
 
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:

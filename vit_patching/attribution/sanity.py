@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 from vit_patching.attribution.base import AttributionMethod, image_seeds
+from vit_patching.checks import check_positive_number, check_seed
+from vit_patching.images import DEFAULT_UPSAMPLE
+from vit_patching.model import HookedViT
 
 __all__ = ["CenterGaussian", "RandomMap"]
 
@@ -31,11 +34,9 @@ class RandomMap(AttributionMethod):
     name = "random"
     native = "patch"
 
-    def __init__(self, model: Any, *, seed: int = 0, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, seed: int = 0, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def options(self) -> dict[str, Any]:
         return {"seed": self.seed, "distribution": "uniform[0, 1) per patch"}
@@ -57,11 +58,9 @@ class CenterGaussian(AttributionMethod):
     name = "center"
     native = "patch"
 
-    def __init__(self, model: Any, *, sigma: float = 0.25, upsample: str = "bilinear") -> None:
+    def __init__(self, model: HookedViT, *, sigma: float = 0.25, upsample: str = DEFAULT_UPSAMPLE) -> None:
         super().__init__(model, upsample=upsample)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-            raise ValueError(f"sigma: expected a positive fraction of the grid side, got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = check_positive_number(sigma, "sigma")  # a fraction of the grid side
 
     def options(self) -> dict[str, Any]:
         return {"sigma": self.sigma}

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from vit_patching.checks import check_batch_size, check_choice, is_int
+from vit_patching.images import DEFAULT_UPSAMPLE, check_baseline
 from vit_patching.evaluation.perturbation import (
     Model,
     Substrate,
     as_float_images,
-    check_choice,
     check_images,
     check_map_batch,
     check_model,
@@ -29,6 +30,7 @@ from vit_patching.evaluation.perturbation import (
     describe_substrate,
     forward_logits,
     make_substrate,
+    model_data_config,
     perturbation_ranks,
     run_perturbations,
     steps_to_counts,
@@ -124,8 +126,17 @@ def _check_common(
     check_map_batch(saliency, images.shape[0])
     if targets is not None:
         check_targets(targets, images.shape[0], name)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
+
+
+def _substrate(
+    model: Model, images: Tensor, substrate: Substrate, data_config: Mapping[str, Any] | None
+) -> tuple[Tensor, str]:
+    """The substrate image batch (``"black"`` from ``data_config``, else the model's own) and its record."""
+    if isinstance(substrate, str):
+        substrate = check_baseline(substrate, "substrate")  # warns once for a deprecated name, returns the new one
+    dc = model_data_config(model) if data_config is None else data_config
+    return make_substrate(images, substrate, data_config=dc), describe_substrate(substrate)
 
 
 def _resolve_targets(model: Model, images: Tensor, targets: Tensor | None, batch_size: int) -> Tensor:
@@ -145,8 +156,9 @@ def insertion_deletion(
     step: int | None = None,
     patch_size: int | None = None,
     substrate: Substrate | None = None,
+    data_config: Mapping[str, Any] | None = None,
     score: str = "prob",
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
     batch_size: int = 64,
     progress: bool = False,
 ) -> PerturbationCurve:
@@ -169,8 +181,10 @@ def insertion_deletion(
         unit: ``"pixel"`` or ``"patch"`` (one ``p x p`` patch per step in patch-score order by default).
         step: units per step. Default: ``W`` pixels (RISE's 224 at 224 x 224, so ``n = H`` steps), or 1 patch.
         patch_size: patch side for ``unit="patch"``; inferred from a patch-resolution map when ``None``.
-        substrate: ``"blur"``, ``"zero"``, ``"mean"`` or a tensor (see :func:`make_substrate`). Default: RISE's,
-            ``"zero"`` (dataset-mean colour) for deletion and ``"blur"`` for insertion.
+        substrate: ``"zeros"``, ``"black"``, ``"image_mean"``, ``"blur"`` or a tensor (see :func:`make_substrate`;
+            ``"blur"`` is RISE's, kernel 11 and sigma 5). Default: RISE's, ``"zeros"`` (dataset-mean colour) for
+            deletion and ``"blur"`` for insertion.
+        data_config: mean/std for ``"black"``; default the model's ``cfg.data_config`` (a HookedViT), if any.
         score: ``"prob"`` (softmax probability of the target, RISE) or ``"logit"``.
         upsample: ``"bilinear"`` or ``"nearest"`` for pixel steps on patch-resolution maps.
         batch_size: perturbed images per forward pass.
@@ -187,18 +201,18 @@ def insertion_deletion(
         >>> res.curves.shape, res.auc.shape
         (torch.Size([2, 17]), torch.Size([2]))
     """
-    check_choice("mode", mode, ("insertion", "deletion"))
-    check_choice("unit", unit, ("pixel", "patch"))
-    check_choice("score", score, ("prob", "logit"))
+    check_choice(mode, ("insertion", "deletion"), "mode")
+    check_choice(unit, ("pixel", "patch"), "unit")
+    check_choice(score, ("prob", "logit"), "score")
     _check_common(model, images, saliency, targets, batch_size, "targets")
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step <= 0):
+    if step is not None and (not is_int(step) or step <= 0):
         raise ValueError(f"step: expected a positive int (units per step) or None, got {step!r}")
     if substrate is None:
-        substrate = "blur" if mode == "insertion" else "zero"
+        substrate = "blur" if mode == "insertion" else "zeros"
     images = as_float_images(images)
     h, w = images.shape[-2:]
     with torch.no_grad():
-        sub = make_substrate(images, substrate)
+        sub, substrate_record = _substrate(model, images, substrate, data_config)
         ranks, n_units, p = perturbation_ranks(
             saliency.to(images.device), (h, w), unit=unit, patch_size=patch_size, descending=True, upsample=upsample
         )
@@ -219,7 +233,7 @@ def insertion_deletion(
         "n_steps": n,
         "n_units": n_units,
         "patch_size": p,
-        "substrate": describe_substrate(substrate),
+        "substrate": substrate_record,
         "score": score,
         "upsample": upsample if unit == "pixel" else "avg_pool" if tuple(saliency.shape[-2:]) == (h, w) else "none",
         "targets": "given" if targets is not None else "predicted",
@@ -261,7 +275,7 @@ def deletion_auc(
     targets: Int[Tensor, "_batch"] | None = None,
     **kwargs: Any,
 ) -> PerturbationCurve:
-    """Deletion game: :func:`insertion_deletion` with ``mode="deletion"`` (default substrate: zero = mean colour).
+    """Deletion game: :func:`insertion_deletion` with ``mode="deletion"`` (default substrate: zeros = mean colour).
 
     Example:
         >>> import torch
@@ -282,8 +296,9 @@ def perturbation_test(
     fractions: Sequence[int | float] = DEFAULT_FRACTIONS,
     unit: str = "pixel",
     patch_size: int | None = None,
-    substrate: Substrate = "zero",
-    upsample: str = "bilinear",
+    substrate: Substrate = "zeros",
+    data_config: Mapping[str, Any] | None = None,
+    upsample: str = DEFAULT_UPSAMPLE,
     batch_size: int = 64,
     progress: bool = False,
 ) -> PerturbationTestResult:
@@ -295,8 +310,9 @@ def perturbation_test(
     ``labels`` is ``None``, against the model's clean prediction. AUC = ``(sum a_j - (a_0 + a_last)/2) / (n-1) * 100``
     with the fractions treated as equally spaced. Positive: lower is better; negative: higher is better.
 
-    Chefer's exact setting: images normalised with mean = std = 0.5, ``substrate=black_substrate((.5,)*3, (.5,)*3)``
-    (black, i.e. -1), maps min-max normalised after bilinear upsampling (ordering is unaffected by min-max).
+    Chefer's exact setting: images normalised with mean = std = 0.5, ``substrate="black"`` with that data config
+    (or ``black_substrate((.5,)*3, (.5,)*3)``: -1), maps min-max normalised after bilinear upsampling (ordering is
+    unaffected by min-max).
 
     Args:
         model: callable images -> logits; an ``nn.Module`` must be in eval mode.
@@ -307,7 +323,9 @@ def perturbation_test(
         fractions: increasing fractions in [0, 1] (default 0.1 .. 0.9); at least two.
         unit: ``"pixel"`` or ``"patch"``.
         patch_size: patch side for ``unit="patch"`` (inferred from a patch-resolution map when ``None``).
-        substrate: ``"zero"`` (default, dataset-mean colour), ``"blur"``, ``"mean"`` or a tensor.
+        substrate: ``"zeros"`` (default, dataset-mean colour), ``"black"``, ``"image_mean"``, ``"blur"`` or a
+            tensor (see :func:`make_substrate`).
+        data_config: mean/std for ``"black"``; default the model's ``cfg.data_config`` (a HookedViT), if any.
         upsample: map upsampling for pixel units.
         batch_size: perturbed images per forward pass.
         progress: show a tqdm bar.
@@ -322,8 +340,8 @@ def perturbation_test(
         >>> res.accuracy.shape
         torch.Size([9])
     """
-    check_choice("order", order, ("positive", "negative"))
-    check_choice("unit", unit, ("pixel", "patch"))
+    check_choice(order, ("positive", "negative"), "order")
+    check_choice(unit, ("pixel", "patch"), "unit")
     _check_common(model, images, saliency, labels, batch_size, "labels")
     fr = [float(f) for f in fractions]
     if len(fr) < 2 or any(not 0.0 <= f <= 1.0 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
@@ -331,7 +349,7 @@ def perturbation_test(
     images = as_float_images(images)
     h, w = images.shape[-2:]
     with torch.no_grad():
-        sub = make_substrate(images, substrate)
+        sub, substrate_record = _substrate(model, images, substrate, data_config)
         ranks, n_units, p = perturbation_ranks(
             saliency.to(images.device), (h, w), unit=unit, patch_size=patch_size,
             descending=(order == "positive"), upsample=upsample,
@@ -350,7 +368,7 @@ def perturbation_test(
         "unit": unit,
         "n_units": n_units,
         "patch_size": p,
-        "substrate": describe_substrate(substrate),
+        "substrate": substrate_record,
         "upsample": upsample if unit == "pixel" else "avg_pool" if tuple(saliency.shape[-2:]) == (h, w) else "none",
         "labels": "given" if labels is not None else "predicted",
         "ties": "raster order",

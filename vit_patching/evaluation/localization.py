@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
+from vit_patching.checks import check_choice
 from vit_patching.evaluation.perturbation import (
-    check_choice,
     check_map_batch,
     check_targets,
     minmax_normalize,
     stable_order,
-    upsample_map,
 )
+from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _maps_at_mask_size(saliency: Tensor, masks: Tensor, upsample: str) -> tuple[
     """Validate the pair and return ``(maps at mask resolution, boolean masks)``."""
     check_map_batch(saliency, saliency.shape[0])
     gt = _check_masks(masks, saliency.shape[0])
-    check_choice("upsample", upsample, ("nearest", "bilinear"))
+    check_choice(upsample, UPSAMPLE_MODES, "upsample")
     return upsample_map(saliency, tuple(gt.shape[-2:]), mode=upsample), gt
 
 
@@ -100,7 +100,7 @@ def binarize_map(
         out.scatter_(1, order, True)
         return out.reshape(res.shape)
     if isinstance(threshold, str):
-        check_choice("threshold", threshold, ("mean",))
+        check_choice(threshold, ("mean",), "threshold")
         return res > res.mean(dim=(1, 2), keepdim=True)
     return res > float(threshold)
 
@@ -172,7 +172,7 @@ def pointing_game(
     *,
     tolerance: int | float = 15,
     tie: str = "first",
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
     classes: Int[Tensor, "_batch"] | None = None,
 ) -> PointingGameResult:
     """Pointing game (Zhang et al., ECCV 2016) with a pixel tolerance.
@@ -203,7 +203,7 @@ def pointing_game(
         >>> pointing_game(sal, masks, tolerance=0).hits
         tensor([True])
     """
-    check_choice("tie", tie, ("first", "any", "all"))
+    check_choice(tie, ("first", "any", "all"), "tie")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ValueError(f"tolerance: expected a non-negative number of pixels, got {tolerance!r}")
     maps, gt = _maps_at_mask_size(saliency, masks, upsample)
@@ -239,7 +239,7 @@ def energy_pointing_game(
     saliency: Float[Tensor, "batch map_h map_w"],
     masks: Shaped[Tensor, "_batch height width"],
     *,
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Float[Tensor, "batch"]:
     """Energy-based pointing game (Score-CAM): share of the min-max rescaled map's mass inside the mask.
 
@@ -270,7 +270,7 @@ def mask_iou(
     *,
     threshold: Threshold = "mean",
     top_fraction: int | float | None = None,
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Float[Tensor, "batch"]:
     """Per-image foreground IoU between the binarised map (:func:`binarize_map`) and the mask.
 
@@ -405,7 +405,7 @@ def segmentation_metrics(
     *,
     threshold: Threshold = "mean",
     top_fraction: int | float | None = None,
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> SegmentationResult:
     """Segmentation test (Chefer et al., 2021): pixel accuracy, mIoU, mAP and mF1 of maps against masks.
 

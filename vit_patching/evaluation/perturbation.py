@@ -1,34 +1,58 @@
-"""Shared machinery of the perturbation metrics: map upsampling, substrates, orderings and the batched runner.
+"""Shared machinery of the perturbation metrics: substrates, orderings and the batched runner.
 
 Conventions (used by every metric in :mod:`vit_patching.evaluation`):
 
 * **Maps** come at patch resolution ``[batch, grid_h, grid_w]`` or at pixel resolution ``[batch, height, width]``.
-  :func:`upsample_map` is the one place where they are brought to another resolution.
+  :func:`upsample_map` (:func:`vit_patching.images.upsample_map`, default
+  :data:`vit_patching.images.DEFAULT_UPSAMPLE` = bilinear) is the one place where they change resolution.
 * **Orderings** are stable sorts: among equal scores, units (pixels or patches) are taken in raster order
   (row-major, first index first), in both the most-relevant-first and the least-relevant-first direction.
-* **Substrates** live in the model's input (normalised) space, like the images.
+* **Substrates** live in the model's input (normalised) space, like the images, and are named with the one
+  baseline vocabulary of :mod:`vit_patching.images` (``"zeros"``, ``"black"``, ``"image_mean"``, ``"blur"``).
+  The metrics' ``"blur"`` is the same image family as everywhere else with the metric's own kernel: RISE's
+  insertion substrate, kernel 11 and sigma 5 px (:data:`SUBSTRATE_BLUR_KERNEL`, :data:`SUBSTRATE_BLUR_SIGMA`),
+  not the ``side / 16`` sigma of CAAP's neutral.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
+from vit_patching import checks
+from vit_patching.images import (
+    DEFAULT_UPSAMPLE,
+    UPSAMPLE_MODES,
+    baseline_images,
+    check_baseline,
+    describe_baseline,
+    gaussian_blur,
+    upsample_map,
+)
+from vit_patching.images import black_image as black_substrate
+
 logger = logging.getLogger(__name__)
 
-# A substrate name ("blur", "zero", "mean") or a tensor. Choice arguments are typed ``str`` (not Literal) so that a
-# bad value always meets our ValueError, with or without a runtime type checker.
+__all__ = [
+    "SUBSTRATE_BLUR_KERNEL", "SUBSTRATE_BLUR_SIGMA", "Substrate", "black_substrate", "describe_substrate",
+    "gaussian_blur", "make_substrate", "minmax_normalize", "perturbation_ranks", "stable_order", "trapezoid_auc",
+    "upsample_map",
+]
+
+# A substrate name from vit_patching.images.BASELINES or a tensor. Choice arguments are typed ``str`` (not Literal)
+# so that a bad value always meets our ValueError, with or without a runtime type checker.
 Substrate = Union[str, Tensor]
 Model = Callable[[Tensor], Tensor]
 
-_SUBSTRATES = ("blur", "zero", "mean")
-_UPSAMPLE_MODES = ("nearest", "bilinear")
+#: RISE's insertion blur (Petsiuk et al., 2018): kernel 11, sigma 5 px, whatever the image size.
+SUBSTRATE_BLUR_KERNEL = 11
+SUBSTRATE_BLUR_SIGMA = 5.0
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -37,9 +61,11 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    """Deprecated: use :func:`vit_patching.checks.check_choice` ``(value, choices, name)``.
+
+    Kept, with its old argument order, for modules that still import it from here.
+    """
+    checks.check_choice(value, choices, name)
 
 
 def check_model(model: Model) -> None:
@@ -73,43 +99,9 @@ def check_targets(targets: Tensor, batch: int, name: str = "targets") -> None:
         raise ValueError(f"{name}: expected shape ({batch},) (one class per image), got {_shape(targets)}")
 
 
-# ----------------------------------------------------------------------------------------------------- maps
-def upsample_map(
-    saliency: Float[Tensor, "batch map_h map_w"],
-    size: tuple[int, int],
-    mode: str = "bilinear",
-) -> Float[Tensor, "batch height width"]:
-    """Resize a batch of saliency maps to ``size`` = (height, width).
-
-    ``"bilinear"`` uses ``align_corners=False`` (as Chefer et al.'s ``interpolate(scale_factor=16, mode='bilinear')``);
-    ``"nearest"`` uses pixel-centre nearest neighbours (``nearest-exact``), so an integer scale repeats every map cell
-    as a constant block. A map already at ``size`` is returned unchanged (as a new floating tensor).
-
-    Args:
-        saliency: maps at patch or pixel resolution.
-        size: target (height, width).
-        mode: ``"nearest"`` or ``"bilinear"``.
-
-    Returns:
-        The maps at ``size``, floating point.
-
-    Example:
-        >>> import torch
-        >>> upsample_map(torch.tensor([[[1.0, 2.0]]]), (2, 4), mode="nearest")
-        tensor([[[1., 1., 2., 2.],
-                 [1., 1., 2., 2.]]])
-    """
-    check_choice("mode", mode, _UPSAMPLE_MODES)
-    if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 for s in size):
-        raise ValueError(f"size: expected (height, width) with two positive ints, got {size!r}")
-    if saliency.ndim != 3:
-        raise ValueError(f"saliency: expected shape [batch, map_h, map_w], got {_shape(saliency)}")
-    out = saliency if saliency.is_floating_point() else saliency.float()
-    if tuple(out.shape[-2:]) == tuple(size):
-        return out.clone()
-    torch_mode = "nearest-exact" if mode == "nearest" else "bilinear"
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(out[:, None], size=tuple(size), mode=torch_mode, **kwargs)[:, 0]
+def model_data_config(model: Model) -> Mapping[str, Any] | None:
+    """The data config (mean/std) of a HookedViT-like model (``model.cfg.data_config``), else None."""
+    return getattr(getattr(model, "cfg", None), "data_config", None)
 
 
 def minmax_normalize(saliency: Float[Tensor, "batch *spatial"]) -> Float[Tensor, "batch *spatial"]:
@@ -130,76 +122,36 @@ def minmax_normalize(saliency: Float[Tensor, "batch *spatial"]) -> Float[Tensor,
 
 
 # ------------------------------------------------------------------------------------------------ substrates
-def gaussian_blur(
-    images: Float[Tensor, "batch channel height width"],
-    kernel_size: int = 11,
-    sigma: int | float = 5.0,
-) -> Float[Tensor, "batch channel height width"]:
-    """Per-channel Gaussian blur with zero padding (RISE's insertion substrate: kernel 11, sigma 5).
-
-    The kernel is a sampled, normalised 2-D Gaussian; padding is ``kernel_size // 2`` zeros in the (normalised) input
-    space, so borders are pulled towards 0 = the dataset-mean colour, as in RISE. (RISE builds its kernel with scipy's
-    ``gaussian_filter`` on a delta, which reflects the tails back into the 11x11 window: slightly flatter weights.)
-
-    Example:
-        >>> import torch
-        >>> gaussian_blur(torch.ones(1, 3, 32, 32))[0, :, 16, 16]
-        tensor([1.0000, 1.0000, 1.0000])
-    """
-    if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size: expected a positive odd int, got {kernel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma: expected a positive float, got {sigma!r}")
-    coords = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - kernel_size // 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel2d = torch.outer(g, g)
-    kernel2d = kernel2d / kernel2d.sum()
-    channels = images.shape[1]
-    weight = kernel2d.expand(channels, 1, kernel_size, kernel_size).contiguous()
-    return F.conv2d(images, weight, padding=kernel_size // 2, groups=channels)
-
-
-def black_substrate(
-    mean: Sequence[int | float], std: Sequence[int | float]
-) -> Float[Tensor, "channel 1 1"]:
-    """The colour black (0 in [0, 1] space) expressed in normalised space: ``(0 - mean) / std``, shape ``[C, 1, 1]``.
-
-    This is Chefer et al.'s perturbation substrate; pass it as ``substrate=``.
-
-    Example:
-        >>> black_substrate((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).flatten()
-        tensor([-1., -1., -1.])
-    """
-    if len(mean) != len(std) or len(mean) == 0:
-        raise ValueError(f"mean, std: expected two equal-length non-empty sequences, got {mean!r} and {std!r}")
-    m = torch.tensor([float(v) for v in mean])
-    s = torch.tensor([float(v) for v in std])
-    if not (s > 0).all():
-        raise ValueError(f"std: expected positive values, got {std!r}")
-    return (-m / s)[:, None, None]
-
-
 def make_substrate(
     images: Float[Tensor, "batch channel height width"],
     substrate: Substrate,
+    *,
+    data_config: Mapping[str, Any] | None = None,
 ) -> Float[Tensor, "batch channel height width"]:
     """Build the image that perturbed pixels are taken from.
 
     Args:
         images: normalised image batch.
-        substrate: ``"blur"`` (:func:`gaussian_blur`, kernel 11, sigma 5), ``"zero"`` (0 in normalised space = the
-            dataset-mean colour), ``"mean"`` (each image's own per-channel mean colour), or a tensor broadcastable to
-            ``images`` (e.g. ``[C, 1, 1]`` from :func:`black_substrate`, ``[C, H, W]`` or ``[B, C, H, W]``).
+        substrate: a name from :data:`vit_patching.images.BASELINES`: ``"zeros"`` (0 in normalised space = the
+            dataset-mean colour), ``"black"`` (needs ``data_config``), ``"image_mean"`` (each image's own
+            per-channel mean colour), ``"blur"`` (RISE's: :func:`gaussian_blur` with kernel 11 and sigma 5); or a
+            tensor broadcastable to ``images`` (e.g. ``[C, 1, 1]`` from :func:`black_substrate`, ``[C, H, W]`` or
+            ``[B, C, H, W]``). The former names ``"zero"`` and ``"mean"`` still work, with a DeprecationWarning.
+        data_config: the model's timm data config (mean/std), for ``"black"``.
 
     Returns:
         A tensor of the same shape, dtype and device as ``images``.
 
     Example:
         >>> import torch
-        >>> make_substrate(torch.ones(2, 3, 4, 4), "zero").abs().sum()
+        >>> make_substrate(torch.ones(2, 3, 4, 4), "zeros").abs().sum()
         tensor(0.)
+        >>> make_substrate(torch.ones(1, 3, 2, 2), "black", data_config={"mean": [0.5] * 3, "std": [0.5] * 3}).unique()
+        tensor([-1.])
     """
     if isinstance(substrate, Tensor):
+        if not substrate.is_floating_point():
+            raise TypeError(f"substrate: expected a floating-point (normalised) image tensor, got dtype {substrate.dtype}")
         try:
             out = torch.broadcast_to(substrate.to(device=images.device, dtype=images.dtype), images.shape)
         except RuntimeError:
@@ -208,19 +160,19 @@ def make_substrate(
                 f"(e.g. [C, 1, 1], [C, H, W] or [B, C, H, W]), got shape {_shape(substrate)}"
             ) from None
         return out.clone()
-    check_choice("substrate", substrate, _SUBSTRATES)
-    if substrate == "blur":
-        return gaussian_blur(images)
-    if substrate == "zero":
-        return torch.zeros_like(images)
-    return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    name = check_baseline(substrate, "substrate")
+    base, _ = baseline_images(
+        images, name, data_config=data_config, blur_sigma=SUBSTRATE_BLUR_SIGMA, blur_kernel=SUBSTRATE_BLUR_KERNEL,
+        name="substrate",
+    )
+    return base.expand_as(images).clone()
 
 
 def describe_substrate(substrate: Substrate) -> str:
-    """A short record of the substrate for the settings of a result."""
-    if isinstance(substrate, Tensor):
-        return f"tensor{list(substrate.shape)}"
-    return substrate
+    """A short record of the substrate for the settings of a result (deprecated names recorded as the new ones)."""
+    if isinstance(substrate, str) and substrate in ("zero", "mean"):
+        return {"zero": "zeros", "mean": "image_mean"}[substrate]
+    return describe_baseline(substrate)
 
 
 # ------------------------------------------------------------------------------------------------- orderings
@@ -247,8 +199,7 @@ def infer_patch_size(map_hw: tuple[int, int], image_hw: tuple[int, int], patch_s
     """Patch side for patch steps: given, or read off a patch-resolution map (``image = grid * p`` on both axes)."""
     h, w = image_hw
     if patch_size is not None:
-        if not isinstance(patch_size, int) or patch_size <= 0:
-            raise ValueError(f"patch_size: expected a positive int, got {patch_size!r}")
+        checks.check_positive_int(patch_size, "patch_size")
         if h % patch_size or w % patch_size:
             raise ValueError(
                 f"patch_size: expected a divisor of the image size {(h, w)}, got {patch_size}"
@@ -270,7 +221,7 @@ def perturbation_ranks(
     unit: str = "pixel",
     patch_size: int | None = None,
     descending: bool = True,
-    upsample: str = "bilinear",
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> tuple[Int[Tensor, "batch height width"], int, int | None]:
     """For every pixel, the position of its unit (pixel or patch) in the perturbation order.
 
@@ -289,8 +240,8 @@ def perturbation_ranks(
         (tensor([[1, 1, 0, 0],
                 [1, 1, 0, 0]]), 2, 2)
     """
-    check_choice("unit", unit, ("pixel", "patch"))
-    check_choice("upsample", upsample, _UPSAMPLE_MODES)
+    checks.check_choice(unit, ("pixel", "patch"), "unit")
+    checks.check_choice(upsample, UPSAMPLE_MODES, "upsample")
     h, w = image_size
     batch = saliency.shape[0]
     sal = saliency if saliency.is_floating_point() else saliency.float()
