@@ -1,7 +1,9 @@
 """The attribution benchmark: statistics, resume, sharding (in-process and with 2 real processes), outputs."""
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -13,19 +15,24 @@ import pytest
 import torch
 
 from vit_patching.attribution import get_method
-from vit_patching.attribution.benchmark import (
+from vit_patching.benchmark import (
     BenchmarkConfig,
     BenchmarkData,
+    BenchmarkResult,
     chunk_ranges,
     evaluate_maps,
+    figures,
+    folder_data,
     markdown_table,
     mean_ci,
     merge,
     run_shard,
     t_quantile,
     update_docs,
+    validate_partial,
     write_csv,
 )
+from vit_patching.benchmark.stats import summary_rows
 from vit_patching.model import HookedViT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +82,9 @@ def test_chunks_and_config_errors():
     with pytest.raises(ValueError, match="chunk_size: expected a positive int"):
         BenchmarkConfig(methods=["rollout"], chunk_size=0)
     with pytest.raises(ValueError, match="insertion_substrate: expected one of"):
-        BenchmarkConfig(methods=["rollout"], insertion_substrate="black")
+        BenchmarkConfig(methods=["rollout"], insertion_substrate="grey")
+    with pytest.warns(DeprecationWarning, match="'zero' is deprecated"):
+        assert BenchmarkConfig(methods=["rollout"], deletion_substrate="zero").deletion_substrate == "zeros"
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -96,7 +105,7 @@ def test_evaluate_maps_uses_the_evaluation_metrics():
     assert math.isnan(metrics["pointing_game"][2])  # empty mask
     no_masks, _ = evaluate_maps(model, data.images, maps, None, None)
     assert "pointing_game" not in no_masks
-    zero, zc = evaluate_maps(model, data.images, maps, None, None, insertion_substrate="zero", deletion_substrate="blur")
+    zero, zc = evaluate_maps(model, data.images, maps, None, None, insertion_substrate="zeros", deletion_substrate="blur")
     ins0 = ev.insertion_auc(model, data.images, maps.patch_map, maps.target, unit="patch", substrate="zero")
     del_blur = ev.deletion_auc(model, data.images, maps.patch_map, maps.target, unit="patch", substrate="blur")
     assert zero["insertion"] == pytest.approx(ins0.auc.tolist()) and zero["deletion"] == pytest.approx(del_blur.auc.tolist())
@@ -162,9 +171,6 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
         significant = math.isfinite(c["ci95"]) and abs(c["diff"]) > c["ci95"]
         assert (c["verdict"] == "no significant difference") == (not significant)
     assert "caap − other" in table
-    saturated = [n for n in result.notes() if "insertion game starts saturated" in n]
-    starts = [c[0] for m in result.curves.values() for c in m["insertion"]]
-    assert bool(saturated) == (sum(starts) / len(starts) > 0.9)
     csv = write_csv(result, tmp_path / "results.csv").read_text().splitlines()
     assert csv[0] == "method,metric,higher_is_better,mean,ci95,n,rank,n_methods" and len(csv) == 1 + 3 * 10
     doc = tmp_path / "bench.md"
@@ -175,8 +181,131 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
     assert "v2" in text and "v1" not in text and text.index("tiny") < text.index("other")
 
 
+def _result_with_insertion_starts(starts: list[float]) -> BenchmarkResult:
+    per_image = {"a": {"insertion": [0.5] * len(starts)}}
+    curves = {"a": {"insertion": [[s, 1.0] for s in starts]}}
+    return BenchmarkResult(summary_rows(per_image, {"a": 1.0}, len(starts)), per_image, curves, {}, {"a": 1.0}, {})
+
+
+def test_saturation_note_known_answers():
+    # The insertion game starts at the substrate's probability; a mean start above 0.9 cannot separate methods.
+    (note,) = _result_with_insertion_starts([0.95, 0.99, 0.97]).notes()
+    assert "starts saturated" in note and "mean probability of 0.970" in note
+    assert _result_with_insertion_starts([0.5, 1.0]).notes() == []  # mean 0.75
+    assert _result_with_insertion_starts([0.9, 0.9]).notes() == []  # exactly 0.9 is not above it
+
+
+def test_deprecated_module_path_warns_and_re_exports():
+    sys.modules.pop("vit_patching.attribution.benchmark", None)
+    with pytest.warns(DeprecationWarning, match="vit_patching.attribution.benchmark is deprecated"):
+        old = importlib.import_module("vit_patching.attribution.benchmark")
+    import vit_patching.benchmark as new
+
+    assert old.__all__ == new.__all__ and all(getattr(old, n) is getattr(new, n) for n in new.__all__)
+
+
+# ------------------------------------------------------------------------------------- partial-file validation
+def _rewrite(path: Path, change) -> None:
+    payload = json.loads(path.read_text())
+    change(payload)
+    path.write_text(json.dumps(payload))
+
+
+def test_partials_that_do_not_validate_are_recomputed_with_a_warning(tmp_path, caplog):
+    model, data = tiny_model(), tiny_data(5)
+    cfg = BenchmarkConfig(**CFG)
+    run_shard(model, data, cfg, tmp_path)
+    p = tmp_path / "partials" / "rollout"
+    (p / "000000-000002.json").write_text("[1, 2, 3]")  # valid JSON, not an object
+    (p / "000002-000004.json").write_bytes(b'{"fingerprint": "\xff\xfe"}')  # not UTF-8
+    _rewrite(p / "000004-000005.json", lambda d: d.pop("curves"))  # a missing key
+    q = tmp_path / "partials" / "random"
+    # Per-image lists one entry too long, fingerprint intact: merged as is, this chunk would count 2 images.
+    _rewrite(q / "000004-000005.json", lambda d: [d["metrics"][k].append(0.5) for k in d["metrics"]])
+    _rewrite(q / "000000-000002.json", lambda d: d["metrics"].update(insertion="0.5"))  # wrong type
+    with caplog.at_level(logging.WARNING, logger="vit_patching.benchmark.runner"):
+        assert run_shard(model, data, cfg, tmp_path) == {"computed": 5, "skipped": 1}
+    warned = [r.getMessage() for r in caplog.records if "ignoring invalid partial result" in r.getMessage()]
+    assert len(warned) == 5
+    assert any("expected a JSON object, got list" in w for w in warned)
+    assert any("not UTF-8" in w for w in warned)
+    assert any("missing key 'curves'" in w for w in warned)
+    assert any("expected 1 entries (one per image), got 2" in w for w in warned)
+    result = merge(model, data, cfg, tmp_path)
+    assert result.row("random", "insertion")["n"] == 5 and len(result.per_image["random"]["mask_iou"]) == 5
+    assert validate_partial({"fingerprint": "x"}, "rollout", 0, 2, ["insertion"]) == "missing key 'method'"
+
+
+def test_merge_only_reports_invalid_partials_instead_of_merging_them(tmp_path):
+    model, data = tiny_model(), tiny_data(4)
+    cfg = BenchmarkConfig(methods=["random"], chunk_size=2)
+    run_shard(model, data, cfg, tmp_path)
+    _rewrite(tmp_path / "partials/random/000002-000004.json", lambda d: d["patch_maps"].append(d["patch_maps"][0]))
+    with pytest.raises(RuntimeError, match="1 \\(method, chunk\\) results are missing, invalid or stale"):
+        merge(model, data, cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ image folders
+def test_folder_loader_closes_every_file(tmp_path):
+    """200 images under a limit of 64 open files: the old loader held every file open and failed."""
+    images, masks = _image_folder(tmp_path, n=200)
+    code = f"""
+import resource, sys, torch
+from vit_patching.benchmark import folder_data
+from vit_patching.model import HookedViT
+torch.manual_seed(0)
+model = HookedViT.from_timm("vit_tiny_patch16_224", **{TINY!r})
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+data = folder_data(model, {str(images)!r}, {str(masks)!r})
+print(len(data), tuple(data.masks.shape))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "200 (200, 32, 32)"
+
+
+def test_folder_masks_are_non_zero_pixels_in_any_channel(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("img", "dim", "bright"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "img" / "a.png")
+    dim, bright = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)
+    dim[4:12, 8:16, 2] = 1  # a dim blue object: non-zero, so foreground
+    bright[4:12, 8:16] = 255
+    Image.fromarray(dim).save(tmp_path / "dim" / "a.png")
+    Image.fromarray(bright).save(tmp_path / "bright" / "a.png")
+    model = tiny_model()
+    got = folder_data(model, tmp_path / "img", tmp_path / "dim").masks
+    want = folder_data(model, tmp_path / "img", tmp_path / "bright").masks  # same geometry (resize + crop)
+    assert torch.equal(got, want) and 0 < int(want.sum()) < 32 * 32
+    with pytest.raises(ValueError, match="images_dir: expected a folder of images, got a missing path"):
+        folder_data(tiny_model(), tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+def test_figure_titles_escape_image_names(tmp_path):
+    model, data = tiny_model(), tiny_data(2)
+    evil = '<a href="https:example.com">x.png'
+    data.names = [evil, "<b>bold</b>.png"]
+    cfg = BenchmarkConfig(methods=["random"], chunk_size=2)
+    run_shard(model, data, cfg, tmp_path)
+    figs = figures(merge(model, data, cfg, tmp_path), data)
+    title = figs["maps_0"].layout.title.text
+    assert "<a" not in title and "&lt;a href=&quot;https:example.com&quot;&gt;x.png" in title
+    assert "<b>" not in figs["maps_1"].layout.title.text
+    for fig in figs.values():  # every string a figure shows: titles, annotations, trace names, axis titles
+        texts = [fig.layout.title.text or ""] + [a.text or "" for a in fig.layout.annotations]
+        texts += [t.name or "" for t in fig.data]
+        assert not any("<a" in t or "<b>" in t for t in texts)
+
+
 # --------------------------------------------------------------------------------------- script, 2 processes
 def _image_folder(root: Path, n: int = 6) -> tuple[Path, Path]:
+    """``n`` random 32x32 images, each with a red square, and its mask (``img/``, ``mask/``)."""
     import numpy as np
     from PIL import Image
 

@@ -117,11 +117,169 @@ def test_random_timm_model_is_labelled(tmp_path):
         (["--model", "toy-shapes", "--pretrained", "--sample", "0"], "--pretrained"),
         (["--sample", "0", "--neutral", "grey"], "--neutral"),
         (["--sample", "0", "--top", "0"], "--top"),
+        (["--sample", "0", "--target", "1e20"], "--target"),
+        (["--sample", "0", "--target", "100000000000000000000"], "--target"),
+        (["--sample", "0", "--target", "-1"], "--target"),
+        (["--sample", "1000000000"], "--sample"),
     ],
 )
 def test_usage_errors_exit_2_and_name_the_option(tmp_path, capsys, args, expected):
     with pytest.raises(SystemExit) as err:
         main(["caap", *args, "--out", str(tmp_path / "r.html")])
     assert err.value.code == 2
-    assert expected in capsys.readouterr().err
+    err_text = capsys.readouterr().err
+    assert expected in err_text and "Traceback" not in err_text
     assert not (tmp_path / "r.html").exists()
+
+
+def _one_line_error(capsys, argv: list[str], expected: str) -> str:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vit-patching caap: error: ") and expected in lines[0], lines
+    return lines[0]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a model is built: these errors must come before any compute."""
+    import vit_patching.cli as cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built before the argument error")
+
+    monkeypatch.setattr(cli, "_load_model", refuse)
+
+
+def test_unusable_out_and_device_fail_before_any_model_is_built(tmp_path, capsys, no_model):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--out", str(tmp_path / "dir")], "--out: expected a file path, got the existing folder"),
+        (["--out", ""], "--out: expected a file path, got ''"),
+        (["--out", str(tmp_path / "file" / "r.html")], "is not a folder"),
+        (["--out", str(tmp_path / "r.html"), "--device", "bogus"], "--device: expected cpu, cuda, cuda:N or mps"),
+        (["--out", str(tmp_path / "r.html"), "--device", "cuda:99"], "--device"),
+    ]
+    for extra, expected in cases:
+        _one_line_error(capsys, ["caap", "--sample", "0", *extra], expected)
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["caap", "--sample", "0", "--device", "cuda", "--out", str(tmp_path / "r.html")],
+                        "--device: 'cuda' asked for, but no CUDA GPU is available")
+
+
+def test_bad_image_files_fail_in_one_line_before_any_model_is_built(tmp_path, capsys, no_model, monkeypatch):
+    from PIL import Image as PILImage
+
+    out = str(tmp_path / "r.html")
+    _one_line_error(capsys, ["caap", "--image", str(tmp_path), "--out", out], "--image: expected an image file, got a directory")
+    _one_line_error(capsys, ["caap", "--image", str(tmp_path / "none.png"), "--out", out], "--image: no such file")
+    (tmp_path / "text.png").write_text("not an image")
+    _one_line_error(capsys, ["caap", "--image", str(tmp_path / "text.png"), "--out", out], "--image: not a readable image")
+    big = tmp_path / "big.png"
+    PILImage.fromarray(np.zeros((40, 50, 3), np.uint8)).save(big)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 500)  # 2000 pixels > 2 x 500: a decompression bomb to PIL
+    _one_line_error(capsys, ["caap", "--image", str(big), "--out", out], "--image: image too large to open safely")
+
+
+def test_help_documents_that_out_is_replaced():
+    from vit_patching.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["caap"]
+    text = " ".join(sub.format_help().split())
+    assert "an existing file is replaced" in text and "0 <= TARGET < number of classes" in text
+
+
+# ------------------------------------------------------------------------------------------------- image files
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from vit_patching import cli, files
+
+    ramp = np.linspace(0, 65535, 12 * 10).reshape(10, 12).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    rgb = np.asarray(files.load_image(path))
+    want = np.rint(ramp / 257.0).astype(np.uint8)  # 65535 -> 255, 32768 -> 128, 0 -> 0
+    assert rgb.shape == (10, 12, 3) and np.array_equal(rgb[..., 0], want) and np.array_equal(rgb[..., 2], want)
+    assert cli.load_image is files.load_image  # the CLI reads --image with it
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from vit_patching.files import load_image
+
+    stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :20] = (255, 0, 0)  # left half red, right half blue
+    stored[:, 20:] = (0, 0, 255)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "phone.jpg"
+    im.save(path, exif=exif, quality=95)
+    shown = np.asarray(load_image(path)).astype(int)
+    assert shown.shape == (40, 20, 3)  # shown upright: 20 wide, 40 high
+    # Rotating clockwise puts the stored left (red) half on top.
+    assert shown[5, 10, 0] > 200 and shown[5, 10, 2] < 60 and shown[35, 10, 2] > 200 and shown[35, 10, 0] < 60
+
+
+# ------------------------------------------------------------------------------------------------------ samples
+def test_sample_generates_only_its_chunk_equal_to_full_generation(monkeypatch):
+    from vit_patching.zoo import datasets
+
+    full = datasets.generate("shapes", n=300, seed=0)
+    for i in (0, 7, 255, 256, 299):  # both sides of the first chunk boundary (CHUNK = 256)
+        one = datasets.generate_sample("shapes", i, seed=0)
+        assert torch.equal(one.images[0], full.images[i]) and torch.equal(one.masks[0], full.masks[i])
+        assert int(one.labels[0]) == int(full.labels[i])
+
+
+def test_large_sample_index_does_not_generate_the_samples_before_it(tmp_path, monkeypatch):
+    from vit_patching.zoo import datasets
+
+    calls = []
+    real = datasets._sample_chunk_complete
+    monkeypatch.setattr(datasets, "_sample_chunk_complete", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    out = tmp_path / "r.html"
+    assert main(["caap", "--sample", "100000", "--window", "0:1", "--out", str(out)]) == 0
+    assert calls == [datasets.CHUNK]  # one chunk of scenes, not 391
+    assert "sample 100000 of the shipped" in out.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------- atomic writes
+def test_failed_write_keeps_the_old_report_and_leaves_no_temp_file(tmp_path):
+    """A file size limit (as with `ulimit -f 1000`) makes the 4.8 MB report fail halfway."""
+    import resource
+    import signal
+
+    out = tmp_path / "r.html"
+    out.write_text("OLD REPORT")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(README.parent)}  # this checkout, whatever the working directory
+    proc = subprocess.run([sys.executable, "-m", "vit_patching.cli", "caap", "--sample", "0", "--window", "0:1",
+                           "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--out: could not write" in lines[0] and "File too large" in lines[0], lines
+    assert out.read_text() == "OLD REPORT"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+# ------------------------------------------------------------------------------------------------ --pretrained
+def test_pretrained_without_cached_weights_fails_at_once_in_one_line(tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((30, 20, 3), 128, dtype="uint8")).save(image)
+    env = {**os.environ, "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(README.parent)}
+    proc = subprocess.run([sys.executable, "-m", "vit_patching.cli", "caap", "--model", "vit_tiny_patch16_224",
+                           "--pretrained", "--image", str(image), "--out", str(tmp_path / "r.html")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # no retry warnings
+    assert "--pretrained: the weights of 'vit_tiny_patch16_224'" in lines[0] and "not in the local" in lines[0]

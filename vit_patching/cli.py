@@ -20,14 +20,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from vit_patching.checks import check_window
+from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["MAX_SAMPLE", "main", "build_parser", "check_device"]
+
+#: ``--sample`` indices above this are refused (the chunk seeds before the sample are drawn one by one).
+MAX_SAMPLE = 10**9
 
 
 class _UsageError(Exception):
@@ -40,6 +49,39 @@ def _parse_window(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START:END (two ints, e.g. 1:3), got {text!r}") from None
     return start, end
+
+
+def check_device(text: str, name: str = "--device") -> Any:
+    """The ``torch.device`` named by ``text``, if this machine has it; else a ValueError naming ``name``.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("bogus")
+        Traceback (most recent call last):
+        ...
+        ValueError: --device: expected cpu, cuda, cuda:N or mps, got 'bogus'
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}: expected cpu, cuda, cuda:N or mps, got {text!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"{name}: {text!r} asked for, but no CUDA GPU is available here (use cpu)")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"{name}: expected a GPU index below {n} (GPUs here: {n}), got {text!r}")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}: {text!r} asked for, but MPS is not available here (use cpu)")
+        return device
+    raise ValueError(f"{name}: expected cpu, cuda, cuda:N or mps, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it a timm name gets random weights")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="image file to explain")
-    src.add_argument("--sample", type=int, help="explain sample N of the shipped dataset matching the shipped model")
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    src.add_argument("--sample", type=int,
+                     help="explain sample N of the shipped dataset matching the shipped model (seed 0; only that "
+                     "sample is generated)")
+    p.add_argument("--target", type=int, default=None,
+                   help="class index to explain, 0 <= TARGET < number of classes (default: the predicted class)")
     p.add_argument("--window", type=_parse_window, default=None, help="layer window START:END (default: CAAP's)")
     p.add_argument("--neutral", choices=[n for n in NEUTRALS if n != "mean_activations"], default=None,
                    help="neutral context (default: CAAP's)")
@@ -73,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest", help="patch map -> image")
     p.add_argument("--top", type=int, default=10, help="number of top patches listed (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="patched rows per forward pass (default 64)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--out", type=Path, required=True, help="path of the HTML report to write")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--out", required=True,
+                   help="path of the HTML report to write; an existing file is replaced (atomically: a failed "
+                   "write leaves it intact)")
     p.add_argument("--title", default=None, help="report title")
     return parser
 
@@ -97,9 +144,10 @@ def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str
 
     if not timm.is_model(name):
         raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, got {name!r}")
+    kwargs = {"pretrained_cfg_overlay": {"file": str(_pretrained_file(name))}} if pretrained else {}
     try:
-        model = HookedViT.from_timm(name, pretrained=pretrained)
-    except Exception as e:  # network / cache / unsupported architecture: one readable line
+        model = HookedViT.from_timm(name, pretrained=pretrained, **kwargs)
+    except Exception as e:  # corrupt weights / unsupported architecture: one readable line
         raise _UsageError(f"--model: could not build {name!r} (pretrained={pretrained}): {e}") from e
     names = None
     if pretrained and model.cfg.n_classes == 1000:
@@ -112,26 +160,83 @@ def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str
     return model.to(device), info
 
 
-def _load_input(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> tuple[Any, str, int | None]:
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens (through a proxy: assumed yes, the proxy decides)."""
+    if any(os.environ.get(k) for k in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return True
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pretrained_file(name: str) -> Path:
+    """timm's pretrained weights of ``name`` as a local file: from the cache, else downloaded once.
+
+    huggingface_hub retries an unreachable hub for about a minute, warning at every retry, before it fails
+    (even with ``HF_HUB_OFFLINE``), so the cache is looked at first and the network tried at most once.
+    """
+    import timm
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise _UsageError(f"--pretrained: timm has no Hugging Face weights for {name!r}")
+    repo, _, revision = hub_id.partition("@")
+    files = ("model.safetensors", "pytorch_model.bin")
+    for filename in files:
+        cached = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(cached, str):
+            return Path(cached)
+    if _offline():
+        raise _UsageError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
+                          "and HF_HUB_OFFLINE is set; download them once with network access")
+    if not _reachable(constants.ENDPOINT):
+        raise _UsageError(f"--pretrained: the weights of {name!r} ({repo}) are not in the local Hugging Face cache "
+                          f"and {constants.ENDPOINT} cannot be reached; download them once with network access")
+    try:
+        return Path(hf_hub_download(repo, files[0], revision=revision or None))
+    except Exception as e:  # noqa: BLE001 - any hub failure is one line for the user
+        raise _UsageError(f"--pretrained: could not download the weights of {name!r} ({repo}): {e}") from e
+
+
+def _read_image(path: Path) -> Any:
+    """The ``--image`` file as an upright 8-bit RGB PIL image (before the model is built: errors come first)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path.is_dir():
+        raise _UsageError(f"--image: expected an image file, got a directory: {str(path)!r}")
+    if not path.is_file():
+        raise _UsageError(f"--image: no such file: {str(path)!r}")
+    try:
+        return load_image(path)
+    except Image.DecompressionBombError as e:  # not an OSError: PIL's guard against huge images
+        raise _UsageError(f"--image: image too large to open safely: {str(path)!r} ({e})") from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _UsageError(f"--image: not a readable image file: {str(path)!r} ({e})") from e
+
+
+def _load_input(args: argparse.Namespace, model: Any, info: dict[str, Any], pil: Any) -> tuple[Any, str, int | None]:
     """(normalised image [1, C, H, W], description, dataset label or None)."""
     if args.sample is not None:
         if info["dataset"] is None:
             raise _UsageError(f"--sample needs a shipped model (it picks a sample of that model's dataset); "
                               f"{args.model!r} is a timm model: use --image")
-        from vit_patching.zoo import load_dataset
+        from vit_patching.zoo.datasets import generate_sample
 
-        batch = load_dataset(info["dataset"], n=args.sample + 1, seed=0)
-        image = batch.images[args.sample : args.sample + 1].to(device=model.device, dtype=model.dtype)
-        return image, f"sample {args.sample} of the shipped '{info['dataset']}' dataset (seed 0)", int(batch.labels[args.sample])
-    path: Path = args.image
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            pil = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise _UsageError(f"--image: not a readable image file: {str(path)!r} ({e})") from e
-    return model.preprocess(pil), f"image file {path}", None
+        batch = generate_sample(info["dataset"], args.sample, seed=0)  # only that sample, not all before it
+        image = batch.images.to(device=model.device, dtype=model.dtype)
+        return image, f"sample {args.sample} of the shipped '{info['dataset']}' dataset (seed 0)", int(batch.labels[0])
+    return model.preprocess(pil), f"image file {args.image}", None
 
 
 def _class_label(k: int, names: Sequence[str] | None) -> str:
@@ -199,19 +304,45 @@ def _run_caap(args: argparse.Namespace) -> Path:
     from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, caap, default_window
     from vit_patching.plotting import write_report
 
+    # Every argument that can be checked without the model is checked first, so that no error waits for compute.
+    try:
+        args.out = check_output_file(args.out, "--out")
+        device = check_device(args.device)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     if args.top < 1:
         raise _UsageError(f"--top: expected a positive number of patches, got {args.top}")
     if args.batch_size < 1:
         raise _UsageError(f"--batch-size: expected a positive int, got {args.batch_size}")
-    if args.sample is not None and args.sample < 0:
-        raise _UsageError(f"--sample: expected a non-negative index, got {args.sample}")
-    if args.image is not None and not args.image.is_file():
-        raise _UsageError(f"--image: no such file: {str(args.image)!r}")
-    model, info = _load_model(args.model, args.pretrained, args.device)
+    if args.sample is not None and not 0 <= args.sample < MAX_SAMPLE:
+        raise _UsageError(f"--sample: expected an index in [0, {MAX_SAMPLE}), got {args.sample}")
+    if args.target is not None and args.target < 0:
+        raise _UsageError(f"--target: expected a class index >= 0, got {args.target}")
+    from vit_patching.zoo import available_models
+
+    if args.model not in available_models():
+        import timm
+
+        if not timm.is_model(args.model):
+            raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, "
+                              f"got {args.model!r}")
+        if args.sample is not None:
+            raise _UsageError(f"--sample needs a shipped model (it picks a sample of that model's dataset); "
+                              f"{args.model!r} is a timm model: use --image")
+    pil = None if args.image is None else _read_image(args.image)
+    model, info = _load_model(args.model, args.pretrained, str(device))
     info["model"] = args.model
+    if args.target is not None and args.target >= model.cfg.n_classes:
+        raise _UsageError(f"--target: expected a class index in [0, {model.cfg.n_classes}) for {args.model!r}, "
+                          f"got {args.target}")
+    if args.window is not None:
+        try:
+            check_window(args.window, model.cfg.n_layers, "--window")
+        except ValueError as e:
+            raise _UsageError(str(e)) from None
     if info["random"]:
         logger.warning("%s has random weights (no --pretrained): the report explains an untrained model", args.model)
-    image, source, label = _load_input(args, model, info)
+    image, source, label = _load_input(args, model, info, pil)
     window = default_window(model.cfg.n_layers) if args.window is None else args.window
     neutral = args.neutral or DEFAULT_NEUTRAL
     readout = args.readout or DEFAULT_READOUT
@@ -230,7 +361,11 @@ def _run_caap(args: argparse.Namespace) -> Path:
         "batch size": args.batch_size, "device": args.device, "patched forward passes": attr.n_forwards,
     }
     title = args.title or f"CAAP report: {args.model}"
-    return write_report(args.out, title, _report_sections(attr, model, info, source, label, args.top), settings)
+    sections = _report_sections(attr, model, info, source, label, args.top)
+    try:
+        return write_report(args.out, title, sections, settings)  # atomic: a failed write keeps the old report
+    except OSError as e:
+        raise _UsageError(f"--out: could not write {str(args.out)!r}: {e}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "caap":
             path = _run_caap(args)
     except _UsageError as e:
-        parser.exit(2, f"vit-patching {args.command}: error: {e}\n")
+        message = " ".join(str(e).splitlines())  # one line, whatever a library put in its message
+        parser.exit(2, f"vit-patching {args.command}: error: {message}\n")
     print(f"wrote {path}", file=sys.stdout)
     return 0
 

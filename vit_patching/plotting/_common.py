@@ -5,6 +5,7 @@ numpy arrays so the plotting code never touches autograd or devices.
 """
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from typing import Union
@@ -96,6 +97,20 @@ def image_to_rgb(image: Float[ArrayLike, "channel height width"], name: str = "i
     if arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def esc(text: object) -> str:
+    """A caller's string as Plotly text: ``<``, ``>`` and ``&`` escaped, so that Plotly's HTML-like markup
+    (``<a href>``, ``<b>``, ``<br>``) in a label, a title or a file name is shown, never rendered.
+
+    Every figure function passes each caller string through this once, at the point where it becomes text.
+    """
+    return html.escape(str(text), quote=True)
+
+
+def hover_safe(text: object) -> str:
+    """:func:`esc`, and ``%`` doubled-up so that a caller string in a ``hovertemplate`` is never a placeholder."""
+    return esc(text).replace("%{", "%&#123;")
 
 
 def fmt(v: float) -> str:

@@ -12,11 +12,21 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from vit_patching.plotting._common import Number, axis_ref, layout_key
+from vit_patching.plotting._common import Number, axis_ref, esc, layout_key
 
 TITLE_PX = 20  # height reserved for a facet's title
 STRIP_GAP_PX = 6  # gap between a strip and the grid below it
 TICK_FONT = dict(size=9)
+#: Top margin of a figure with a title: the title (16 px) sits below Plotly's mode bar (about 30 px high, top
+#: right), so that neither covers the other when the figure is narrow.
+TITLE_MARGIN_PX = 72
+#: Top margin without a title: room for the mode bar above the plots.
+TOP_MARGIN_PX = 40
+
+
+def top_margin(title: str) -> int:
+    """The top margin for a figure with or without a title (see :data:`TITLE_MARGIN_PX`)."""
+    return TITLE_MARGIN_PX if title else TOP_MARGIN_PX
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,12 @@ class Facet:
 
 
 def figure_title(text: str) -> dict:
-    """Layout title settings used by every figure: left-aligned with the plots, at the top."""
-    return dict(text=text, x=0.0, xref="paper", y=1.0, yref="container", yanchor="top", pad=dict(t=12))
+    """Layout title settings used by every figure: left-aligned with the plots, at the top (``text`` is escaped).
+
+    The top margin of every figure (:data:`TITLE_MARGIN_PX`) keeps the title clear of Plotly's mode bar.
+    """
+    return dict(text=esc(text), x=0.0, xref="paper", y=1.0, yref="container", yanchor="top", pad=dict(t=38),
+                font=dict(size=16))
 
 
 def default_cols(n: int) -> int:
@@ -76,7 +90,7 @@ def facet_layout(
     cw, ch = content_px
     strip_block = strip_px + STRIP_GAP_PX if strip_px > 0 else 0.0
     block_h = TITLE_PX + strip_block + ch
-    margin = dict(l=60, r=margin_r, t=60 if title else 25, b=50 if x_title else 35)
+    margin = dict(l=60, r=margin_r, t=top_margin(title), b=50 if x_title else 35)
     plot_w = n_cols * cw + (n_cols - 1) * h_gap_px
     plot_h = n_rows * block_h + (n_rows - 1) * v_gap_px
     fig.update_layout(
@@ -109,12 +123,12 @@ def facet_layout(
         fig.layout[layout_key(main[0])] = dict(
             domain=x_domain, anchor=main[1], showgrid=False, zeroline=False, constrain="domain",
             tickfont=TICK_FONT, ticks="outside", ticklen=3,
-            title=dict(text=x_title if not has_below else "", font=dict(size=11), standoff=4),
+            title=dict(text=esc(x_title) if not has_below else "", font=dict(size=11), standoff=4),
         )
         fig.layout[layout_key(main[1])] = dict(
             domain=y_domain, anchor=main[0], showgrid=False, zeroline=False, constrain="domain",
             scaleanchor=main[0], scaleratio=1, tickfont=TICK_FONT, ticks="outside", ticklen=3,
-            title=dict(text=y_title if c == 0 else "", font=dict(size=11), standoff=4),
+            title=dict(text=esc(y_title) if c == 0 else "", font=dict(size=11), standoff=4),
         )
         strip = None
         if strip_px > 0:
@@ -129,7 +143,7 @@ def facet_layout(
                 showticklabels=False, showgrid=False, zeroline=False, ticks="",
             )
         fig.add_annotation(
-            text=facet_title, x=(x_domain[0] + x_domain[1]) / 2, y=fy(top), xref="paper", yref="paper",
+            text=esc(facet_title), x=(x_domain[0] + x_domain[1]) / 2, y=fy(top), xref="paper", yref="paper",
             xanchor="center", yanchor="top", showarrow=False, font=dict(size=12),
         )
         facets.append(Facet(main=main, strip=strip, x_domain=x_domain, y_domain=y_domain))

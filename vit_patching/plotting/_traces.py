@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from vit_patching.plotting._common import Number, fmt
-from vit_patching.plotting._facets import TICK_FONT, figure_title
+from vit_patching.plotting._common import Number, esc, fmt
+from vit_patching.plotting._facets import TICK_FONT, figure_title, top_margin
 from vit_patching.plotting.colors import diverging_coloraxis
 
 
@@ -24,12 +24,14 @@ def image_trace(rgb: np.ndarray, axes: tuple[str, str], name: str = "image") -> 
     """An image underlay in pixel coordinates: pixel (i, j) covers x in [j, j+1], y in [i, i+1]."""
     return go.Image(
         source=png_data_uri(rgb), x0=0.5, y0=0.5, dx=1, dy=1, xaxis=axes[0], yaxis=axes[1],
-        hoverinfo="skip", name=name, meta=dict(kind="image"),
+        hoverinfo="skip", name=esc(name), meta=dict(kind="image"),
     )
 
 
 def grid_hover(grid: np.ndarray, header: str, value_label: str, pos_offset: int | None) -> list[list[str]]:
-    """Hover strings for a [rows, cols] grid: header, row, col, token position (if given) and value."""
+    """Hover strings for a [rows, cols] grid: header (markup, its caller strings escaped by the caller), row, col,
+    token position (if given) and value (``value_label`` is escaped here)."""
+    value_label = esc(value_label)
     rows, cols = grid.shape
     out = []
     for r in range(rows):
@@ -63,7 +65,7 @@ def cell_heatmap(
         kwargs = dict(hovertemplate="x %{x:.1f}, y %{y:.1f}<br>value: %{z:.4g}<extra></extra>")
     return go.Heatmap(
         z=grid, x0=cell_w / 2, dx=cell_w, y0=cell_h / 2, dy=cell_h, xaxis=axes[0], yaxis=axes[1],
-        coloraxis=coloraxis, opacity=opacity, name=name, meta=meta or {}, zsmooth=False, **kwargs,
+        coloraxis=coloraxis, opacity=opacity, name=esc(name), meta=meta or {}, zsmooth=False, **kwargs,
     )
 
 
@@ -92,16 +94,19 @@ def matrix_heatmap(
     The colour axis is diverging around ``zmid`` unless ``coloraxis`` (a layout dict) is given.
     """
     n_rows, n_cols = arr.shape
+    raw_title, raw_value_label = title, value_label  # escaped by figure_title / the colour axis
+    row_labels, col_labels = [esc(s) for s in row_labels], [esc(s) for s in col_labels]
+    row_name, col_name, value_label = esc(row_name), esc(col_name), esc(value_label)
     cell_px = cell_px or min(40.0, max(14.0, 420.0 / max(n_rows, n_cols)))
     long_x = max((len(s) for s in col_labels), default=1) > 3
     margin = dict(
         l=int(30 + 7 * max((len(s) for s in row_labels), default=1)),
-        r=110, t=60 if title else 25,
+        r=110, t=top_margin(title),
         b=int(45 + (6 * max(len(s) for s in col_labels) if long_x else 0)),
     )
     hover = [[f"{row_name}: {row_labels[r]}<br>{col_name}: {col_labels[c]}<br>{value_label}: {fmt(arr[r, c])}"
               for c in range(n_cols)] for r in range(n_rows)]
-    fig = go.Figure(cell_heatmap(arr, ("x", "y"), cell=(1.0, 1.0), hover=hover, name=title, meta=dict(kind="grid")))
+    fig = go.Figure(cell_heatmap(arr, ("x", "y"), cell=(1.0, 1.0), hover=hover, name=raw_title, meta=dict(kind="grid")))
     step_x = 1 if long_x or cell_px >= 18 else 2  # short labels ("H11") need ~18 px each
     fig.update_layout(
         width=int(margin["l"] + margin["r"] + n_cols * cell_px),
@@ -120,9 +125,9 @@ def matrix_heatmap(
         ),
     )
     if title:
-        fig.update_layout(title=figure_title(title))
+        fig.update_layout(title=figure_title(raw_title))
     if coloraxis is None:
-        coloraxis = diverging_coloraxis(arr, zmid=zmid, colorscale=colorscale, title=value_label)
+        coloraxis = diverging_coloraxis(arr, zmid=zmid, colorscale=colorscale, title=raw_value_label)
     coloraxis["colorbar"] = {**coloraxis.get("colorbar", {}), **colorbar_for(fig)}
     fig.update_layout(coloraxis=coloraxis)
     return fig

@@ -19,7 +19,9 @@ from vit_patching.plotting._common import (
     check_choice,
     check_labels,
     check_ndim,
+    esc,
     fmt,
+    hover_safe,
     image_to_rgb,
     labels_or_default,
     layout_key,
@@ -58,7 +60,7 @@ def _placed_map(arr: np.ndarray, rgb: np.ndarray | None, upsample: str) -> tuple
 
 def _map_hover(arr: np.ndarray, header: str, value_label: str) -> list[list[str]] | None:
     """Per-cell hover for patch-sized maps; pixel-sized maps use a light template (too many cells)."""
-    return grid_hover(arr, header, value_label, None) if arr.size <= 4096 else None
+    return grid_hover(arr, esc(header), value_label, None) if arr.size <= 4096 else None
 
 
 def _single_panel(fig: go.Figure, ext: tuple[float, float], size_px: int, title: str, n_extra_b: int = 0):
@@ -298,8 +300,9 @@ def window_heatmap(
     fig.add_trace(go.Scatter(
         x=[best[1] + 0.5], y=[best[0] + 0.5], mode="markers",
         marker=dict(symbol="star", size=16, color="white", line=dict(color="black", width=1.5)),
-        name=f"best: {rows[best[0]]}-{cols[best[1]]} ({metric_name} {fmt(best_value)})",
-        hovertemplate=f"best window<br>start: {rows[best[0]]}<br>end: {cols[best[1]]}<br>{metric_name}: {fmt(best_value)}<extra></extra>",
+        name=esc(f"best: {rows[best[0]]}-{cols[best[1]]} ({metric_name} {fmt(best_value)})"),
+        hovertemplate=f"best window<br>start: {hover_safe(rows[best[0]])}<br>end: {hover_safe(cols[best[1]])}<br>"
+        f"{hover_safe(metric_name)}: {fmt(best_value)}<extra></extra>",
         meta=dict(kind="best", start=best[0], end=best[1], value=best_value),
     ))
     if highlight is not None:
@@ -307,7 +310,7 @@ def window_heatmap(
         fig.add_trace(go.Scatter(
             x=[highlight[1] + 0.5], y=[highlight[0] + 0.5], mode="markers",
             marker=dict(symbol="square-open", size=22, color="black", line=dict(width=3)),
-            name=f"selected: {rows[highlight[0]]}-{cols[highlight[1]]} ({metric_name} {fmt(h_value)})",
+            name=esc(f"selected: {rows[highlight[0]]}-{cols[highlight[1]]} ({metric_name} {fmt(h_value)})"),
             hoverinfo="skip", meta=dict(kind="highlight", start=int(highlight[0]), end=int(highlight[1]), value=h_value),
         ))
     # The legend goes under the x-axis title; the figure grows by one line per entry to make room.
@@ -388,8 +391,8 @@ def window_slider(
     steps = []
     for i, label in enumerate(labels):
         visible = [True] * n_fixed + [j == i for j in range(len(arrays))]
-        step_title = f"{title}: {label}" if title else str(label)
-        steps.append(dict(label=str(label), method="update", args=[{"visible": visible}, {"title.text": step_title}]))
+        step_title = esc(f"{title}: {label}" if title else label)
+        steps.append(dict(label=esc(label), method="update", args=[{"visible": visible}, {"title.text": step_title}]))
     fig.update_layout(
         coloraxis=diverging_coloraxis(*[z for z, _ in placed], zmid=zmid, colorscale=colorscale,
                                       title=value_label, colorbar=colorbar_for(fig)),

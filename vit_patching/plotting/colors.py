@@ -9,7 +9,7 @@ import numpy as np
 import plotly.colors
 from jaxtyping import Float
 
-from vit_patching.plotting._common import ArrayLike, Number, to_numpy
+from vit_patching.plotting._common import ArrayLike, Number, esc, to_numpy
 
 DIVERGING = "RdBu"
 """Default diverging scale (Plotly's RdBu: low values red, high values blue, white at the centre)."""
@@ -106,7 +106,7 @@ def diverging_coloraxis(
         colorscale=colorscale,
         cmin=cmin,
         cmax=cmax,
-        colorbar=dict(title=dict(text=title, side="right"), **(colorbar or {})),
+        colorbar=dict(title=dict(text=esc(title), side="right"), **(colorbar or {})),
     )
 
 
@@ -138,5 +138,5 @@ def sequential_coloraxis(
         reversescale=reversescale,
         cmin=lo,
         cmax=hi,
-        colorbar=dict(title=dict(text=title, side="right"), **(colorbar or {})),
+        colorbar=dict(title=dict(text=esc(title), side="right"), **(colorbar or {})),
     )

@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
 
-from vit_patching.plotting._common import PALETTE, ArrayLike, check_choice, hex_to_rgba, to_numpy
-from vit_patching.plotting._facets import figure_title
+from vit_patching.plotting._common import PALETTE, ArrayLike, check_choice, esc, hex_to_rgba, hover_safe, to_numpy
+from vit_patching.plotting._facets import figure_title, top_margin
 
 __all__ = ["curve_auc", "metric_curves"]
 
@@ -91,20 +91,21 @@ def metric_curves(
                 fig.add_trace(go.Scatter(
                     x=xs, y=y, mode="lines", line=dict(width=0, color=color), hoverinfo="skip", showlegend=False,
                     fill="tonexty" if part == "lower" else None, fillcolor=hex_to_rgba(color, 0.2),
-                    name=f"{name} {band} {part}", legendgroup=str(name), meta=dict(kind="band", name=str(name), part=part),
+                    name=esc(f"{name} {band} {part}"), legendgroup=str(name), meta=dict(kind="band", name=str(name), part=part),
                 ))
-        label = f"{name} (AUC {auc:.3f})" if show_auc else str(name)
+        label = esc(f"{name} (AUC {auc:.3f})" if show_auc else name)
         fig.add_trace(go.Scatter(
             x=xs, y=mean, mode="lines+markers" if n_steps <= 25 else "lines", line=dict(color=color, width=2),
             marker=dict(size=5), name=label, legendgroup=str(name),
-            hovertemplate=f"{name}<br>{x_label}: %{{x:.3g}}<br>{metric_name}: %{{y:.4g}}<extra></extra>",
+            hovertemplate=f"{hover_safe(name)}<br>{hover_safe(x_label)}: %{{x:.3g}}<br>{hover_safe(metric_name)}: "
+            "%{y:.4g}<extra></extra>",
             meta=dict(kind="curve", name=str(name), auc=auc, n=int(arr.shape[0]) if batched else 1),
         ))
     fig.update_layout(
         width=width, height=height, template="plotly_white",
-        xaxis=dict(title=dict(text=x_label)), yaxis=dict(title=dict(text=metric_name)),
+        xaxis=dict(title=dict(text=esc(x_label))), yaxis=dict(title=dict(text=esc(metric_name))),
         legend=dict(x=1.02, xanchor="left", y=1.0, yanchor="top"),
-        margin=dict(l=60, r=20, t=60 if title else 25, b=50),
+        margin=dict(l=60, r=20, t=top_margin(title), b=50),
     )
     if title:
         fig.update_layout(title=figure_title(title))

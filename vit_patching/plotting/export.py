@@ -23,6 +23,7 @@ import plotly
 import plotly.graph_objects as go
 from PIL import Image
 
+from vit_patching.files import atomic_write_bytes, atomic_write_text
 from vit_patching.plotting._common import Number
 
 __all__ = ["CHROMIUM_FLAGS", "find_chromium", "save_html", "save_png", "screenshot_html"]
@@ -99,9 +100,12 @@ def save_html(fig: go.Figure, path: PathLike, include_plotlyjs: Union[bool, str]
     if include_plotlyjs is not True and include_plotlyjs != "directory":
         raise ValueError(f"include_plotlyjs: expected True or 'directory' (offline), got {include_plotlyjs!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=include_plotlyjs, full_html=True, config={"displaylogo": False})
-    return path
+    page = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True, config={"displaylogo": False})
+    if include_plotlyjs == "directory":
+        bundle = path.parent / "plotly.min.js"
+        if not bundle.exists():
+            atomic_write_bytes(bundle, _plotly_js_path().read_bytes())
+    return atomic_write_text(path, page)  # a failed write leaves an existing file intact
 
 
 def _plotly_js_path() -> Path:
@@ -159,22 +163,24 @@ def screenshot_html(
     if not html_path.is_file():
         raise FileNotFoundError(f"html_path: expected an existing HTML file, got {str(html_path)!r}")
     png_path = Path(png_path).resolve()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    png_path.unlink(missing_ok=True)  # so a stale file can never pass for a fresh screenshot
     chromium = find_chromium(browser_path)
+    # Chromium writes into a fresh temporary folder (a stale file can never pass for a fresh screenshot); the
+    # result then replaces png_path atomically, so a failed run leaves an existing PNG intact.
     with tempfile.TemporaryDirectory(prefix="vit_patching_chromium_") as profile:
+        shot = Path(profile) / "screenshot.png"
         cmd = [
-            str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+            str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={Path(profile) / 'profile'}",
             f"--window-size={int(width)},{int(height)}", f"--force-device-scale-factor={scale}",
-            f"--virtual-time-budget={int(time_budget_ms)}", f"--screenshot={png_path}", html_path.as_uri(),
+            f"--virtual-time-budget={int(time_budget_ms)}", f"--screenshot={shot}", html_path.as_uri(),
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"Chromium did not finish within timeout_s={timeout_s}: {' '.join(cmd)}") from e
-    if proc.returncode != 0 or not png_path.is_file():
-        tail = (proc.stderr or "")[-2000:]
-        raise RuntimeError(f"Chromium screenshot failed (exit code {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        if proc.returncode != 0 or not shot.is_file():
+            tail = (proc.stderr or "")[-2000:]
+            raise RuntimeError(f"Chromium screenshot failed (exit code {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        atomic_write_bytes(png_path, shot.read_bytes())
     return png_path
 
 
@@ -228,22 +234,23 @@ def save_png(
     width = int(width or fig.layout.width or 900)
     height = int(height or fig.layout.height or 600)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     chromium = find_chromium(browser_path)
     if engine in ("auto", "kaleido"):
         try:
-            path.write_bytes(_png_with_kaleido(fig, width, height, scale, chromium, timeout_s))
-            return path
+            png = _png_with_kaleido(fig, width, height, scale, chromium, timeout_s)
         except Exception as e:  # noqa: BLE001 - any kaleido failure falls back to plain Chromium in "auto"
             if engine == "kaleido":
                 raise RuntimeError(f"kaleido PNG export failed with browser {chromium}: {e!r}") from e
             logger.warning("kaleido PNG export failed (%r); falling back to a Chromium screenshot", e)
+        else:
+            return atomic_write_bytes(path, png)  # a failed write leaves an existing file intact
     with tempfile.TemporaryDirectory(prefix="vit_patching_png_") as tmp:
         html = Path(tmp) / "figure.html"
         html.write_text(_static_page(fig, width, height), encoding="utf-8")
-        screenshot_html(html, path, width, height, scale=scale, browser_path=chromium, timeout_s=timeout_s)
-    with Image.open(path) as im:  # the window can be clipped by the OS; make the size contract hold
-        want = (round(width * scale), round(height * scale))
-        if im.size != want:
-            raise RuntimeError(f"Chromium screenshot has size {im.size}, expected {want}")
-    return path
+        shot = screenshot_html(html, Path(tmp) / "figure.png", width, height, scale=scale, browser_path=chromium,
+                               timeout_s=timeout_s)
+        with Image.open(shot) as im:  # the window can be clipped by the OS; make the size contract hold
+            want = (round(width * scale), round(height * scale))
+            if im.size != want:
+                raise RuntimeError(f"Chromium screenshot has size {im.size}, expected {want}")
+        return atomic_write_bytes(path, shot.read_bytes())

@@ -18,6 +18,7 @@ from vit_patching.plotting._common import (
     check_grid,
     check_labels,
     check_ndim,
+    esc,
     fmt,
     image_to_rgb,
     labels_or_default,
@@ -79,13 +80,13 @@ def _patch_facets(
         fig.layout[layout_key(facet.main[1])].update(range=[ext_h, 0], **cell_ticks(grid_h, cell[0]))
         if facet.strip is not None:
             prefix = rows[i, :n_prefix]
-            hover = [f"{headers[i]}<br>{lab} (pos {j})<br>{value_label}: {fmt(v)}"
+            hover = [f"{headers[i]}<br>{esc(lab)} (pos {j})<br>{esc(value_label)}: {fmt(v)}"
                      for j, (lab, v) in enumerate(zip(prefix_labels, prefix))]
             fig.add_trace(go.Heatmap(
-                z=prefix[None, :], x=list(range(n_prefix)), y=[0], text=[list(prefix_labels)],
+                z=prefix[None, :], x=list(range(n_prefix)), y=[0], text=[[esc(lab) for lab in prefix_labels]],
                 texttemplate="%{text}", textfont=dict(size=9), customdata=[hover],
                 hovertemplate="%{customdata}<extra></extra>", xgap=1, coloraxis="coloraxis",
-                xaxis=facet.strip[0], yaxis=facet.strip[1], name=f"{titles[i]} prefix",
+                xaxis=facet.strip[0], yaxis=facet.strip[1], name=esc(f"{titles[i]} prefix"),
                 meta=dict(kind="prefix", facet=i),
             ))
             fig.layout[layout_key(facet.strip[0])].update(range=[-0.5, n_prefix - 0.5])
@@ -158,7 +159,7 @@ def layer_patch_grid(
     check_labels(prefix_labels, n_prefix, "prefix_labels", "prefix token")
     titles = labels_or_default(layer_labels, arr.shape[0], "layer_labels", "layer", "layer ")
     return _patch_facets(
-        arr, titles, [f"layer: {t}" for t in titles], grid_size=grid_size, n_prefix=n_prefix,
+        arr, titles, [f"layer: {esc(t)}" for t in titles], grid_size=grid_size, n_prefix=n_prefix,
         prefix_labels=prefix_labels, image=image, title=title, value_label=value_label,
         facet_cols=facet_cols or default_cols(arr.shape[0]), zmid=zmid, colorscale=colorscale,
         opacity=opacity, fade=fade, facet_px=facet_px,
@@ -247,7 +248,7 @@ def head_position_facets(
         )
     rows = np.stack([arr[l, :, h] for l in sel_l for h in sel_h])
     titles = [f"{l_labels[l]} {h_labels[h]}" for l in sel_l for h in sel_h]
-    headers = [f"layer: {l_labels[l]}<br>head: {h_labels[h]}" for l in sel_l for h in sel_h]
+    headers = [f"layer: {esc(l_labels[l])}<br>head: {esc(h_labels[h])}" for l in sel_l for h in sel_h]
     return _patch_facets(
         rows, titles, headers, grid_size=grid_size, n_prefix=n_prefix, prefix_labels=prefix_labels,
         image=image, title=title, value_label=value_label, facet_cols=len(sel_h), zmid=zmid,

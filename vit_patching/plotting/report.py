@@ -20,6 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from vit_patching.files import atomic_write_text
 from vit_patching.plotting._common import image_to_rgb
 from vit_patching.plotting._traces import png_data_uri
 
@@ -247,10 +248,19 @@ def write_report(
 ) -> Path:
     """Render a report with `render_report` and write it (UTF-8) to ``path``; returns the path.
 
+    The page is rendered first and then written to a temporary file in the same folder that replaces ``path``
+    (:func:`vit_patching.files.atomic_write_text`): a write that fails halfway leaves an existing report intact.
+
+    Raises:
+        ValueError: if ``path`` is an existing folder.
+
     Example:
-        >>> write_report("/tmp/report.html", "Run", [ReportSection.text("Notes", "ok")])  # doctest: +SKIP
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "report.html"
+        >>> write_report(path, "Run", [ReportSection.text("Notes", "ok")]) == path
+        True
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(title, sections, settings), encoding="utf-8")
-    return path
+    if path.is_dir():
+        raise ValueError(f"path: expected an HTML file path, got the existing folder {str(path)!r}")
+    return atomic_write_text(path, render_report(title, sections, settings))

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHUNK",
+    "generate_sample",
     "CLASS_HUES",
     "CONJUNCTION_CLASS_NAMES",
     "DISTRACTOR_HUES",
@@ -494,6 +495,31 @@ def sample_scenes(
         parts.append(_sample_chunk_complete(task, CHUNK, gen, image_size))
     scenes = _cat_scenes(parts) if len(parts) > 1 else parts[0]
     return _select(scenes, torch.arange(n))
+
+
+def generate_sample(task: str, index: int, seed: int, *, image_size: int = IMAGE_SIZE) -> ToyBatch:
+    """Image ``index`` of ``generate(task, n, seed)`` (any ``n > index``) as a batch of one, rendering only its chunk.
+
+    Equal to ``generate(task, index + 1, seed)[index : index + 1]``, in memory and time of one chunk
+    (``CHUNK`` scenes) whatever the index: the chunk seeds are drawn from the master seed as in
+    :func:`sample_scenes`, and only the chunk that holds ``index`` is sampled and only that scene rendered.
+
+    Example:
+        >>> one = generate_sample("shapes", 300, seed=0)
+        >>> bool(torch.equal(one.images[0], generate("shapes", n=301, seed=0).images[300]))
+        True
+    """
+    _check_task(task)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index: expected a non-negative int, got {index!r}")
+    _check_n_seed(index + 1, seed)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 48:
+        raise ValueError(f"image_size: expected an int >= 48, got {image_size!r}")
+    chunk, offset = divmod(index, CHUNK)
+    master = torch.Generator().manual_seed(seed)
+    chunk_seed = torch.randint(0, 2**62, (chunk + 1,), generator=master)[chunk]  # as sample_scenes draws them
+    scenes = _sample_chunk_complete(task, CHUNK, torch.Generator().manual_seed(int(chunk_seed)), image_size)
+    return batch_from_scenes(_select(scenes, torch.tensor([offset])))
 
 
 def render_scenes(
