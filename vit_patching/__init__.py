@@ -36,6 +36,12 @@ _LAZY = {
     "caap": "vit_patching.patching.caap",  # the function (the package attribute is the submodule)
     "Attribution": "vit_patching.patching",
     "select_window": "vit_patching.patching",
+    "atp_layer_sweep": "vit_patching.circuits",
+    "atp_heads": "vit_patching.circuits",
+    "eap": "vit_patching.circuits",
+    "eap_ig": "vit_patching.circuits",
+    "select_circuit": "vit_patching.circuits",
+    "evaluate_circuit": "vit_patching.circuits",
     "load_model": "vit_patching.zoo",
     "load_timm_model": "vit_patching.zoo",
     "load_dataset": "vit_patching.zoo",

@@ -1,0 +1,24 @@
+"""Circuit discovery on ViTs: attribution patching (AtP/AtP*), a first-order CAAP estimate, edge attribution
+patching (EAP, EAP-IG) over the head/MLP graph, circuit selection and faithfulness evaluation through the
+patching engine, and figures.
+
+Example:
+    >>> from vit_patching.circuits import eap_ig, evaluate_circuit, select_circuit
+    >>> scores = eap_ig(model, clean, corrupted, "logit_diff")
+    >>> circuit = select_circuit(scores, top_n=20)
+    >>> evaluate_circuit(model, circuit, clean, corrupted, "logit_diff").faithfulness
+"""
+
+from .atp import atp_heads, atp_layer_sweep
+from .caap_estimate import CAAPEstimate, caap_estimate
+from .common import Verification
+from .eap import eap, eap_ig
+from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
+from .graph import Circuit, EdgeScores, Graph, select_circuit
+from .plot import circuit_figure, faithfulness_figure
+
+__all__ = [
+    "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
+    "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
+    "faithfulness_curve", "faithfulness_figure", "select_circuit",
+]

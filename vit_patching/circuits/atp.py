@@ -1,0 +1,325 @@
+"""Attribution patching (AtP): a first-order estimate of every activation-patching cell from one forward pass
+per run and one backward pass.
+
+For a site with target-run activation ``a`` and source-run activation ``a'``, patching ``a -> a'`` changes the
+metric by about ``(a' - a) . dm/da`` (the gradient taken in the target run): Nanda 2023, "Attribution
+patching"; Syed et al. 2023. :func:`atp_layer_sweep` and :func:`atp_heads` return the same
+:class:`~vit_patching.patching.PatchingResult` layout as :func:`~vit_patching.patching.layer_sweep` and
+:func:`~vit_patching.patching.patch_heads` (values = target metric + estimated change, so ``normalized`` is 0
+at the target run and 1 at the source run), so the same figures apply.
+
+AtP* (Kramár et al. 2024, "AtP*: An efficient and scalable method for localizing LLM behaviour to
+components"): a query or key only acts through the attention softmax, which saturates, so the linear
+estimate can miss large effects. For ``q`` and ``k`` sites (``atp_star=True``) the attention pattern is
+recomputed exactly with the patched queries or keys and only the pattern's change is linearised:
+``sum (softmax(s') - softmax(s)) . dm/dpattern``. The GradDrop part of AtP* (dropping one layer's gradient) is
+not implemented.
+
+``verify_top_k=k`` re-runs the ``k`` cells with the largest |mean estimate| exactly through the patching
+engine (:func:`~vit_patching.patching.run_patch_spec`) and stores both in
+``result.options["verification"]`` (a :class:`~vit_patching.circuits.common.Verification`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vit_patching.checks import check_batch_size, check_bool, check_indices, check_names, is_int
+from vit_patching.hook_names import get_act_name
+from vit_patching.model import HookedViT
+from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, PatchSpec, Site, run_patch_spec
+
+from .common import Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells
+
+__all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
+
+
+def _options(layout: Any, pixels: Tensor | None) -> dict[str, Any]:
+    return {
+        "grid_size": tuple(layout.grid_size), "n_prefix": layout.n_prefix,
+        "prefix_labels": list(layout.prefix_labels),
+        "pixels": None if pixels is None else pixels.detach().float().cpu(),
+    }
+
+
+def _labels(axis: str, indices: Sequence[Any], layout: Any) -> list[str]:
+    if axis == "layer":
+        return [f"L{i}" for i in indices]
+    if axis == "head":
+        return [f"H{i}" for i in indices]
+    if axis == "pos":
+        return [layout.label(i) for i in indices]
+    return [str(i) for i in indices]
+
+
+def _check_k(verify_top_k: Any) -> int:
+    if not is_int(verify_top_k) or verify_top_k < 0:
+        raise ValueError(f"verify_top_k: expected a non-negative int (cells to re-run exactly), got {verify_top_k!r}")
+    return verify_top_k
+
+
+def _runs(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | str, direction: str,
+          hooks: list[str], source_hooks: list[str]) -> tuple[dict, dict, dict, Tensor, Tensor, Metric, str]:
+    """Source run (cached), target run forward + backward; returns source acts, target acts and grads."""
+    source, target = source_target(direction, clean, corrupted)
+    with torch.no_grad():
+        source_logits, source_cache = model.run_with_cache(
+            source, names_filter=lambda n: n in source_hooks, return_cache_object=False
+        )
+        target_logits_ng = model(target)
+    clean_logits, corrupted_logits = (
+        (source_logits, target_logits_ng) if direction == "denoising" else (target_logits_ng, source_logits)
+    )
+    fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
+    target_logits, acts, grads = forward_backward(model, target, hooks, fn)
+    ids = torch.arange(target.shape[0], device=target_logits.device)
+    return source_cache, acts, grads, fn(source_logits, ids).float().cpu(), fn(target_logits, ids).float().cpu(), fn, name
+
+
+def _verify(model: HookedViT, result: PatchingResult, cells: list[tuple[int, ...]], make_site: Any,
+            fn: Metric, clean: Tensor, corrupted: Tensor, batch_size: int) -> Verification:
+    """Run the chosen cells exactly through the engine (one variant per cell)."""
+    source, target = source_target(result.direction, clean, corrupted)
+    spec = PatchSpec([(make_site(c),) for c in cells])
+    run = run_patch_spec(model, spec, fn, target=target, source=source, batch_size=batch_size, progress=False)
+    labels = [" ".join(result.labels[a][i] for a, i in zip(result.axes, c)) for c in cells]
+    estimate = torch.stack([result.values[c] for c in cells])
+    return Verification(cells, labels, estimate, run.values.float(), run.n_forwards)
+
+
+def atp_layer_sweep(
+    model: HookedViT,
+    clean: Float[Tensor, "batch channel height width"],
+    corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
+    metric: Metric | str = "logit_diff",
+    *,
+    sites: str | Sequence[str] = ("resid_pre", "resid_mid", "attn_out", "mlp_out"),
+    layers: int | Sequence[int] | None = None,
+    positions: int | Sequence[int] | None = None,
+    direction: str = "denoising",
+    verify_top_k: int = 0,
+    batch_size: int = 128,
+    pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
+) -> PatchingResult:
+    """Attribution-patching estimate of :func:`~vit_patching.patching.layer_sweep` (same axes and values).
+
+    Args:
+        model: A HookedViT.
+        clean: Clean images ``[batch, C, H, W]``.
+        corrupted: Corrupted images, same shape.
+        metric: A metric callable ``metric(logits, image_index) -> [rows]`` or ``"logit_diff"`` / ``"logit"`` /
+            ``"prob"`` (as ``layer_sweep``).
+        sites: Names from :data:`~vit_patching.patching.SWEEP_SITES`.
+        layers: Blocks (default all).
+        positions: Token positions (default all).
+        direction: ``"denoising"`` (clean values into the corrupted run) or ``"noising"``.
+        verify_top_k: Re-run this many cells (largest |mean estimate|) exactly through the engine.
+        batch_size: Rows per forward pass of the verification runs.
+        pixels: Optional display images for the figure's underlay.
+
+    Returns:
+        :class:`~vit_patching.patching.PatchingResult` with axes ``("site", "layer", "pos")``, kind
+        ``"atp_layer_sweep"``; ``options["verification"]`` holds the exact re-runs when ``verify_top_k > 0``.
+
+    Example:
+        >>> est = atp_layer_sweep(model, clean, corrupted, "logit_diff", sites="resid_pre", verify_top_k=5)
+        >>> est.mean().shape, est.options["verification"].exact.shape
+        (torch.Size([1, 4, 65]), torch.Size([5, 8]))
+    """
+    layout = check_pair(model, clean, corrupted)
+    site_names = check_names(sites, list(SWEEP_SITES), "sites")
+    layer_ids = check_indices(layers, model.cfg.n_layers, "layers", "layer")
+    pos_ids = check_indices(positions, layout.n_pos, "positions", "token position")
+    k = _check_k(verify_top_k)
+    check_batch_size(batch_size)
+    hooks = [get_act_name(s, l) for s in site_names for l in layer_ids]
+    source_cache, acts, grads, source_score, target_score, fn, name = _runs(
+        model, clean, corrupted, metric, direction, hooks, hooks
+    )
+    pos = torch.tensor(pos_ids, device=clean.device)
+    est = torch.stack([
+        torch.stack([((source_cache[h] - acts[h]) * grads[h]).sum(-1)[:, pos] for h in
+                     (get_act_name(s, l) for l in layer_ids)]) for s in site_names
+    ])  # [site, layer, batch, pos]
+    values = target_score + est.permute(0, 1, 3, 2).float().cpu()
+    axes = {"site": site_names, "layer": layer_ids, "pos": pos_ids}
+    opts = _options(layout, pixels)
+    opts.update(layer_indices=layer_ids, pos_indices=pos_ids, method="atp", batch_size=batch_size)
+    result = PatchingResult(values, tuple(axes), {a: _labels(a, v, layout) for a, v in axes.items()},
+                            target_score, source_score, name, direction, "atp_layer_sweep", opts, n_forwards=0)
+    if k:
+        result.options["verification"] = _verify(
+            model, result, top_cells(values - target_score, k),
+            lambda c: Site(get_act_name(site_names[c[0]], layer_ids[c[1]]), pos=pos_ids[c[2]]),
+            fn, clean, corrupted, batch_size,
+        )
+    return result
+
+
+def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Attention scores ``[batch head query key]`` from ``q``/``k`` ``[batch pos head d_head]``."""
+    return torch.einsum("bihe,bjhe->bhij", q * scale, k)
+
+
+def pattern_effect_q(
+    q_new: Float[Tensor, "batch pos head d_head"],
+    q: Float[Tensor, "batch pos head d_head"],
+    k: Float[Tensor, "batch pos head d_head"],
+    pattern: Float[Tensor, "batch head query key"],
+    grad_pattern: Float[Tensor, "batch head query key"],
+    scale: float,
+) -> Float[Tensor, "batch pos head"]:
+    """AtP* for queries: per query position ``i``, ``sum_j (softmax(q'_i k / sqrt d) - pattern_i)_j g_ij``.
+
+    Patching the query at ``i`` changes only row ``i`` of the pattern, exactly recomputed here.
+
+    Example:
+        >>> pattern_effect_q(q_src, q, k, pattern, grad, model.blocks[0].attn.scale).shape   # [batch pos head]
+    """
+    del q  # the row is recomputed from the new query; the old pattern is given
+    new = _scores(q_new, k, scale).softmax(-1)
+    return ((new - pattern) * grad_pattern).sum(-1).transpose(1, 2)
+
+
+def pattern_effect_k(
+    k_new: Float[Tensor, "batch pos head d_head"],
+    q: Float[Tensor, "batch pos head d_head"],
+    k: Float[Tensor, "batch pos head d_head"],
+    grad_pattern: Float[Tensor, "batch head query key"],
+    scale: float,
+) -> Float[Tensor, "batch pos head"]:
+    """AtP* for keys: per key position ``j``, ``sum_i sum_l (p'_il - p_il) g_il`` with only key ``j`` patched.
+
+    Replacing one score ``s_ij`` by ``s'_ij`` rescales the rest of row ``i`` by ``(1 - p'_ij) / (1 - p_ij)``;
+    in log space: with ``a = log p_ij + s'_ij - s_ij`` and ``L = logaddexp(a, log(1 - p_ij))``,
+    ``p'_ij = exp(a - L)`` and the rescale factor is ``exp(-L)`` (stable for saturated rows).
+
+    Example:
+        >>> pattern_effect_k(k_src, q, k, grad, model.blocks[0].attn.scale).shape             # [batch pos head]
+    """
+    s = _scores(q, k, scale).double()
+    logp = s.log_softmax(-1)
+    p = logp.exp()
+    g = grad_pattern.double()
+    delta = _scores(q, k_new, scale).double() - s  # [b h i j]: score change of (query i, key j)
+    a = logp + delta
+    lse = torch.logaddexp(a, torch.log1p(-p.clamp(max=1.0)))
+    p_new = (a - lse).exp()
+    row = (p * g).sum(-1, keepdim=True)  # G_i
+    changed = (row - p * g) * (-lse).exp() + p_new * g - row
+    return changed.sum(2).transpose(1, 2).to(grad_pattern.dtype)  # sum over queries -> [b, key, head]
+
+
+def atp_heads(
+    model: HookedViT,
+    clean: Float[Tensor, "batch channel height width"],
+    corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
+    metric: Metric | str = "logit_diff",
+    *,
+    sites: str | Sequence[str] = ("z", "q", "k", "v", "pattern"),
+    by_pos: bool = False,
+    layers: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    positions: int | Sequence[int] | None = None,
+    direction: str = "denoising",
+    atp_star: bool = True,
+    verify_top_k: int = 0,
+    batch_size: int = 128,
+    pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
+) -> PatchingResult:
+    """Attribution-patching estimate of :func:`~vit_patching.patching.patch_heads` (same axes and values).
+
+    Args:
+        model: A HookedViT.
+        clean: Clean images ``[batch, C, H, W]``.
+        corrupted: Corrupted images, same shape.
+        metric: A metric callable or ``"logit_diff"`` / ``"logit"`` / ``"prob"``.
+        sites: Names from :data:`~vit_patching.patching.HEAD_SITES`.
+        by_pos: One token position at a time (for ``pattern`` the query row; for ``k`` the key position).
+        layers: Blocks (default all).
+        heads: Heads (default all).
+        positions: Token positions for ``by_pos`` (default all).
+        direction: ``"denoising"`` or ``"noising"``.
+        atp_star: For ``q``/``k``: recompute the attention pattern exactly and linearise only after the
+            softmax (AtP*); ``False`` gives the plain linear estimate.
+        verify_top_k: Re-run this many cells (largest |mean estimate|) exactly through the engine.
+        batch_size: Rows per forward pass of the verification runs.
+        pixels: Optional display images for by-position figures.
+
+    Returns:
+        :class:`~vit_patching.patching.PatchingResult`, axes ``("site", "layer", "head")`` or, with ``by_pos``,
+        ``("site", "layer", "pos", "head")``; kind ``"atp_head_patch"`` / ``"atp_head_patch_by_pos"``.
+
+    Example:
+        >>> est = atp_heads(model, clean, corrupted, "logit_diff", sites=("z", "k"), verify_top_k=3)
+        >>> est.axes, est.options["verification"].labels[:1]
+        (('site', 'layer', 'head'), ['z L3 H1'])
+    """
+    layout = check_pair(model, clean, corrupted)
+    check_bool(by_pos, "by_pos")
+    check_bool(atp_star, "atp_star")
+    if positions is not None and not by_pos:
+        raise ValueError(f"positions: needs by_pos=True (without it every position is patched at once), got {positions!r}")
+    site_names = check_names(sites, list(HEAD_SITES), "sites")
+    layer_ids = check_indices(layers, model.cfg.n_layers, "layers", "layer")
+    head_ids = check_indices(heads, model.cfg.n_heads, "heads", "head")
+    pos_ids = check_indices(positions, layout.n_pos, "positions", "token position") if by_pos else None
+    k = _check_k(verify_top_k)
+    check_batch_size(batch_size)
+    star = atp_star and bool({"q", "k"} & set(site_names))
+    source_hooks = [get_act_name(s, l) for s in site_names for l in layer_ids]
+    hooks = list(source_hooks)
+    if star:  # the pattern's gradient and the unpatched q and k
+        hooks += [get_act_name(n, l) for n in ("q", "k", "pattern") for l in layer_ids]
+    source_cache, acts, grads, source_score, target_score, fn, name = _runs(
+        model, clean, corrupted, metric, direction, sorted(set(hooks)), source_hooks
+    )
+    per_site = []
+    for s in site_names:
+        per_layer = []
+        for l in layer_ids:
+            h = get_act_name(s, l)
+            if s in ("q", "k") and atp_star:
+                q, kk, scale = acts[get_act_name("q", l)], acts[get_act_name("k", l)], model.blocks[l].attn.scale
+                g = grads[get_act_name("pattern", l)]
+                if s == "q":
+                    e = pattern_effect_q(source_cache[h], q, kk, acts[get_act_name("pattern", l)], g, scale)
+                elif by_pos:
+                    e = pattern_effect_k(source_cache[h], q, kk, g, scale)
+                else:  # every key at once: the whole pattern recomputed
+                    new = _scores(q, source_cache[h], scale).softmax(-1)
+                    e = ((new - acts[get_act_name("pattern", l)]) * g).sum(-1).transpose(1, 2)
+            elif s == "pattern":
+                e = ((source_cache[h] - acts[h]) * grads[h]).sum(-1).transpose(1, 2)  # per query row
+            else:
+                e = ((source_cache[h] - acts[h]) * grads[h]).sum(-1)  # [batch pos head]
+            e = e[:, :, head_ids]
+            per_layer.append(e[:, pos_ids] if by_pos else e.sum(1))
+        per_site.append(torch.stack(per_layer))
+    est = torch.stack(per_site).float().cpu()  # [site, layer, batch, (pos,) head]
+    est = est.movedim(2, -1)  # batch last
+    values = target_score + est
+    axes: dict[str, list[Any]] = {"site": site_names, "layer": layer_ids}
+    if by_pos:
+        axes["pos"] = pos_ids
+    axes["head"] = head_ids
+    opts = _options(layout, pixels)
+    opts.update({f"{a}_indices": list(v) for a, v in axes.items() if a != "site"})
+    opts.update(method="atp*" if star else "atp", batch_size=batch_size)
+    kind = "atp_head_patch_by_pos" if by_pos else "atp_head_patch"
+    result = PatchingResult(values, tuple(axes), {a: _labels(a, v, layout) for a, v in axes.items()},
+                            target_score, source_score, name, direction, kind, opts, n_forwards=0)
+    if k:
+        def make_site(c: tuple[int, ...]) -> Site:
+            hook = get_act_name(site_names[c[0]], layer_ids[c[1]])
+            return Site(hook, pos=pos_ids[c[2]] if by_pos else None, head=head_ids[c[-1]])
+
+        result.options["verification"] = _verify(
+            model, result, top_cells(values - target_score, k), make_site, fn, clean, corrupted, batch_size
+        )
+    return result

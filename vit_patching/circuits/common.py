@@ -1,0 +1,156 @@
+"""Plumbing shared by the gradient-based estimates (AtP, CAAP estimate, EAP): argument checks, metric
+resolution, one forward + backward with activations and gradients captured by hooks, and top-k verification.
+
+The gradient runs attach forward hooks through ``model.hooks`` (removed on exit, also after an exception), so
+no hook outlives a call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vit_patching.checks import check_choice
+from vit_patching.model import HookedViT
+from vit_patching.patching import logit_diff, target_logit, target_prob
+
+__all__ = ["DIRECTIONS", "METRIC_NAMES", "Verification", "check_pair", "forward_backward", "resolve_metric",
+           "source_target", "top_cells"]
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+DIRECTIONS = ("denoising", "noising")
+METRIC_NAMES = ("logit_diff", "logit", "prob")
+
+
+def check_pair(model: HookedViT, clean: Any, corrupted: Any) -> Any:
+    """Validate a clean/corrupted pair of image batches (same shape, model's input); return the token layout.
+
+    Example:
+        >>> layout = check_pair(model, clean, corrupted)
+    """
+    if not isinstance(model, HookedViT):
+        raise TypeError(f"model: expected a HookedViT, got {type(model).__name__}")
+    model.check_images(clean, "clean")
+    model.check_images(corrupted, "corrupted")
+    if clean.shape != corrupted.shape:
+        raise ValueError(
+            f"corrupted: expected the shape of clean {tuple(clean.shape)} (image i pairs with clean image i), "
+            f"got {tuple(corrupted.shape)}"
+        )
+    return model.layout_for(clean)
+
+
+def source_target(direction: str, clean: Tensor, corrupted: Tensor) -> tuple[Tensor, Tensor]:
+    """``(source, target)``: denoising writes clean values into the corrupted run, noising the reverse."""
+    check_choice(direction, DIRECTIONS, "direction")
+    return (clean, corrupted) if direction == "denoising" else (corrupted, clean)
+
+
+def resolve_metric(metric: Metric | str, clean_logits: Tensor, corrupted_logits: Tensor) -> tuple[Metric, str]:
+    """A metric callable and its name, with the same string metrics as ``layer_sweep``.
+
+    ``"logit"`` / ``"prob"``: of the clean run's predicted class; ``"logit_diff"``: clean prediction minus
+    corrupted prediction.
+
+    Example:
+        >>> fn, name = resolve_metric("logit_diff", clean_logits, corrupted_logits)
+    """
+    if callable(metric):
+        return metric, getattr(metric, "__name__", "metric")
+    check_choice(metric, METRIC_NAMES, "metric")
+    clean_cls = clean_logits.argmax(-1)
+    if metric == "logit":
+        return target_logit(clean_cls), metric
+    if metric == "prob":
+        return target_prob(clean_cls), metric
+    return logit_diff(clean_cls, corrupted_logits.argmax(-1)), metric
+
+
+def forward_backward(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"] | Float[Tensor, "batch pos d_model"],
+    hooks: Sequence[str],
+    metric: Metric,
+    *,
+    start_layer: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """One forward and one backward pass: logits, and the activations and metric gradients at ``hooks``.
+
+    The metric is summed over images (each image's metric depends only on its own row), so each row of a
+    gradient is that image's gradient.
+
+    Args:
+        model: A HookedViT.
+        images: Images, or the residual entering ``start_layer``.
+        hooks: Hook names to capture (switched-on hooks of ``model.hook_dict``).
+        metric: ``metric(logits, image_index) -> [batch]``.
+        start_layer: Start the forward at this block from a residual.
+
+    Returns:
+        ``(logits, acts, grads)`` with ``acts[h]`` and ``grads[h]`` detached, of the hook's shape.
+
+    Example:
+        >>> logits, acts, grads = forward_backward(model, corrupted, ["blocks.0.hook_resid_pre"], fn)
+    """
+    names = sorted(set(hooks))
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        acts[hook.name] = act
+        return act
+
+    # Gradients flow from the input even when the weights are frozen (requires_grad=False).
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep) for n in names]):
+        logits = model(x) if start_layer is None else model(x, start_at_layer=start_layer)
+        total = metric(logits, torch.arange(x.shape[0], device=logits.device)).sum()
+        missing = [n for n in names if n not in acts]
+        if missing:
+            raise RuntimeError(f"hooks never fired: {missing}")
+        grads = torch.autograd.grad(total, [acts[n] for n in names], allow_unused=True)
+    out_grads = {n: torch.zeros_like(acts[n]) if g is None else g.detach() for n, g in zip(names, grads)}
+    return logits.detach(), {n: a.detach() for n, a in acts.items()}, out_grads
+
+
+@dataclass
+class Verification:
+    """The ``k`` largest estimates re-run exactly through the patching engine.
+
+    Attributes:
+        cells: Index tuple of each verified cell into the result's leading axes (largest |estimate| first).
+        labels: Readable cell labels, e.g. ``"resid_pre L2 P(3,4)"``.
+        estimate: Estimated metric per cell and image ``[k, batch]`` (same units as the result's values).
+        exact: Exactly patched metric per cell and image ``[k, batch]``.
+        n_forwards: Patched forward passes the exact runs took.
+
+    Example:
+        >>> v = res.options["verification"]
+        >>> (v.estimate - v.exact).abs().max()
+    """
+
+    cells: list[tuple[int, ...]]
+    labels: list[str]
+    estimate: Float[Tensor, "k batch"]
+    exact: Float[Tensor, "k batch"]
+    n_forwards: int = 0
+
+    def errors(self) -> Float[Tensor, " k"]:
+        """Mean absolute error of the estimate per verified cell."""
+        return (self.estimate - self.exact).abs().mean(-1)
+
+
+def top_cells(effect: Float[Tensor, "... batch"], k: int) -> list[tuple[int, ...]]:
+    """Index tuples of the ``k`` cells with the largest |mean effect over images| (largest first).
+
+    Example:
+        >>> top_cells(torch.tensor([[[1.0], [-3.0]], [[0.5], [2.0]]]), 2)
+        [(0, 1), (1, 1)]
+    """
+    mean = effect.float().nanmean(-1).abs().nan_to_num(nan=-1.0)
+    order = torch.argsort(mean.reshape(-1), descending=True, stable=True)[: min(k, mean.numel())]
+    return [tuple(int(i) for i in torch.unravel_index(j, mean.shape)) for j in order]
