@@ -61,8 +61,38 @@ def test_report_without_figures_has_no_plotlyjs():
 def test_report_section_validation():
     with pytest.raises(TypeError, match=r"content: expected a plotly.graph_objects.Figure for kind='figure', got str"):
         ReportSection("x", "figure", "not a figure")
-    # Under the suite's jaxtyping hook the Literal annotation rejects it first (plain use: ValueError).
-    with pytest.raises(TypeError, match="kind"):
-        ReportSection("x", "video", "y")
+    with pytest.raises(TypeError, match=r"content: expected a list of dicts or a pandas DataFrame for kind='table'"):
+        ReportSection("x", "table", [{"a": 1}, "not a row"])
     with pytest.raises(TypeError, match=r"sections\[0\]: expected a ReportSection, got dict"):
         render_report.__wrapped__("r", [{"heading": "x"}])
+
+
+def test_report_content_errors_are_the_library_s_value_errors(tmp_path):
+    # Values of the right type with bad content: the report's own checks, not the type checker, reject them.
+    with pytest.raises(ValueError, match=r"images\['bright'\]: expected pixel values in \[0, 1\] .* got range \[2, 2\]"):
+        render_report("r", [ReportSection.images("Inputs", {"bright": torch.full((3, 2, 2), 2.0)})])
+    with pytest.raises(ValueError, match=r"images\['two'\]: expected 1 or 3 channels"):
+        render_report("r", [ReportSection.images("Inputs", {"two": torch.zeros(2, 4, 4)})])
+    with pytest.raises(ValueError, match=r"images\['nan'\]: expected finite pixel values"):
+        render_report("r", [ReportSection.images("Inputs", {"nan": torch.full((1, 2, 2), float("nan"))})])
+    with pytest.raises(ValueError, match="path: expected an HTML file path, got the existing folder"):
+        write_report(tmp_path, "r", [ReportSection.text("t", "x")])
+
+
+def test_write_report_failing_midway_keeps_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "report.html"
+    path.write_text("OLD")
+    real_fsync = os.fsync
+
+    def disk_full(fd):  # the page has been written to the temporary file; flushing it to disk fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(path, "new", [ReportSection.text("t", "x" * 100_000)])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_text() == "OLD" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    write_report(path, "new", [ReportSection.text("t", "fresh")])
+    assert "fresh" in path.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]

@@ -283,10 +283,15 @@ class AttributionMethod:
         grid = self.model.grid_size_for(images)
         if self.native == "patch":
             if tuple(native.shape[1:]) != grid:
-                raise RuntimeError(f"{self.name} returned maps of shape {tuple(native.shape)}, expected grid {grid}")
+                raise RuntimeError(
+                    f"{type(self).__name__}._attribute: expected patch maps [chunk, {grid[0]}, {grid[1]}], "
+                    f"got shape {tuple(native.shape)}"
+                )
             return native, upsample_map(native, (h, w), mode=self.upsample)
         if tuple(native.shape[1:]) != (h, w):
-            raise RuntimeError(f"{self.name} returned maps of shape {tuple(native.shape)}, expected {(h, w)}")
+            raise RuntimeError(
+                f"{type(self).__name__}._attribute: expected pixel maps [chunk, {h}, {w}], got shape {tuple(native.shape)}"
+            )
         return patch_sums(native, tuple(self.model.cfg.patch_size)), native
 
     def __repr__(self) -> str:

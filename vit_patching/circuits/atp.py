@@ -257,8 +257,9 @@ def atp_heads(
 
     Example:
         >>> est = atp_heads(model, clean, corrupted, "logit_diff", sites=("z", "k"), verify_top_k=3)
-        >>> est.axes, est.options["verification"].labels[:1]
-        (('site', 'layer', 'head'), ['z L3 H1'])
+        >>> est.axes
+        ('site', 'layer', 'head')
+        >>> est.options["verification"].labels[0]      # e.g. 'z L3 H1': the largest estimate, re-run exactly
     """
     layout = check_pair(model, clean, corrupted)
     check_bool(by_pos, "by_pos")

@@ -146,8 +146,7 @@ def eap(
 
     Example:
         >>> scores = eap(model, clean, corrupted, "logit_diff")
-        >>> scores.top(2)
-        [('L3H1', 'logits', 4.2), ('embed', 'L1H0.v', 1.9)]
+        >>> [(u, v) for u, v, _ in scores.top(2)]     # the two edges with the largest |score|
     """
     return _edge_scores(model, clean, corrupted, metric, None, by_pos)
 

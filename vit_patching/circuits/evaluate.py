@@ -128,9 +128,10 @@ def run_circuits(
     graph = Graph.of(model)
     s_hooks, r_hooks = sender_hooks(model), receiver_hooks(model)
     prefix = [get_act_name("resid_pre", l) for l in range(L)]
+    clean_hooks = set(s_hooks + r_hooks + prefix)
     with model.flags(**EDGE_FLAGS):
         clean_logits, cc = model.run_with_cache(
-            clean, names_filter=lambda n: n in set(s_hooks + r_hooks + prefix), return_cache_object=False)
+            clean, names_filter=lambda n: n in clean_hooks, return_cache_object=False)
         corr_logits, xc = model.run_with_cache(corrupted, names_filter=lambda n: n in s_hooks,
                                                return_cache_object=False)
         out_clean = sender_outputs(model, cc)  # [b pos S d]
@@ -211,8 +212,8 @@ def evaluate_circuit(
 
     Example:
         >>> ev = evaluate_circuit(model, select_circuit(scores, top_n=30), clean, corrupted)
-        >>> ev.faithfulness
-        tensor([0.93])
+        >>> ev.faithfulness.shape                      # one value per circuit: 0 = corrupted, 1 = clean
+        torch.Size([1])
     """
     check_pair(model, clean, corrupted)
     circuits = [circuit] if isinstance(circuit, Circuit) else list(circuit)

@@ -13,9 +13,9 @@ The names are those of :class:`vit_patching.patching.Node`, so an edge ``(u, v)`
 ``path_patch(senders=[u], receivers=[v])``.
 
 Example:
-    >>> g = Graph.of(model)
+    >>> g = Graph.of(load_model("toy-shapes"))          # 4 blocks x 4 heads
     >>> g.senders[:3], g.receivers[-2:], len(g.edges)
-    (['embed', 'L0H0', 'L0H1'], ['MLP3', 'logits'], 1137)
+    (['embed', 'L0H0', 'L0H1'], ['MLP3', 'logits'], 479)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from vit_patching import checks
 from vit_patching.images import (
@@ -300,8 +301,6 @@ def run_perturbations(
     Insertion (``insert=True``): pixels with ``ranks < count`` take the image, the rest the substrate.
     Pairs are flattened and evaluated ``batch_size`` at a time, so many perturbed images share one forward.
     """
-    from tqdm.auto import tqdm
-
     batch, n_points = images.shape[0], counts.shape[0]
     total = batch * n_points
     first, second = (images, substrate) if insert else (substrate, images)

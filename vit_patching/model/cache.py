@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+import numpy as np
 import torch
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice
+
+# What TransformerLens accepts as a position slice (its ``SliceInput``, spelled without deprecated typing aliases).
+PosSlice = Slice | int | np.integer | tuple | list | torch.Tensor | np.ndarray | None
 
 # Label of the single embedding component of a CLIP-style (``pre_norm``) model: ln_pre's output.
 EMBED_LN_PRE = "embed_ln_pre"
@@ -30,7 +32,7 @@ class ViTActivationCache(ActivationCache):
     """
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
-                        apply_ln: bool = False, pos_slice: Any = None, incl_embeds: bool = True,
+                        apply_ln: bool = False, pos_slice: PosSlice = None, incl_embeds: bool = True,
                         return_labels: bool = False):  # fmt: skip
         if not (incl_embeds and self.model.cfg.pre_norm):
             return super().decompose_resid(layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
@@ -46,7 +48,7 @@ class ViTActivationCache(ActivationCache):
         return (parts, labels) if return_labels else parts
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
-                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,
+                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice: PosSlice = None,
                                      return_labels: bool = False, project_output_onto: torch.Tensor | None = None):  # fmt: skip
         """TransformerLens's full decomposition (heads, neurons, embeddings, biases); on a ``pre_norm`` model the
         embedding rows are replaced by one ``"embed_ln_pre"`` row (see the class docstring)."""

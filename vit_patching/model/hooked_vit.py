@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..checks import check_bool
+from ..checks import check_bool, is_int
 from .cache import ViTActivationCache
 from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
 from .config import UnsupportedModelError, ViTConfig, config_from_timm
@@ -145,7 +145,7 @@ class HookedViT(HookedRootModule):
         self.check_images(images)
         return (images.shape[-2] // self.cfg.patch_size[0], images.shape[-1] // self.cfg.patch_size[1])
 
-    def check_images(self, images: Any, name: str = "images") -> None:
+    def check_images(self, images: object, name: str = "images") -> None:
         """Raise a clear error unless ``images`` is a float ``[batch, channel, height, width]`` batch this model takes."""
         cfg = self.cfg
         if not isinstance(images, Tensor):
@@ -186,7 +186,7 @@ class HookedViT(HookedRootModule):
         cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.cfg.data_config.items()}
         return create_transform(**cfg, is_training=False)
 
-    def preprocess(self, images: Any) -> Float[Tensor, "batch channel height width"]:
+    def preprocess(self, images: object) -> Float[Tensor, "batch channel height width"]:
         """Turn PIL images (one or a list) into a normalised batch on the model's device."""
         from PIL import Image
 
@@ -312,7 +312,7 @@ class HookedViT(HookedRootModule):
 
     @staticmethod
     def _check_layer(value: int, name: str, n_layers: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         v = value + n_layers if value < 0 else value
         if not 0 <= v <= n_layers:
@@ -356,8 +356,7 @@ class HookedViT(HookedRootModule):
         super()._enable_hook_with_name(name, hook, dir)
 
     def _set_flag(self, flag: str, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+        check_bool(value, flag)
         setattr(self.cfg, flag, value)
         self.setup()
 
@@ -551,7 +550,7 @@ class HookedViT(HookedRootModule):
         self.check_classes(idx, "classes")
         return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
 
-    def check_target(self, target: Any, batch: int) -> Tensor | None:
+    def check_target(self, target: object, batch: int) -> Tensor | None:
         """Validate a per-image target: ``None``, an int, or an integer tensor ``[batch]`` of class indices.
 
         Returns:
@@ -713,7 +712,7 @@ class HookedViT(HookedRootModule):
             center(b.mlp.b_fc2.view(1, -1))
 
 
-def check_classifier(model: Any, name: str = "model") -> HookedViT:
+def check_classifier(model: object, name: str = "model") -> HookedViT:
     """Return ``model`` if it is a :class:`HookedViT` with a classification head, else raise naming ``name``.
 
     The one check every experiment and attribution method that reads class scores makes first.

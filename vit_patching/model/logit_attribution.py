@@ -9,21 +9,22 @@ contributions of all components plus :func:`head_bias` add up to the logits exac
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import ActivationCache
+
+from .hooked_vit import HookedViT
 
 
-def _cached(cache: Any, name: str) -> Tensor:
+def _cached(cache: ActivationCache, name: str) -> Tensor:
     try:
         return cache[name]
     except KeyError:
         raise KeyError(f"the cache lacks {name!r}: run run_with_cache without a names_filter that drops it") from None
 
 
-def _pool(model: Any, x: Tensor) -> Tensor:
+def _pool(model: HookedViT, x: Tensor) -> Tensor:
     """Linear pooling of ``[..., pos, d_model]`` -> ``[..., n_read, d_model]`` (n_read = 2 for distilled)."""
     cfg = model.cfg
     if cfg.has_dist:
@@ -36,7 +37,7 @@ def _pool(model: Any, x: Tensor) -> Tensor:
     raise ValueError(f"global_pool={cfg.global_pool!r} is not linear: no exact logit attribution exists")
 
 
-def _head_weights(model: Any) -> list[tuple[Tensor, Tensor]]:
+def _head_weights(model: HookedViT) -> list[tuple[Tensor, Tensor]]:
     head = model.head
     pairs = [(head.W_H, head.b_H)]
     if model.cfg.has_dist:
@@ -45,8 +46,8 @@ def _head_weights(model: Any) -> list[tuple[Tensor, Tensor]]:
 
 
 def head_contributions(
-    model: Any,
-    cache: Any,
+    model: HookedViT,
+    cache: ActivationCache,
     stack: Float[Tensor, "component batch pos d_model"],
 ) -> Float[Tensor, "component batch n_classes"]:
     """Logit contribution of each residual component (e.g. from ``cache.decompose_resid()``).
@@ -86,7 +87,7 @@ def head_contributions(
     return out / len(pairs)
 
 
-def head_bias(model: Any, cache: Any) -> Float[Tensor, "batch n_classes"]:
+def head_bias(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "batch n_classes"]:
     """The part of the logits that no residual component carries (norm bias and head bias)."""
     cfg = model.cfg
     model._require_head()

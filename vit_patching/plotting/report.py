@@ -82,22 +82,42 @@ class ReportSection:
 
     @classmethod
     def figure(cls, heading: str, fig: go.Figure, caption: str = "") -> ReportSection:
-        """A figure section."""
+        """A figure section.
+
+        Example:
+            >>> ReportSection.figure("Map", go.Figure(go.Heatmap(z=[[1, 2]]))).kind
+            'figure'
+        """
         return cls(heading, "figure", fig, caption)
 
     @classmethod
     def table(cls, heading: str, rows: Any, caption: str = "") -> ReportSection:
-        """A table section from a list of dicts (columns: union of keys, first-seen order) or a DataFrame."""
+        """A table section from a list of dicts (columns: union of keys, first-seen order) or a DataFrame.
+
+        Example:
+            >>> ReportSection.table("Scores", [{"method": "caap", "auc": 0.7}]).content[0]["auc"]
+            0.7
+        """
         return cls(heading, "table", rows, caption)
 
     @classmethod
     def text(cls, heading: str, text: str, caption: str = "") -> ReportSection:
-        """A text section (blank lines separate paragraphs)."""
+        """A text section (blank lines separate paragraphs).
+
+        Example:
+            >>> ReportSection.text("Notes", "one\\n\\ntwo").heading
+            'Notes'
+        """
         return cls(heading, "text", text, caption)
 
     @classmethod
     def images(cls, heading: str, images: Mapping[str, Any], caption: str = "") -> ReportSection:
-        """A gallery of named images, each ``[channel, height, width]`` in [0, 1]."""
+        """A gallery of named images, each ``[channel, height, width]`` in [0, 1].
+
+        Example:
+            >>> sorted(ReportSection.images("Inputs", {"a": torch.zeros(3, 4, 4)}).content)
+            ['a']
+        """
         return cls(heading, "images", images, caption)
 
 
