@@ -87,6 +87,16 @@ def write_plotly_js(out_dir: Path) -> Path:
     return target
 
 
+def write_index(out_dir: Path) -> Path:
+    """``out_dir/index.html``: a link to every exported page in the folder."""
+    pages = sorted(p.name for p in out_dir.glob("*.html") if p.name != "index.html")
+    items = "\n".join(f'<li><a href="{html.escape(n)}">{html.escape(n[:-5])}</a></li>' for n in pages)
+    target = out_dir / "index.html"
+    target.write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>vit_patching tutorials</title></head>"
+                      f"<body><h1>vit_patching tutorials</h1><ul>\n{items}\n</ul></body></html>\n", encoding="utf-8")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks (default: tutorials/*.ipynb)")
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     write_plotly_js(args.out)
     for path in notebooks:
         export_notebook(path.resolve(), args.out, timeout=args.timeout)
+    write_index(args.out)
     return 0
 
 
