@@ -72,6 +72,7 @@ def export_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_nam
     target = out_dir / f"{path.stem}.html"
     with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False, encoding="utf-8") as f:
         f.write(body)
+    os.chmod(f.name, 0o644)  # a published page: readable like any other file, not private like a temp file
     os.replace(f.name, target)
     print(f"{path.name}: {n_figures} figures -> {target} ({target.stat().st_size // 1024} KiB)")
     return target
@@ -108,11 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"notebooks: expected existing .ipynb files, got {missing}", file=sys.stderr)
         return 2
+    from nbclient.exceptions import CellExecutionError
+
     write_plotly_js(args.out)
+    failed = []
     for path in notebooks:
-        export_notebook(path.resolve(), args.out, timeout=args.timeout)
+        try:
+            export_notebook(path.resolve(), args.out, timeout=args.timeout)
+        except CellExecutionError as err:  # export the others; the failing page keeps its previous version
+            failed.append(path.name)
+            print(f"{path.name}: a cell failed, not exported: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
     write_index(args.out)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
