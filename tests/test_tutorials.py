@@ -59,3 +59,33 @@ def test_tutorial_executes(path, python3_kernel):
     client.execute(env=env)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_export_keeps_plotly_figures(tmp_path, python3_kernel):
+    """scripts/export_tutorials.py turns Plotly's mimetype outputs (which nbconvert drops) into drawn figures that
+    load the one shared, local plotly.js: nothing fetched from the network."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("export_tutorials", TUTORIALS.parent / "scripts" / "export_tutorials.py")
+    exporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exporter)
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import plotly.graph_objects as go\n"
+        "go.Figure(go.Heatmap(z=[[0.0, 1.0]]), layout_title_text='exported <b>grid</b>').show()\n"
+        "go.Figure(go.Bar(y=[3, 1]))"
+    )]
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "html"
+    js = exporter.write_plotly_js(out)
+    page = exporter.export_notebook(path, out, timeout=120, kernel_name=python3_kernel).read_text()
+
+    assert page.count("Plotly.newPlot(") == 2                     # both figures, the .show() and the bare one
+    assert exporter.PLOTLY_MIME not in page                        # no output left for the browser to drop
+    assert '<script src="plotly.min.js"></script>' in page and page.index("plotly.min.js") < page.index("Plotly.newPlot(")
+    assert "cdn.plot.ly" not in page and "exported" in page        # the figure's own title is in the page
+    assert js.stat().st_size > 1_000_000 and "Plotly" in js.read_text()[:5000]
