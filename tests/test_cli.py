@@ -58,6 +58,7 @@ def test_main_job_in_process_renders_in_chromium(tmp_path, capsys):
     text = _check_report(out)
     assert "sample 0 of the shipped &#x27;shapes&#x27; dataset" in text and "toy-shapes" in text
     assert "random (untrained)" not in text
+    assert "The neutral context alone is classified" in text  # the neutral's own prediction is shown
     pixels = _rendered_png(out, tmp_path)
     assert (pixels.std(axis=2) > 40).mean() > 0.01  # coloured map/image pixels, not a blank or error page
     assert (pixels.min(axis=2) > 245).mean() > 0.3  # and a white page around them
@@ -283,3 +284,25 @@ def test_pretrained_without_cached_weights_fails_at_once_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines  # no retry warnings
     assert "--pretrained: the weights of 'vit_tiny_patch16_224'" in lines[0] and "not in the local" in lines[0]
+
+
+def test_report_shows_the_neutral_prediction_and_its_warning():
+    # A neutral that is itself an image of the explained class: the report must say so, in the summary.
+    import torch
+
+    from vit_patching.cli import _report_sections
+    from vit_patching.patching.caap import caap
+    from vit_patching.zoo import get_spec, load_dataset, load_model
+
+    model, batch = load_model("toy-shapes"), load_dataset("shapes", n=16, seed=0)
+    with torch.no_grad():
+        pred = model(batch.images).argmax(-1)
+    k = 0
+    twin = int(((pred == pred[k]) & (torch.arange(16) != k)).nonzero()[0])
+    attr = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[twin])
+    assert attr.warnings
+    info = {"class_names": list(get_spec("toy-shapes").class_names), "model": "toy-shapes", "weights": "shipped",
+            "random": False}
+    summary = _report_sections(attr, model, info, "test", None, 5)[0].content
+    assert f"WARNING: {attr.warnings[0]}" in summary
+    assert f"probability {float(attr.neutral_target_prob[0]):.3f}" in summary

@@ -274,6 +274,13 @@ def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, l
         f"'{attr.options['neutral']}' neutral context at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
         f"{readout} of the explained class in that patched run.",
     ]
+    n_pred = int(attr.neutral_prediction[0])
+    lines.append(
+        f"The neutral context alone is classified {_class_label(n_pred, names)} with probability "
+        f"{float(attr.neutral_prediction_prob[0]):.3f}; it gives the explained class probability "
+        f"{float(attr.neutral_target_prob[0]):.3f} ({readout} {float(attr.neutral_target_score[0]):.3f})."
+    )
+    lines += [f"WARNING: {w}" for w in attr.warnings]  # e.g. the neutral context already predicts the class
     if info["random"]:
         lines.insert(0, "WARNING: this model has random (untrained) weights, so the map says nothing about a "
                         "trained network. Pass --pretrained to load timm's weights.")
@@ -288,6 +295,7 @@ def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, l
     scores = [
         {"quantity": f"source {readout} (unpatched input)", "value": float(attr.source_score[0])},
         {"quantity": f"neutral {readout} (unpatched neutral context)", "value": float(attr.neutral_score[0])},
+        {"quantity": "neutral context: probability of the explained class", "value": float(attr.neutral_target_prob[0])},
         {"quantity": "map maximum", "value": float(m.max())},
         {"quantity": "map mean", "value": float(m.mean())},
         {"quantity": "map minimum", "value": float(m.min())},
