@@ -318,14 +318,17 @@ _BUILTIN: dict[str, tuple[str, str]] = {
 _USER: dict[str, type[AttributionMethod]] = {}
 
 
-def available_methods() -> list[str]:
+def available_methods(include_registered: bool = True) -> list[str]:
     """Names accepted by :func:`get_method`, built-in methods first in a fixed order.
 
+    Args:
+        include_registered: Also list methods added with :func:`register_method` (default True).
+
     Example:
-        >>> available_methods()[:3]
-        ['raw_attention', 'rollout', 'gae']
+        >>> available_methods()[:3], len(available_methods(include_registered=False))
+        (['raw_attention', 'rollout', 'gae'], 12)
     """
-    return list(_BUILTIN) + [n for n in _USER if n not in _BUILTIN]
+    return list(_BUILTIN) + ([n for n in _USER if n not in _BUILTIN] if include_registered else [])
 
 
 def register_method(name: str, cls: type[AttributionMethod]) -> None:
