@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from vit_patching.model import HookedViT, ViTConfig
 
 __all__ = [
-    "DEFAULT_FRACTION", "MAX_ROWS", "SAFETY", "activation_bytes_per_row", "auto_batch_size", "free_memory",
+    "DEFAULT_FRACTION", "MAX_ROWS", "SAFETY", "activation_bytes_per_row", "auto_batch_size", "batch_size_for_budget",
+    "free_memory",
     "resolve_batch_size",
 ]
 
@@ -106,8 +107,20 @@ def auto_batch_size(
         budget = check_fraction(fraction, "fraction", open_low=True) * free_memory(model.device)
     else:
         budget = check_positive_int(max_memory, "max_memory")
-    per_row = activation_bytes_per_row(model.cfg, model.dtype, n_pos)
-    return max(1, min(max_rows, int(budget // per_row)))
+    return batch_size_for_budget(model.cfg, int(budget), model.dtype, n_pos=n_pos, max_rows=max_rows)
+
+
+def batch_size_for_budget(
+    cfg: "ViTConfig", budget: int, dtype: torch.dtype = torch.float32, *, n_pos: int | None = None, max_rows: int = MAX_ROWS
+) -> int:
+    """Rows per forward for a model config and an activation budget in bytes (no model needed).
+
+    Example:
+        >>> batch_size_for_budget(model.cfg, 2**30) >= 1     # doctest: +SKIP
+        True
+    """
+    per_row = activation_bytes_per_row(cfg, dtype, n_pos)
+    return max(1, min(check_batch_size(max_rows, "max_rows"), int(check_positive_int(budget, "budget") // per_row)))
 
 
 def resolve_batch_size(batch_size: Any, model: "HookedViT", **kwargs: Any) -> int:
