@@ -13,7 +13,7 @@ from vit_patching.patching.memory import (
     free_memory,
     resolve_batch_size,
 )
-from vit_patching.zoo import load_model
+from vit_patching.zoo import load_dataset, load_model
 
 GIB = 2**30
 
@@ -62,3 +62,14 @@ def test_auto_batch_size_on_a_model_and_errors():
         auto_batch_size(model, max_memory=0)
     with pytest.raises(ValueError, match="fraction"):
         auto_batch_size(model, fraction=1.5)
+
+
+def test_caap_and_engine_accept_auto():
+    from vit_patching.patching.caap import caap
+
+    model = load_model("toy-shapes")
+    x = load_dataset("shapes", n=1, seed=0).images
+    fixed = caap(model, x, window=(0, 1), batch_size=64)
+    auto = caap(model, x, window=(0, 1), batch_size="auto")
+    assert isinstance(auto.options["batch_size"], int) and auto.options["batch_size"] >= 1  # resolved, recorded
+    torch.testing.assert_close(auto.map, fixed.map, rtol=0, atol=1e-5)  # same values, other row chunking

@@ -50,6 +50,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .engine import PatchRun, PatchSpec, Site, run_patch_spec
+from .memory import resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -589,7 +590,7 @@ def caap(
     reference: Float[Tensor, "ref channel height width"] | None = None,
     blur_sigma: float | None = None,
     upsample: str = "nearest",
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     progress: bool = False,
 ) -> Attribution:
     """CAAP attribution maps: each patch's source activations pinned into a neutral context over a layer window.
@@ -608,7 +609,8 @@ def caap(
         reference: Images whose mean residual is the neutral context for ``neutral="mean_activations"``.
         blur_sigma: Gaussian sigma in pixels for ``neutral="blur"`` (default: image side / 16).
         upsample: How ``pixel_map`` is made from the patch map: ``"nearest"`` or ``"bilinear"``.
-        batch_size: Patched rows (patch x image) per forward pass.
+        batch_size: Patched rows (patch x image) per forward pass, or ``"auto"`` (from free memory, see
+            :func:`~vit_patching.patching.memory.auto_batch_size`).
         progress: Show a tqdm bar over the patched chunks.
 
     Returns:
@@ -626,6 +628,7 @@ def caap(
         (torch.Size([4, 8, 8]), torch.Size([4]))
     """
     _check_model(model)
+    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
     L = model.cfg.n_layers
     window = default_window(L) if window is None else check_window(window, L)
     _check_choice(readout, READOUTS, "readout")
