@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sample", type=int, help="explain sample N of the shipped dataset matching the shipped model")
     src.add_argument("--images", type=Path, help="dataset run: every image of this folder (--out is then a folder)")
     src.add_argument("--dataset", choices=["shapes", "conjunction"], help="dataset run: --n images of a shipped set")
-    p.add_argument("--n", type=int, default=None, help="dataset run: number of images (first N)")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+                   help="dataset run: number of images (first N; --n-images under torchrun, which claims --n)")
     p.add_argument("--seed", type=int, default=0, help="dataset run with --dataset: generation seed (default 0)")
     p.add_argument("--chunk-size", type=int, default=16, help="dataset run: images per chunk (unit of resume)")
     p.add_argument("--no-resume", action="store_true", help="dataset run: recompute chunks already saved")

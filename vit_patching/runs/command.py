@@ -1,6 +1,7 @@
 """The dataset mode of ``vit-patching caap``: ``--images DIR`` or ``--dataset NAME --n N`` with ``--out DIR``.
 
-Run it sharded with ``torchrun --nproc_per_node 2 -m vit_patching.cli caap --dataset shapes --n 64 --out run/``.
+Run it sharded with ``torchrun --nproc_per_node 2 -m vit_patching.cli caap --dataset shapes --n-images 64 --out run/``
+(``--n-images``: torchrun claims abbreviations of ``--n``).
 
 Example:
     >>> from vit_patching.cli import main
