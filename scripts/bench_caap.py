@@ -148,6 +148,11 @@ def main() -> None:
         print(f"(a) naive   {tn:9.3f} s   {args.images / tn:9.2f} img/s   (one hooked forward per patch{extra})")
         print(f"naive / CAAP = {tn / tc:.2f}   (target >= L/(L-start) = {L / (L - window[0]):.2f})")
         print(f"max |CAAP - naive| = {err:.2e}")
+    import resource  # peak memory of the whole process (ru_maxrss is KiB on Linux)
+
+    print(f"peak RSS = {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    if args.device.startswith("cuda"):
+        print(f"peak CUDA allocated = {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

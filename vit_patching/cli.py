@@ -84,6 +84,15 @@ def check_device(text: str, name: str = "--device") -> Any:
     raise ValueError(f"{name}: expected cpu, cuda, cuda:N or mps, got {text!r}")
 
 
+def _parse_batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-patching`` (one sub-command per job)."""
     from vit_patching.patching.caap import NEUTRALS, READOUTS, SITES
@@ -107,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sample", type=int,
                      help="explain sample N of the shipped dataset matching the shipped model (seed 0; only that "
                      "sample is generated)")
+    src.add_argument("--images", type=Path, help="dataset run: every image of this folder (--out is then a folder)")
+    src.add_argument("--dataset", choices=["shapes", "conjunction"], help="dataset run: --n images of a shipped set")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+                   help="dataset run: number of images (first N; --n-images under torchrun, which claims --n)")
+    p.add_argument("--seed", type=int, default=0, help="dataset run with --dataset: generation seed (default 0)")
+    p.add_argument("--chunk-size", type=int, default=16, help="dataset run: images per chunk (unit of resume)")
+    p.add_argument("--no-resume", action="store_true", help="dataset run: recompute chunks already saved")
+    p.add_argument("--no-progress", action="store_true", help="dataset run: no progress bar")
     p.add_argument("--target", type=int, default=None,
                    help="class index to explain, 0 <= TARGET < number of classes (default: the predicted class)")
     p.add_argument("--window", type=_parse_window, default=None, help="layer window START:END (default: CAAP's)")
@@ -117,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-prefix", action="store_true", help="also pin CLS/register tokens to source values")
     p.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest", help="patch map -> image")
     p.add_argument("--top", type=int, default=10, help="number of top patches listed (default 10)")
-    p.add_argument("--batch-size", type=int, default=64, help="patched rows per forward pass (default 64)")
+    p.add_argument("--batch-size", type=_parse_batch_size, default=64,
+                   help="patched rows per forward pass, or 'auto' (from free memory; default 64)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     p.add_argument("--out", required=True,
                    help="path of the HTML report to write; an existing file is replaced (atomically: a failed "
@@ -330,7 +348,7 @@ def _run_caap(args: argparse.Namespace) -> Path:
         raise _UsageError(str(e)) from None
     if args.top < 1:
         raise _UsageError(f"--top: expected a positive number of patches, got {args.top}")
-    if args.batch_size < 1:
+    if args.batch_size != "auto" and args.batch_size < 1:
         raise _UsageError(f"--batch-size: expected a positive int, got {args.batch_size}")
     if args.sample is not None and not 0 <= args.sample < MAX_SAMPLE:
         raise _UsageError(f"--sample: expected an index in [0, {MAX_SAMPLE}), got {args.sample}")
@@ -358,6 +376,10 @@ def _run_caap(args: argparse.Namespace) -> Path:
             check_window(args.window, model.cfg.n_layers, "--window")
         except ValueError as e:
             raise _UsageError(str(e)) from None
+    if args.batch_size == "auto":  # rows per forward from the free memory of the model's device
+        from vit_patching.patching.memory import auto_batch_size
+
+        args.batch_size = auto_batch_size(model)
     if info["random"]:
         logger.warning("%s has random weights (no --pretrained): the report explains an untrained model", args.model)
     image, source, label = _load_input(args, model, info, pil)
@@ -398,7 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="vit-patching: %(levelname)s: %(message)s")
     try:
-        if args.command == "caap":
+        if args.command == "caap" and (args.images is not None or args.dataset is not None):
+            from vit_patching.runs.command import run_dataset_command
+
+            try:
+                path = run_dataset_command(args, _load_model)
+            except ValueError as e:
+                raise _UsageError(str(e)) from e
+            if path is None:  # a rank other than 0 of a sharded run
+                return 0
+        elif args.command == "caap":
             path = _run_caap(args)
     except _UsageError as e:
         message = " ".join(str(e).splitlines())  # one line, whatever a library put in its message

@@ -64,6 +64,7 @@ from vit_patching.model import HookedViT, check_classifier
 
 from .caap_results import DEFAULT_WARN_SHARE, READOUTS, Attribution, caap_readout, compare_attributions, neutral_warnings
 from .engine import PatchRun, PatchSpec, Site, run_patch_spec
+from .memory import resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ def caap(
     blur_sigma: float | None = None,
     upsample: str = DEFAULT_UPSAMPLE,
     warn_share: float = DEFAULT_WARN_SHARE,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     progress: bool = False,
 ) -> Attribution:
     """CAAP attribution maps: each patch's source activations pinned into a neutral context over a layer window.
@@ -431,7 +432,8 @@ def caap(
             :data:`vit_patching.images.DEFAULT_UPSAMPLE`, as every method and metric) or ``"nearest"``.
         warn_share: Warn (``logging`` and ``result.warnings``) when the neutral run gives the explained class
             more than this share of the source's probability, or predicts it (default 0.5).
-        batch_size: Patched rows (patch x image) per forward pass.
+        batch_size: Patched rows (patch x image) per forward pass, or ``"auto"`` (from free memory, see
+            :func:`~vit_patching.patching.memory.auto_batch_size`).
         progress: Show a tqdm bar over the patched chunks.
 
     Returns:
@@ -449,6 +451,7 @@ def caap(
         (torch.Size([4, 8, 8]), torch.Size([4]))
     """
     check_classifier(model)
+    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
     L = model.cfg.n_layers
     window = default_window(L) if window is None else check_window(window, L)
     check_choice(readout, READOUTS, "readout")

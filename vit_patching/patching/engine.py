@@ -32,6 +32,7 @@ from vit_patching.checks import check_batch_size
 from vit_patching.hook_names import get_act_name, hook_layer, site_axes
 from vit_patching.model import HookedViT, check_classifier
 
+from .memory import resolve_batch_size
 from .metrics import Metric
 
 logger = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def run_patch_spec(
     source_cache: dict[str, Tensor] | None = None,
     target_logits: Tensor | None = None,
     source_logits: Tensor | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     progress: bool = True,
 ) -> PatchRun:
     """Run every (variant, image) pair of ``spec``, batched, from the target run's cached prefix.
@@ -271,7 +272,8 @@ def run_patch_spec(
         source: Source images (where patched values come from). Optional if ``source_cache`` has every hook.
         target_cache, source_cache: Precomputed activations ``{hook: [batch, ...]}`` to reuse.
         target_logits, source_logits: Precomputed unpatched logits for the baselines.
-        batch_size: Rows (variant x image) per forward pass.
+        batch_size: Rows (variant x image) per forward pass, or ``"auto"`` (from the free memory, see
+            :mod:`~vit_patching.patching.memory`).
         progress: Show a tqdm bar.
 
     Returns:
@@ -282,7 +284,7 @@ def run_patch_spec(
         >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
     """
     check_classifier(model)
-    check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
     for arg, images in (("target", target), ("source", source)):
         if images is not None:
             check_image_batch(model, images, arg)

@@ -1,0 +1,113 @@
+"""An offline HTML gallery of a dataset run: one row per image with its thumbnail, the CAAP map over it, and scores.
+
+No JavaScript library and no network: images are inline base64 PNGs; a few lines of inline script sort the table
+by any column. Every user-provided string (names, settings, title) is HTML-escaped.
+
+Example:
+    >>> write_gallery("out/gallery.html", "CAAP", rows, thumbs, maps, settings)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, UInt8
+from torch import Tensor
+
+from .sharding import atomic_write_bytes
+
+__all__ = ["overlay_png", "write_gallery"]
+
+_SORT_JS = """
+function sortBy(col){const t=document.getElementById('g');const b=t.tBodies[0];const rows=[...b.rows];
+const asc=t.dataset.col==col?t.dataset.asc!='1':false;t.dataset.col=col;t.dataset.asc=asc?'1':'0';
+rows.sort((x,y)=>{const a=x.cells[col].dataset.v,c=y.cells[col].dataset.v;const na=parseFloat(a),nc=parseFloat(c);
+const r=(isNaN(na)||isNaN(nc))?a.localeCompare(c):na-nc;return asc?r:-r;});rows.forEach(r=>b.appendChild(r));}
+"""
+
+
+def _png(array: Tensor) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array.numpy()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def overlay_png(thumb: UInt8[Tensor, "channel h w"], patch_map: Float[Tensor, "gh gw"], alpha: float = 0.55) -> str:
+    """Base64 PNG of the map (diverging blue-white-red, symmetric about 0 after centring on its median) over the image.
+
+    Example:
+        >>> overlay_png(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.rand(2, 2))[:8]
+        'iVBORw0K'
+    """
+    img = thumb.float() / 255
+    m = patch_map.float()
+    m = m - m.median()
+    m = m / m.abs().max().clamp_min(1e-12)  # [-1, 1]
+    m = torch.nn.functional.interpolate(m[None, None], size=tuple(img.shape[-2:]), mode="nearest")[0, 0]
+    pos, neg = m.clamp_min(0), (-m).clamp_min(0)
+    colour = torch.stack([1 - neg, 1 - pos - neg, 1 - pos])  # red for positive, blue for negative
+    out = (1 - alpha) * img + alpha * colour
+    return _png((out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous())
+
+
+def write_gallery(
+    path: str | os.PathLike,
+    title: str,
+    rows: Sequence[Mapping[str, Any]],
+    thumbs: UInt8[Tensor, "n channel h w"],
+    maps: Float[Tensor, "n gh gw"],
+    settings: Mapping[str, Any],
+) -> Path:
+    """Write the gallery (atomically) and return its path.
+
+    Args:
+        path: the HTML file.
+        title: page title (escaped).
+        rows: one mapping per image: the table columns (values escaped).
+        thumbs: uint8 thumbnails ``[n, C, h, w]``.
+        maps: patch maps ``[n, gh, gw]``.
+        settings: shown as escaped JSON.
+
+    Example:
+        >>> write_gallery("g.html", "demo", [{"name": "<a>"}], torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+        ...               torch.rand(1, 2, 2), {}).suffix
+        '.html'
+    """
+    if not (len(rows) == thumbs.shape[0] == maps.shape[0]):
+        raise ValueError(f"rows, thumbs, maps: expected one per image, got {len(rows)}, {thumbs.shape[0]}, {maps.shape[0]}")
+    e = html.escape
+    cols = list(rows[0]) if rows else []
+    head = "".join(f"<th onclick='sortBy({j + 2})'>{e(str(c))}</th>" for j, c in enumerate(cols))
+    body = []
+    for i, r in enumerate(rows):
+        t = thumbs[i]
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3]
+        cells = "".join(
+            f"<td data-v='{e(str(v), quote=True)}'>{e(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>"
+            for v in r.values()
+        )
+        body.append(
+            f"<tr><td data-v='{i}'><img src='data:image/png;base64,{_png(t.permute(1, 2, 0).contiguous())}'></td>"
+            f"<td data-v='{i}'><img src='data:image/png;base64,{overlay_png(t, maps[i])}'></td>{cells}</tr>"
+        )
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "th{cursor:pointer;background:#eee}img{width:96px;image-rendering:pixelated}</style>"
+        f"<script>{_SORT_JS}</script></head><body><h1>{e(title)}</h1>"
+        f"<p>{len(rows)} images. Click a column header to sort. Overlay: CAAP map minus its median "
+        "(red above, blue below).</p>"
+        f"<details><summary>Settings</summary><pre>{e(json.dumps(settings, indent=1, default=str))}</pre></details>"
+        f"<table id='g'><thead><tr><th>image</th><th>CAAP</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        "</body></html>"
+    )
+    return atomic_write_bytes(path, doc.encode("utf-8"))
