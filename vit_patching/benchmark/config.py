@@ -14,6 +14,7 @@ from typing import Any
 
 from vit_patching.checks import check_choice, check_positive_int, check_positive_number
 from vit_patching.images import BASELINES, check_baseline
+from vit_patching.runs.sharding import chunk_ranges  # re-exported: one chunking rule for every sharded run
 
 __all__ = [
     "CURVES", "METRICS", "RISE_BLUR", "SUBSTRATE_TEXT", "BenchmarkConfig", "MetricSpec", "check_substrate",
@@ -106,17 +107,6 @@ class BenchmarkConfig:
         unknown = set(self.method_options) - set(self.methods)
         if unknown:
             raise ValueError(f"method_options: options given for methods not in the run: {sorted(unknown)}")
-
-
-def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` covering ``range(n)`` in chunks of ``chunk_size``.
-
-    Example:
-        >>> chunk_ranges(5, 2)
-        [(0, 2), (2, 4), (4, 5)]
-    """
-    check_positive_int(chunk_size, "chunk_size")
-    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
 def pg_tolerance(cfg: BenchmarkConfig, height: int) -> float:

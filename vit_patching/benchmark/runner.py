@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from vit_patching.benchmark.scoring import evaluate_maps
 from vit_patching.benchmark.stats import BenchmarkResult, summary_rows
 from vit_patching.files import atomic_write_text
 from vit_patching.images import normalization
+from vit_patching.runs.sharding import digest, model_digest
 
 if TYPE_CHECKING:
     from vit_patching.model import HookedViT
@@ -48,23 +48,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["merge", "metric_settings", "missing_partials", "model_digest", "run_shard", "validate_partial"]
-
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    for p in parts:
-        if isinstance(p, Tensor):
-            t = p.detach().cpu().contiguous()
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def model_digest(model: HookedViT) -> str:
-    """A hash of the model's weights and config (decides whether saved partial results still apply)."""
-    return _digest(*[v for _, v in sorted(model.state_dict().items())], repr(model.cfg))
 
 
 def metric_settings(model: HookedViT, data: BenchmarkData, cfg: BenchmarkConfig) -> dict[str, Any]:
@@ -180,7 +163,7 @@ class _Run:
         data = self.data
         parts: list[Any] = [self.base, self.methods[method].settings, data.images[s:e]]
         parts += [None if t is None else t[s:e] for t in (data.labels, data.masks)]
-        return _digest(*parts)
+        return digest(*parts)
 
     def load(self, method: str, s: int, e: int, *, warn: bool = True) -> dict[str, Any] | None:
         """The saved result of (method, chunk) if it validates and its fingerprint matches, else ``None``."""

@@ -34,33 +34,16 @@ from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, PatchSpec, Site, run_patch_spec
 from vit_patching.patching.engine import result_dtype
+from vit_patching.patching.experiment import axis_labels, layout_options
 
 from .common import Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells
 
 __all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
 
 
-
 def _wide(t: Tensor) -> Tensor:
     """Estimates in the engine's result dtype (float64 models keep float64), so AtP and exact results compare."""
     return t.to(result_dtype(t.dtype))
-
-def _options(layout: Any, pixels: Tensor | None) -> dict[str, Any]:
-    return {
-        "grid_size": tuple(layout.grid_size), "n_prefix": layout.n_prefix,
-        "prefix_labels": list(layout.prefix_labels),
-        "pixels": None if pixels is None else pixels.detach().float().cpu(),
-    }
-
-
-def _labels(axis: str, indices: Sequence[Any], layout: Any) -> list[str]:
-    if axis == "layer":
-        return [f"L{i}" for i in indices]
-    if axis == "head":
-        return [f"H{i}" for i in indices]
-    if axis == "pos":
-        return [layout.label(i) for i in indices]
-    return [str(i) for i in indices]
 
 
 def _check_k(verify_top_k: Any) -> int:
@@ -154,9 +137,9 @@ def atp_layer_sweep(
     ])  # [site, layer, batch, pos]
     values = target_score + _wide(est.permute(0, 1, 3, 2)).cpu()
     axes = {"site": site_names, "layer": layer_ids, "pos": pos_ids}
-    opts = _options(layout, pixels)
+    opts = layout_options(layout, pixels)
     opts.update(layer_indices=layer_ids, pos_indices=pos_ids, method="atp", batch_size=batch_size)
-    result = PatchingResult(values, tuple(axes), {a: _labels(a, v, layout) for a, v in axes.items()},
+    result = PatchingResult(values, tuple(axes), {a: axis_labels(a, v, layout) for a, v in axes.items()},
                             target_score, source_score, name, direction, "atp_layer_sweep", opts, n_forwards=0)
     if k:
         result.options["verification"] = _verify(
@@ -315,11 +298,11 @@ def atp_heads(
     if by_pos:
         axes["pos"] = pos_ids
     axes["head"] = head_ids
-    opts = _options(layout, pixels)
+    opts = layout_options(layout, pixels)
     opts.update({f"{a}_indices": list(v) for a, v in axes.items() if a != "site"})
     opts.update(method="atp*" if star else "atp", batch_size=batch_size)
     kind = "atp_head_patch_by_pos" if by_pos else "atp_head_patch"
-    result = PatchingResult(values, tuple(axes), {a: _labels(a, v, layout) for a, v in axes.items()},
+    result = PatchingResult(values, tuple(axes), {a: axis_labels(a, v, layout) for a, v in axes.items()},
                             target_score, source_score, name, direction, kind, opts, n_forwards=0)
     if k:
         def make_site(c: tuple[int, ...]) -> Site:

@@ -15,60 +15,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_choice
 from vit_patching.model import HookedViT
-from vit_patching.patching import logit_diff, target_logit, target_prob
+from vit_patching.patching.experiment import DIRECTIONS, METRIC_NAMES, resolve_metric, source_target
+from vit_patching.patching.experiment import check_inputs as check_pair  # the experiments' own check of a pair
 
 __all__ = ["DIRECTIONS", "METRIC_NAMES", "Verification", "check_pair", "forward_backward", "resolve_metric",
            "source_target", "top_cells"]
 
 Metric = Callable[[Tensor, Tensor], Tensor]
-DIRECTIONS = ("denoising", "noising")
-METRIC_NAMES = ("logit_diff", "logit", "prob")
-
-
-def check_pair(model: HookedViT, clean: Any, corrupted: Any) -> Any:
-    """Validate a clean/corrupted pair of image batches (same shape, model's input); return the token layout.
-
-    Example:
-        >>> layout = check_pair(model, clean, corrupted)
-    """
-    if not isinstance(model, HookedViT):
-        raise TypeError(f"model: expected a HookedViT, got {type(model).__name__}")
-    model.check_images(clean, "clean")
-    model.check_images(corrupted, "corrupted")
-    if clean.shape != corrupted.shape:
-        raise ValueError(
-            f"corrupted: expected the shape of clean {tuple(clean.shape)} (image i pairs with clean image i), "
-            f"got {tuple(corrupted.shape)}"
-        )
-    return model.layout_for(clean)
-
-
-def source_target(direction: str, clean: Tensor, corrupted: Tensor) -> tuple[Tensor, Tensor]:
-    """``(source, target)``: denoising writes clean values into the corrupted run, noising the reverse."""
-    check_choice(direction, DIRECTIONS, "direction")
-    return (clean, corrupted) if direction == "denoising" else (corrupted, clean)
-
-
-def resolve_metric(metric: Metric | str, clean_logits: Tensor, corrupted_logits: Tensor) -> tuple[Metric, str]:
-    """A metric callable and its name, with the same string metrics as ``layer_sweep``.
-
-    ``"logit"`` / ``"prob"``: of the clean run's predicted class; ``"logit_diff"``: clean prediction minus
-    corrupted prediction.
-
-    Example:
-        >>> fn, name = resolve_metric("logit_diff", clean_logits, corrupted_logits)
-    """
-    if callable(metric):
-        return metric, getattr(metric, "__name__", "metric")
-    check_choice(metric, METRIC_NAMES, "metric")
-    clean_cls = clean_logits.argmax(-1)
-    if metric == "logit":
-        return target_logit(clean_cls), metric
-    if metric == "prob":
-        return target_prob(clean_cls), metric
-    return logit_diff(clean_cls, corrupted_logits.argmax(-1)), metric
 
 
 def forward_backward(

@@ -17,7 +17,7 @@ from vit_patching.checks import check_batch_size, check_bool, check_indices, che
 from vit_patching.hook_names import get_act_name, site_axes
 from vit_patching.model import HookedViT
 
-from ._experiment import check_inputs, grid_experiment
+from .experiment import check_inputs, grid_experiment
 from .engine import Site
 from .metrics import Metric
 from .results import PatchingResult

@@ -36,7 +36,7 @@ from vit_patching.checks import check_batch_size, check_choice
 from vit_patching.hook_names import get_act_name, hook_layer, site_axes
 from vit_patching.model import HookedViT, TokenLayout
 
-from ._experiment import DIRECTIONS, CachedRuns, cache_runs, check_inputs, layout_options
+from .experiment import DIRECTIONS, CachedRuns, cache_runs, check_inputs, layout_options
 from .engine import Intervention, PatchSpec, compile_spec, result_dtype, row_chunks, run_interventions
 from .metrics import Metric
 from .nodes import (  # noqa: F401  (Node, all_heads, all_senders: re-exported, their historical home)

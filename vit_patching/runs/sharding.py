@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from vit_patching.checks import check_positive_int
+from vit_patching.files import atomic_write_bytes  # re-exported: the runs write chunks through it
+
 if TYPE_CHECKING:
     from vit_patching.model import HookedViT
 
@@ -37,6 +40,7 @@ def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
         >>> chunk_ranges(3, 5)
         [(0, 3)]
     """
+    check_positive_int(chunk_size, "chunk_size")
     return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
@@ -68,21 +72,6 @@ def model_digest(model: "HookedViT") -> str:
         24
     """
     return digest(*[v for _, v in sorted(model.state_dict().items())], repr(model.cfg))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary sibling and rename it: a reader (or a killed run) never sees half a file.
-
-    Example:
-        >>> atomic_write_bytes("out/x.bin", b"abc").read_bytes()
-        b'abc'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def dist_rank_world(env: Mapping[str, str] | None = None) -> tuple[int, int]:
