@@ -27,6 +27,9 @@ from typing import IO, Any, Union
 
 import numpy as np
 
+#: File name extensions read as images from a folder (benchmark and dataset runs).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
 __all__ = [
     "atomic_open", "atomic_write_bytes", "atomic_write_text", "check_output_file", "load_image", "load_mask",
 ]

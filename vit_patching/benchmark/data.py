@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vit_patching.checks import check_positive_int, check_seed
-from vit_patching.files import load_image, load_mask
+from vit_patching.files import IMAGE_EXTENSIONS, load_image, load_mask  # IMAGE_EXTENSIONS re-exported
 from vit_patching.images import normalization, to_pixels
 from vit_patching.zoo import get_spec, load_dataset
 
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IMAGE_EXTENSIONS", "BenchmarkData", "folder_data", "zoo_data"]
 
-#: File name extensions read from an image (or mask) folder.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass

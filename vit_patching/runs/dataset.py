@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_patching.checks import check_positive_int
+from vit_patching.files import IMAGE_EXTENSIONS  # re-exported
 
 from .sharding import digest
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "folder_images", "zoo_images"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
