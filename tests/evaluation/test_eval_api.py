@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import vit_patching.evaluation as evaluation
-from vit_patching.evaluation import faithfulness, localization, perturbation
+from vit_patching.evaluation import faithfulness, localization, perturbation, statistics
 
 
 def test_import_does_not_pull_heavy_dependencies():
@@ -24,7 +24,7 @@ def test_public_api_is_exported():
         assert hasattr(evaluation, name), name
 
 
-@pytest.mark.parametrize("module", [evaluation, perturbation, faithfulness, localization])
+@pytest.mark.parametrize("module", [evaluation, perturbation, faithfulness, localization, statistics])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and (module is evaluation or result.attempted > 0)

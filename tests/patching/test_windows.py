@@ -1,6 +1,7 @@
 """Layer-window selection: every score recomputed independently, the recommendation, figures, errors."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -169,3 +170,32 @@ def test_neutral_warnings_are_surfaced_once(model, data, caplog):
     assert f"{int((pred == pred[0]).sum())}/3 images" in sel.warnings[0]
     assert sorted(logged) == sorted(sel.warnings)  # once each, not once per window
     assert sel.neutral_choice == ["tensor[3, 32, 32]"] * 3
+
+
+def test_intervals_are_student_t_intervals_and_paired_differences(selection):
+    """Known answer: with 3 images the 95 % half-width is t(0.975, 2) = 4.302652730 standard errors."""
+    import pandas as pd
+
+    per_image = pd.DataFrame(
+        [{"start": 0, "end": 1, "image": i, "ins_minus_del": v} for i, v in enumerate([0.1, 0.4, 0.7])]
+        + [{"start": 0, "end": 2, "image": i, "ins_minus_del": v} for i, v in enumerate([0.3, 0.5, 1.0])]
+    )
+    table = per_image.groupby(["start", "end"], as_index=False)["ins_minus_del"].mean()
+    sel = dataclasses.replace(selection, table=table, per_image=per_image, recommended=(0, 2))
+    iv = sel.intervals(reference=(0, 1))
+    t975 = 4.302652730
+    first, second = iv.iloc[0], iv.iloc[1]
+    assert (first.start, first.end, second.start, second.end) == (0, 1, 0, 2)
+    assert first.ins_minus_del == pytest.approx(0.4, abs=1e-15)
+    assert first.ins_minus_del_ci == pytest.approx(t975 * 0.3 / math.sqrt(3), rel=1e-9)  # sd of (.1,.4,.7) = .3
+    assert first["diff"] == 0.0 and first.diff_ci == 0.0
+    diffs = torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64)  # (0,2) minus (0,1), per image
+    assert second["diff"] == pytest.approx(0.2, abs=1e-15)
+    assert second.diff_ci == pytest.approx(t975 * float(diffs.std()) / math.sqrt(3), rel=1e-9)
+    assert second.diff_low == pytest.approx(0.2 - t975 * 0.1 / math.sqrt(3)) < 0  # 3 images: not significant
+    # default reference = the recommended window
+    assert sel.intervals()["diff"].tolist() == pytest.approx([-0.2, 0.0], abs=1e-15)
+    with pytest.raises(ValueError, match="reference"):
+        sel.intervals(reference=(1, 2))
+    with pytest.raises(ValueError, match="metric"):
+        sel.intervals("accuracy")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from vit_patching.checks import check_batch_size, check_choice, check_positive_number, check_window
 from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
 from vit_patching.evaluation.perturbation import describe_substrate
+from vit_patching.evaluation.statistics import mean_ci, paired_ci
 from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT, check_classifier
 
@@ -128,6 +129,54 @@ class WindowSelection:
         for s, e, v in zip(self.table["start"], self.table["end"], self.table[metric]):
             grid[int(s), int(e) - 1] = float(v)
         return grid
+
+    def intervals(
+        self, metric: str | None = None, reference: tuple[int, int] | None = None, level: float = 0.95
+    ) -> Any:
+        """Each window's mean ``metric`` with a Student-t interval, and its paired difference to a reference window.
+
+        All windows are scored on the same images, so the fair comparison of two windows is paired: per image,
+        this window's score minus the reference window's. A window is significantly better than the reference
+        when ``diff_low > 0`` (for ``deletion_auc``, where lower is better, when ``diff_high < 0``).
+
+        Args:
+            metric: A table metric (default: the criterion's column).
+            reference: The window the differences are taken to (default: the recommended window); it must be
+                one of the scored windows.
+            level: Coverage of the intervals.
+
+        Returns:
+            A ``pandas.DataFrame`` in table order: ``start``, ``end``, ``<metric>``, ``<metric>_ci`` (half-width),
+            ``n``, ``diff``, ``diff_ci``, ``diff_low``, ``diff_high``, and ``pointing_game`` where masks were given.
+
+        Raises:
+            ValueError: an unknown metric or a reference window that was not scored.
+
+        Example:
+            >>> iv = sel.intervals(reference=(0, 2))
+            >>> list(iv.columns)[:4], float(iv.loc[(iv.start == 0) & (iv.end == 2), "diff"].iloc[0])
+            (['start', 'end', 'ins_minus_del', 'ins_minus_del_ci'], 0.0)
+        """
+        import pandas as pd
+
+        metric = self._metric(metric)
+        windows = [(int(s), int(e)) for s, e in zip(self.table["start"], self.table["end"])]
+        reference = self.recommended if reference is None else check_window(reference, self.n_layers, name="reference")
+        if reference not in windows:
+            raise ValueError(f"reference: expected one of the scored windows {windows}, got {reference}")
+        wide = self.per_image.pivot_table(index="image", columns=["start", "end"], values=metric, dropna=False)
+        ref = wide[reference].tolist()
+        rows = []
+        for w in windows:
+            values = wide[w].tolist()
+            mean, ci, n = mean_ci(values, level)
+            diff, diff_ci, _ = paired_ci(values, ref, level)
+            row = {"start": w[0], "end": w[1], metric: mean, f"{metric}_ci": ci, "n": n,
+                   "diff": diff, "diff_ci": diff_ci, "diff_low": diff - diff_ci, "diff_high": diff + diff_ci}
+            if "pointing_game" in self.table.columns and metric != "pointing_game":
+                row["pointing_game"] = float(self.table.loc[windows.index(w), "pointing_game"])
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def heatmap(self, metric: str | None = None, title: str | None = None):
         """Start x end heatmap of a metric (default: the criterion), best window starred, recommended boxed."""
