@@ -12,6 +12,7 @@ from vit_patching.zoo.datasets import (
     GAP,
     HUE_JITTER,
     PART_HUES,
+    RELATION_CLASS_NAMES,
     SHAPE_NAMES,
     SHAPES_CLASS_NAMES,
     ToyDataset,
@@ -19,13 +20,16 @@ from vit_patching.zoo.datasets import (
     conjunction_label,
     evidence_masks,
     generate,
+    generate_sample,
     object_map,
+    relation_label,
     render_scenes,
     sample_scenes,
     shape_templates,
 )
+from vit_patching.zoo.render import cat_scenes, select_scenes
 
-TASKS = ["shapes", "conjunction"]
+TASKS = ["shapes", "conjunction", "relation"]
 
 
 def naive_footprint(shape: str, x0: int, y0: int, size: int, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -75,7 +79,8 @@ def test_batch_contents(task):
     assert b.pixels.shape == (64, 3, 64, 64) and 0.0 <= float(b.pixels.min()) and float(b.pixels.max()) <= 1.0
     assert torch.allclose(b.images, (b.pixels - 0.5) / 0.5)
     assert b.labels.dtype == torch.int64 and b.masks.dtype == torch.bool and b.masks.shape == (64, 64, 64)
-    assert b.class_names == (SHAPES_CLASS_NAMES if task == "shapes" else CONJUNCTION_CLASS_NAMES)
+    names = {"shapes": SHAPES_CLASS_NAMES, "conjunction": CONJUNCTION_CLASS_NAMES, "relation": RELATION_CLASS_NAMES}
+    assert b.class_names == names[task]
     assert b.masks.flatten(1).any(1).all()  # every image has evidence
     sub = b[3]
     assert len(sub) == 1 and torch.equal(sub.images[0], b.images[3])
@@ -192,6 +197,48 @@ def test_conjunction_labels_follow_the_pair_and_one_part_is_uninformative():
         assert (frac - 1 / 3).abs().max() < 0.06, (t, frac)
 
 
+def test_relation_label_is_shape_sameness_and_one_marked_object_is_uninformative():
+    s = sample_scenes("relation", 4000, seed=8)
+    assert RELATION_CLASS_NAMES == ("different shapes", "same shape")
+    assert s.evidence[:, :2].all() and not s.evidence[:, 2:].any() and s.present[:, :2].all()
+    a, b = s.shape[:, 0], s.shape[:, 1]
+    assert ((a < 4) & (b < 4)).all()  # marked objects: circle, square, triangle or plus
+    expected = torch.tensor([int(SHAPE_NAMES[i] == SHAPE_NAMES[j]) for i, j in zip(a.tolist(), b.tolist())])
+    assert torch.equal(s.labels, expected)
+    assert torch.equal(relation_label(a, b), expected)
+    assert abs(float(s.labels.float().mean()) - 0.5) < 0.03  # 50/50
+    # the mark: each marked object is drawn in a class hue, and its part_type names that hue
+    hues = torch.tensor(list(PART_HUES.values()))
+    assert (s.colour[:, :2] - hues[s.part_type[:, :2]]).abs().max() <= HUE_JITTER + 1e-6
+    assert (s.part_type[:, 2:] == -1).all()
+    _check_distractors(s)
+    # one marked object alone (its shape, its hue) and the pair of hues say nothing about the label
+    for j in (0, 1):
+        for v in range(4):
+            for what in (s.shape[:, j], s.part_type[:, j]):
+                sel = what == v
+                assert sel.sum() > 800 and abs(float(s.labels[sel].float().mean()) - 0.5) < 0.06, (j, v)
+    same_hue = s.part_type[:, 0] == s.part_type[:, 1]
+    assert abs(float(same_hue.float().mean()) - 0.25) < 0.03
+    assert abs(float(s.labels[same_hue].float().mean()) - 0.5) < 0.06
+
+
+def test_relation_masks_are_the_two_marked_objects_and_samples_match_generate():
+    s = sample_scenes("relation", 300, seed=9)
+    b = batch_from_scenes(s)
+    omap = object_map(s)
+    assert torch.equal(b.masks, (omap == 0) | (omap == 1))
+    assert ((omap == 0).flatten(1).any(1) & (omap == 1).flatten(1).any(1)).all()  # both marked objects visible
+    full = generate("relation", 300, seed=9)
+    for i in (0, 137, 299):
+        one = generate_sample("relation", i, seed=9)
+        assert torch.equal(one.images[0], full.images[i]) and torch.equal(one.masks[0], full.masks[i])
+        assert int(one.labels[0]) == int(full.labels[i])
+    # scenes split and re-joined render the same images
+    parts = cat_scenes([select_scenes(s, torch.arange(0, 100)), select_scenes(s, torch.arange(100, 300))])
+    assert torch.equal(batch_from_scenes(parts).images, b.images)
+
+
 def test_conjunction_label_rejects_equal_types():
     with pytest.raises(ValueError, match="type_a"):
         conjunction_label(torch.tensor([1]), torch.tensor([1]))
@@ -209,8 +256,8 @@ def test_torch_dataset():
 
 
 def test_unknown_names_and_bad_arguments():
-    assert available_datasets() == ["conjunction", "shapes"]
-    with pytest.raises(ValueError, match=r"name.*conjunction.*shapes.*'nope'"):
+    assert available_datasets() == ["conjunction", "relation", "shapes"]
+    with pytest.raises(ValueError, match=r"name.*conjunction.*relation.*shapes.*'nope'"):
         load_dataset("nope", 4, 0)
     with pytest.raises(ValueError, match="n: expected a positive int, got 0"):
         load_dataset("shapes", 0, 0)
@@ -226,7 +273,8 @@ def test_docstring_examples_run():
     import vit_patching.zoo as zoo
     import vit_patching.zoo.datasets as datasets
     import vit_patching.zoo.registry as registry
+    import vit_patching.zoo.render as render
 
-    for module in (zoo, datasets, registry):
+    for module in (zoo, datasets, registry, render):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, (module.__name__, result)
