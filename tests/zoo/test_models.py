@@ -19,7 +19,7 @@ from vit_patching.zoo import (
 )
 from vit_patching.zoo.registry import WEIGHTS_DIR, build_timm_model
 
-MODELS = ["toy-shapes", "toy-conjunction"]
+MODELS = ["toy-shapes", "toy-conjunction", "toy-relation"]
 ACCURACY_MARGIN = 0.04  # 400 fresh images: binomial std at p~0.97 is ~0.009, so this is > 4 std
 
 
@@ -42,7 +42,7 @@ def test_registry_and_unknown_names():
     assert available_models() == sorted(MODELS)
     assert DEFAULT_MODEL == "toy-shapes"
     for fn in (load_timm_model, load_model, get_spec, model_card):
-        with pytest.raises(ValueError, match=r"name.*toy-conjunction.*toy-shapes.*'resnet50'"):
+        with pytest.raises(ValueError, match=r"name.*toy-conjunction.*toy-relation.*toy-shapes.*'resnet50'"):
             fn("resnet50")
 
 
@@ -65,9 +65,12 @@ def test_architectures_exercise_cls_registers_and_avg_pooling():
     shapes, conj = load_timm_model("toy-shapes"), load_timm_model("toy-conjunction")
     assert shapes.global_pool == "token" and shapes.cls_token is not None and shapes.num_prefix_tokens == 1
     assert conj.global_pool == "avg" and conj.num_reg_tokens == 4 and conj.num_prefix_tokens == 4
-    for m in (shapes, conj):
+    relation = load_timm_model("toy-relation")
+    assert relation.global_pool == "token" and relation.num_prefix_tokens == 1 and len(relation.blocks) == 8
+    assert all(hasattr(b.ls1, "gamma") and hasattr(b.ls2, "gamma") for b in relation.blocks)  # LayerScale
+    for m in (shapes, conj, relation):
         assert m.patch_embed.patch_size == (8, 8) and m.patch_embed.img_size == (64, 64)
-        assert len(m.blocks) in range(4, 7) and m.embed_dim in range(128, 193)
+        assert len(m.blocks) in range(4, 9) and m.embed_dim in range(128, 193)
 
 
 @pytest.mark.parametrize("name", MODELS)

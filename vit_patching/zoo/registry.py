@@ -128,7 +128,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         class_names=RELATION_CLASS_NAMES,
         description=(
             "ViT (patch 8, 8 layers, width 128, CLS-token pooling, LayerScale) telling whether the two marked "
-            "(class-hued) objects share a shape (one marked object alone is uninformative)"
+            "objects (drawn in the four class hues) have the same colour (one marked object alone is uninformative)"
         ),
     ),
 }
