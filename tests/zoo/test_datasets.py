@@ -197,30 +197,34 @@ def test_conjunction_labels_follow_the_pair_and_one_part_is_uninformative():
         assert (frac - 1 / 3).abs().max() < 0.06, (t, frac)
 
 
-def test_relation_label_is_shape_sameness_and_one_marked_object_is_uninformative():
+def test_relation_label_is_colour_sameness_and_one_marked_object_is_uninformative():
     s = sample_scenes("relation", 4000, seed=8)
-    assert RELATION_CLASS_NAMES == ("different shapes", "same shape")
+    assert RELATION_CLASS_NAMES == ("different colours", "same colour")
     assert s.evidence[:, :2].all() and not s.evidence[:, 2:].any() and s.present[:, :2].all()
-    a, b = s.shape[:, 0], s.shape[:, 1]
-    assert ((a < 4) & (b < 4)).all()  # marked objects: circle, square, triangle or plus
-    expected = torch.tensor([int(SHAPE_NAMES[i] == SHAPE_NAMES[j]) for i, j in zip(a.tolist(), b.tolist())])
-    assert torch.equal(s.labels, expected)
-    assert torch.equal(relation_label(a, b), expected)
-    assert abs(float(s.labels.float().mean()) - 0.5) < 0.03  # 50/50
-    # the mark: each marked object is drawn in a class hue, and its part_type names that hue
+    # the label, recomputed from the drawn colours: the nearest class hue of each marked object
     hues = torch.tensor(list(PART_HUES.values()))
-    assert (s.colour[:, :2] - hues[s.part_type[:, :2]]).abs().max() <= HUE_JITTER + 1e-6
-    assert (s.part_type[:, 2:] == -1).all()
-    _check_distractors(s)
-    # one marked object alone (its shape, its hue) and the pair of hues say nothing about the label
+    nearest = (s.colour[:, :2, None, :] - hues).abs().amax(-1).argmin(-1)  # [n, 2]
+    assert torch.equal(nearest, s.part_type[:, :2])
+    assert (s.colour[:, :2] - hues[nearest]).abs().max() <= HUE_JITTER + 1e-6  # the mark: a class hue
+    expected = (nearest[:, 0] == nearest[:, 1]).long()
+    assert torch.equal(s.labels, expected)
+    assert torch.equal(relation_label(s.part_type[:, 0], s.part_type[:, 1]), expected)
+    assert abs(float(s.labels.float().mean()) - 0.5) < 0.03  # 50/50
+    assert (s.shape[:, :2] < 4).all() and (s.part_type[:, 2:] == -1).all()  # evidence shapes only
+    _check_distractors(s)  # no distractor is drawn in a class hue
+    # one marked object alone (its hue, its shape) says nothing about the label; nor does the pair of shapes
     for j in (0, 1):
         for v in range(4):
-            for what in (s.shape[:, j], s.part_type[:, j]):
+            for what in (s.part_type[:, j], s.shape[:, j]):
                 sel = what == v
                 assert sel.sum() > 800 and abs(float(s.labels[sel].float().mean()) - 0.5) < 0.06, (j, v)
-    same_hue = s.part_type[:, 0] == s.part_type[:, 1]
-    assert abs(float(same_hue.float().mean()) - 0.25) < 0.03
-    assert abs(float(s.labels[same_hue].float().mean()) - 0.5) < 0.06
+    same_shape = s.shape[:, 0] == s.shape[:, 1]
+    assert abs(float(s.labels[same_shape].float().mean()) - 0.5) < 0.06
+
+
+def test_relation_label_checks_its_arguments():
+    with pytest.raises(ValueError, match="type_a, type_b: expected part types in 0..3"):
+        relation_label(torch.tensor([4]), torch.tensor([1]))
 
 
 def test_relation_masks_are_the_two_marked_objects_and_samples_match_generate():

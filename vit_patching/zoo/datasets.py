@@ -224,8 +224,6 @@ def relation_label(type_a: Int64[Tensor, " batch"], type_b: Int64[Tensor, " batc
         >>> relation_label(torch.tensor([0, 2]), torch.tensor([0, 3])).tolist()
         [1, 0]
     """
-    if type_a.shape != type_b.shape:
-        raise ValueError(f"type_a, type_b: expected equal shapes, got {tuple(type_a.shape)} and {tuple(type_b.shape)}")
     if bool(((type_a < 0) | (type_a > 3) | (type_b < 0) | (type_b > 3)).any()):
         raise ValueError("type_a, type_b: expected part types in 0..3")
     return (type_a == type_b).long()
