@@ -106,6 +106,8 @@ NEUTRAL_SEED = HELDOUT_SEED + 3
 # were classified with p > 0.99): 8 per batch of 32, i.e. 20% of the rows. With them toy-shapes (from scratch)
 # calls every neutral of an empty scene undecided; toy-conjunction needed more neutral rows than its 2500-step run
 # allowed in time, and ships fine-tuned from its previous weights with 16 rows (33%) for 600 steps (its card).
+# toy-relation (8 blocks, 2 threads): a 400-step trial of the same-SHAPE task stayed at chance (train loss 0.699,
+# 0.697, 0.694 at steps 100-300), so the relation task compares hues instead (see datasets.py and its card).
 RECIPES: dict[str, Recipe] = {
     "toy-shapes": Recipe(steps=1500, neutral_rows=8),  # 48k images + 12k neutral rows
     "toy-conjunction": Recipe(steps=2500, neutral_rows=8),  # 80k images + 20k neutral rows
