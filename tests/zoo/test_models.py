@@ -155,10 +155,13 @@ def test_relation_model_is_accurate_on_fresh_images_and_needs_both_marked_object
     with torch.no_grad():
         full = batch_from_scenes(scenes)
         acc = float((model(full.images).argmax(-1) == full.labels).float().mean())
-        assert acc >= 0.95, acc  # measured: ACC_MEASURED
+        assert acc >= 0.95, acc  # measured: 1.0 on these 256 images (card: 0.9990 on 4096)
         for obj in (0, 1):
             present = scenes.present.clone()
             present[:, obj] = False  # one marked object left: alone it says nothing about the class
             one = batch_from_scenes(dataclasses.replace(scenes, present=present))
-            acc_one = float((model(one.images).argmax(-1) == full.labels).float().mean())
-            assert abs(acc_one - 0.5) <= ONE_MARGIN, (obj, acc_one)  # measured: ONE_MEASURED
+            pred = model(one.images).argmax(-1)
+            # the prediction no longer depends on the label (measured: `same colour` for every image, so the
+            # rate of `same colour` answers is 1.0 on both classes and the difference 0)
+            rate = [float((pred[full.labels == k] == 1).float().mean()) for k in (0, 1)]
+            assert abs(rate[1] - rate[0]) <= 0.1, (obj, rate)
