@@ -106,8 +106,9 @@ NEUTRAL_SEED = HELDOUT_SEED + 3
 # were classified with p > 0.99): 8 per batch of 32, i.e. 20% of the rows. With them toy-shapes (from scratch)
 # calls every neutral of an empty scene undecided; toy-conjunction needed more neutral rows than its 2500-step run
 # allowed in time, and ships fine-tuned from its previous weights with 16 rows (33%) for 600 steps (its card).
-# toy-relation (8 blocks, 2 threads): a 400-step trial of the same-SHAPE task stayed at chance (train loss 0.699,
-# 0.697, 0.694 at steps 100-300), so the relation task compares hues instead (see datasets.py and its card).
+# toy-relation (8 blocks, 2 threads): a trial of the same-SHAPE task (400 steps planned, stopped after 300) stayed at
+# chance (train loss 0.699, 0.697, 0.694 at steps 100-300), so the relation task compares hues instead (see
+# datasets.py and its card); the same-colour run reached 0.95 monitoring accuracy at step 400.
 RECIPES: dict[str, Recipe] = {
     "toy-shapes": Recipe(steps=1500, neutral_rows=8),  # 48k images + 12k neutral rows
     "toy-conjunction": Recipe(steps=2500, neutral_rows=8),  # 80k images + 20k neutral rows
@@ -128,8 +129,8 @@ NOTES: dict[str, str] = {
         "removing either part drops it to chance. The decision is formed by combining two distant patches."
     ),
     "toy-relation": (
-        "The task first asked whether the two marked objects share a SHAPE; a 400-step trial of this model stayed "
-        "at chance for 300 steps (train loss 0.699 / 0.697 / 0.694 at steps 100 / 200 / 300), too slow for the "
+        "The task first asked whether the two marked objects share a SHAPE; a trial of this model (400 steps planned, "
+        "stopped after 300) stayed at chance (train loss 0.699 / 0.697 / 0.694 at steps 100 / 200 / 300), too slow for the "
         "30-minute CPU budget, so the shipped task asks whether they share a COLOUR (the planned fallback). The "
         "probes show the model compares the two class-hued objects' hues and nothing else: recolouring one of "
         "them flips the prediction, reshaping it changes nothing. It needs both: with one marked object removed it "

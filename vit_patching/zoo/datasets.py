@@ -19,7 +19,7 @@ non-overlapping objects; the objects are either class-defining *evidence* or *di
   plus (shape independent of everything). The class is whether the two marked objects share a hue. Each marked
   object's hue is uniform whatever the class, so one marked object alone says nothing: the model has to compare
   two distant objects. (A first design asked whether they share a *shape*; the 8-block model stayed at chance
-  for 300 steps of a trial run, too slow for the CPU budget, so the shipped task compares hues; see the
+  for the 300 steps of a trial run, too slow for the CPU budget, so the shipped task compares hues; see the
   toy-relation card.) Marked objects are 16-22 px, distractors as in ``shapes``. The mask marks both.
 
 Objects never overlap (boxes keep a gap of ``GAP`` pixels), and are drawn with hard edges: every pixel whose
