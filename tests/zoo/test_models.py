@@ -58,7 +58,8 @@ def test_weights_are_safetensors_and_load_strictly(name):
     with safe_open(str(spec.weights_path), framework="pt") as f:
         for k in keys:
             assert torch.equal(model.state_dict()[k], f.get_tensor(k)), k
-    assert spec.weights_path.stat().st_size < 5_000_000
+    # float32: toy-shapes 3.3 MB, toy-conjunction 3.3 MB, toy-relation (8 blocks, 1.62M parameters) 6.5 MB
+    assert spec.weights_path.stat().st_size < 7_000_000
 
 
 def test_architectures_exercise_cls_registers_and_avg_pooling():
