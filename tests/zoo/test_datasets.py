@@ -12,6 +12,7 @@ from vit_patching.zoo.datasets import (
     GAP,
     HUE_JITTER,
     PART_HUES,
+    RELATION_CLASS_NAMES,
     SHAPE_NAMES,
     SHAPES_CLASS_NAMES,
     ToyDataset,
@@ -19,13 +20,16 @@ from vit_patching.zoo.datasets import (
     conjunction_label,
     evidence_masks,
     generate,
+    generate_sample,
     object_map,
+    relation_label,
     render_scenes,
     sample_scenes,
     shape_templates,
 )
+from vit_patching.zoo.render import cat_scenes, select_scenes
 
-TASKS = ["shapes", "conjunction"]
+TASKS = ["shapes", "conjunction", "relation"]
 
 
 def naive_footprint(shape: str, x0: int, y0: int, size: int, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -75,7 +79,8 @@ def test_batch_contents(task):
     assert b.pixels.shape == (64, 3, 64, 64) and 0.0 <= float(b.pixels.min()) and float(b.pixels.max()) <= 1.0
     assert torch.allclose(b.images, (b.pixels - 0.5) / 0.5)
     assert b.labels.dtype == torch.int64 and b.masks.dtype == torch.bool and b.masks.shape == (64, 64, 64)
-    assert b.class_names == (SHAPES_CLASS_NAMES if task == "shapes" else CONJUNCTION_CLASS_NAMES)
+    names = {"shapes": SHAPES_CLASS_NAMES, "conjunction": CONJUNCTION_CLASS_NAMES, "relation": RELATION_CLASS_NAMES}
+    assert b.class_names == names[task]
     assert b.masks.flatten(1).any(1).all()  # every image has evidence
     sub = b[3]
     assert len(sub) == 1 and torch.equal(sub.images[0], b.images[3])
@@ -192,6 +197,52 @@ def test_conjunction_labels_follow_the_pair_and_one_part_is_uninformative():
         assert (frac - 1 / 3).abs().max() < 0.06, (t, frac)
 
 
+def test_relation_label_is_colour_sameness_and_one_marked_object_is_uninformative():
+    s = sample_scenes("relation", 4000, seed=8)
+    assert RELATION_CLASS_NAMES == ("different colours", "same colour")
+    assert s.evidence[:, :2].all() and not s.evidence[:, 2:].any() and s.present[:, :2].all()
+    # the label, recomputed from the drawn colours: the nearest class hue of each marked object
+    hues = torch.tensor(list(PART_HUES.values()))
+    nearest = (s.colour[:, :2, None, :] - hues).abs().amax(-1).argmin(-1)  # [n, 2]
+    assert torch.equal(nearest, s.part_type[:, :2])
+    assert (s.colour[:, :2] - hues[nearest]).abs().max() <= HUE_JITTER + 1e-6  # the mark: a class hue
+    expected = (nearest[:, 0] == nearest[:, 1]).long()
+    assert torch.equal(s.labels, expected)
+    assert torch.equal(relation_label(s.part_type[:, 0], s.part_type[:, 1]), expected)
+    assert abs(float(s.labels.float().mean()) - 0.5) < 0.03  # 50/50
+    assert (s.shape[:, :2] < 4).all() and (s.part_type[:, 2:] == -1).all()  # evidence shapes only
+    _check_distractors(s)  # no distractor is drawn in a class hue
+    # one marked object alone (its hue, its shape) says nothing about the label; nor does the pair of shapes
+    for j in (0, 1):
+        for v in range(4):
+            for what in (s.part_type[:, j], s.shape[:, j]):
+                sel = what == v
+                assert sel.sum() > 800 and abs(float(s.labels[sel].float().mean()) - 0.5) < 0.06, (j, v)
+    same_shape = s.shape[:, 0] == s.shape[:, 1]
+    assert abs(float(s.labels[same_shape].float().mean()) - 0.5) < 0.06
+
+
+def test_relation_label_checks_its_arguments():
+    with pytest.raises(ValueError, match="type_a, type_b: expected part types in 0..3"):
+        relation_label(torch.tensor([4]), torch.tensor([1]))
+
+
+def test_relation_masks_are_the_two_marked_objects_and_samples_match_generate():
+    s = sample_scenes("relation", 300, seed=9)
+    b = batch_from_scenes(s)
+    omap = object_map(s)
+    assert torch.equal(b.masks, (omap == 0) | (omap == 1))
+    assert ((omap == 0).flatten(1).any(1) & (omap == 1).flatten(1).any(1)).all()  # both marked objects visible
+    full = generate("relation", 300, seed=9)
+    for i in (0, 137, 299):
+        one = generate_sample("relation", i, seed=9)
+        assert torch.equal(one.images[0], full.images[i]) and torch.equal(one.masks[0], full.masks[i])
+        assert int(one.labels[0]) == int(full.labels[i])
+    # scenes split and re-joined render the same images
+    parts = cat_scenes([select_scenes(s, torch.arange(0, 100)), select_scenes(s, torch.arange(100, 300))])
+    assert torch.equal(batch_from_scenes(parts).images, b.images)
+
+
 def test_conjunction_label_rejects_equal_types():
     with pytest.raises(ValueError, match="type_a"):
         conjunction_label(torch.tensor([1]), torch.tensor([1]))
@@ -209,8 +260,8 @@ def test_torch_dataset():
 
 
 def test_unknown_names_and_bad_arguments():
-    assert available_datasets() == ["conjunction", "shapes"]
-    with pytest.raises(ValueError, match=r"name.*conjunction.*shapes.*'nope'"):
+    assert available_datasets() == ["conjunction", "relation", "shapes"]
+    with pytest.raises(ValueError, match=r"name.*conjunction.*relation.*shapes.*'nope'"):
         load_dataset("nope", 4, 0)
     with pytest.raises(ValueError, match="n: expected a positive int, got 0"):
         load_dataset("shapes", 0, 0)
@@ -226,7 +277,8 @@ def test_docstring_examples_run():
     import vit_patching.zoo as zoo
     import vit_patching.zoo.datasets as datasets
     import vit_patching.zoo.registry as registry
+    import vit_patching.zoo.render as render
 
-    for module in (zoo, datasets, registry):
+    for module in (zoo, datasets, registry, render):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, (module.__name__, result)

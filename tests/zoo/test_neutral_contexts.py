@@ -10,9 +10,12 @@ from vit_patching.images import baseline_images
 from vit_patching.zoo import get_spec, load_model
 from vit_patching.zoo.datasets import batch_from_scenes, render_scenes, sample_scenes
 
-MODELS = ["toy-shapes", "toy-conjunction"]
+MODELS = ["toy-shapes", "toy-conjunction", "toy-relation"]
 NEUTRALS = ["zeros", "black", "image_mean", "blur"]
 MAX_P = 0.5  # issue 16's bound: no class more likely than 1/2 on a neutral context
+# With two classes (toy-relation) the larger probability is >= 1/2 by construction; its bound is 0.6, a logit gap
+# of 0.41 (measured on these 32 scenes: zeros 0.516, black 0.502, image_mean 0.575, blur 0.580).
+MAX_P_BINARY = 0.6
 N = 32
 SEED = 4242  # neither a training seed nor one the cards are measured on
 
@@ -43,7 +46,8 @@ def test_neutral_context_of_an_empty_scene_is_undecided(model_and_scenes, neutra
         torch.testing.assert_close(x[:, :, 5, 7], empty.mean(dim=(2, 3)))
     probs = probabilities(model, x)
     assert probs.shape == (x.shape[0], model.cfg.n_classes)
-    assert float(probs.amax()) <= MAX_P, (name, neutral, probs.amax(-1).max().item())
+    bound = MAX_P_BINARY if model.cfg.n_classes == 2 else MAX_P
+    assert float(probs.amax()) <= bound, (name, neutral, probs.amax(-1).max().item())
 
 
 def test_the_same_scenes_with_their_objects_are_classified(model_and_scenes):

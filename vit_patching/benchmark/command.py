@@ -62,7 +62,7 @@ class UsageError(Exception):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy-shapes", help="zoo model (toy-shapes, toy-conjunction) or a timm ViT name")
+    p.add_argument("--model", default="toy-shapes", help="zoo model (toy-shapes, toy-conjunction, toy-relation) or a timm ViT name")
     p.add_argument("--pretrained", action="store_true", help="timm models: load timm's pretrained weights")
     p.add_argument("--model-kwargs", default="{}", help="timm models: create_model kwargs as JSON, e.g. {\"img_size\": 384}")
     p.add_argument("--model-seed", type=int, default=0, help="timm models without --pretrained: init seed")

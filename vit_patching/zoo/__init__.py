@@ -8,6 +8,8 @@ Models (``available_models()``):
 * ``toy-shapes`` (default): plain ViT with CLS-token pooling, classifies the shape of the one vivid object.
 * ``toy-conjunction``: ViT with 4 register tokens and average pooling, classifies which pair of coloured parts
   is present (one part alone is uninformative).
+* ``toy-relation``: deeper ViT (8 blocks, LayerScale, CLS token) telling whether the two marked (class-hued)
+  objects share a shape (one marked object alone is uninformative).
 
 Example:
     >>> from vit_patching.zoo import load_dataset, load_timm_model
@@ -46,7 +48,7 @@ def available_models() -> list[str]:
 
     Example:
         >>> available_models()
-        ['toy-conjunction', 'toy-shapes']
+        ['toy-conjunction', 'toy-relation', 'toy-shapes']
     """
     return sorted(MODEL_SPECS)
 
@@ -56,7 +58,7 @@ def available_datasets() -> list[str]:
 
     Example:
         >>> available_datasets()
-        ['conjunction', 'shapes']
+        ['conjunction', 'relation', 'shapes']
     """
     return sorted(TASKS)
 
@@ -68,7 +70,7 @@ def load_dataset(name: str, n: int, seed: int = 0, *, progress: bool = False) ->
     images of small seeds (their training seeds are 62-bit random draws), so any seed gives held-out data.
 
     Args:
-        name: ``"shapes"`` or ``"conjunction"`` (see ``available_datasets()``).
+        name: ``"shapes"``, ``"conjunction"`` or ``"relation"`` (see ``available_datasets()``).
         n: number of images (positive).
         seed: non-negative random seed.
         progress: show a tqdm bar.

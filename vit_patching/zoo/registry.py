@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vit_patching.zoo.datasets import CONJUNCTION_CLASS_NAMES, IMAGE_SIZE, SHAPES_CLASS_NAMES
+from vit_patching.zoo.datasets import CONJUNCTION_CLASS_NAMES, IMAGE_SIZE, RELATION_CLASS_NAMES, SHAPES_CLASS_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     from timm.models.vision_transformer import VisionTransformer
@@ -111,6 +111,24 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         description=(
             "ViT (patch 8, 4 layers, width 128, no CLS token, 4 register tokens, average pooling + fc_norm) "
             "telling which pairing of two coloured parts is present (one part alone is uninformative)"
+        ),
+    ),
+    "toy-relation": ModelSpec(
+        name="toy-relation",
+        dataset="relation",
+        # LayerScale (init 0.1) damps each residual branch at initialisation, which helps the 8-block model train
+        timm_kwargs=dict(
+            _COMMON,
+            depth=8,
+            num_classes=len(RELATION_CLASS_NAMES),
+            class_token=True,
+            global_pool="token",
+            init_values=0.1,
+        ),
+        class_names=RELATION_CLASS_NAMES,
+        description=(
+            "ViT (patch 8, 8 layers, width 128, CLS-token pooling, LayerScale) telling whether the two marked "
+            "objects (drawn in the four class hues) have the same colour (one marked object alone is uninformative)"
         ),
     ),
 }
