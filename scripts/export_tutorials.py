@@ -4,7 +4,9 @@ Why a script and not ``jupyter nbconvert --execute --to html``: in a kernel Plot
 ``plotly_mimetype`` (``application/vnd.plotly.v1+json``), which nbconvert's HTML templates do not draw, so every
 figure would be lost. This script executes each notebook, replaces every Plotly output by a ``<div>`` and a
 ``Plotly.newPlot`` call, and writes one ``plotly.min.js`` (the copy shipped with the installed plotly package)
-next to the pages, which load it by a relative path: no network, and plotly.js stored once for all pages.
+next to the pages, which load it by a relative path: no network, and plotly.js stored once for all pages. The
+notebook template's stylesheet (about 260 KB, the same for every page) is likewise written once, as
+``notebook.css``, and linked by a relative path.
 
 Usage::
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_JS = "plotly.min.js"
+NOTEBOOK_CSS = "notebook.css"
+# The template's plain <style> blocks in <head> (styles with other attributes, e.g. media queries, stay inline).
+_HEAD_STYLE = re.compile(r'<style(?: type="text/css")?>(.*?)</style>', re.S)
 
 
 def plotly_outputs_to_html(nb) -> int:
@@ -51,29 +57,54 @@ def _as_json(payload) -> str:
     return payload if isinstance(payload, str) else json.dumps(payload)
 
 
+def notebook_to_html(nb) -> tuple[str, str, int]:
+    """HTML page of an executed notebook: ``(page, css, n_figures)``.
+
+    Plotly outputs become drawn figures loading ``plotly.min.js`` by a relative path; the template's head
+    stylesheet is cut out (returned as ``css``, to be written once as ``notebook.css``) and linked relatively.
+    """
+    from nbconvert import HTMLExporter
+
+    n_figures = plotly_outputs_to_html(nb)
+    page, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    head_end = page.index("</head>")
+    head, rest = page[:head_end], page[head_end:]
+    blocks = list(_HEAD_STYLE.finditer(head))
+    css = "\n".join(m.group(1).strip("\n") for m in blocks) + "\n"
+    if blocks:  # the link takes the place of the first style block: the cascade order is unchanged
+        link = f'<link rel="stylesheet" href="{html.escape(NOTEBOOK_CSS)}">'
+        head = head[: blocks[0].start()] + link + _HEAD_STYLE.sub("", head[blocks[0].end() :])
+    # plotly.js first in <head>: loaded before any AMD loader the template may add, it defines window.Plotly.
+    head = head.replace("<head>", f'<head>\n<script src="{html.escape(PLOTLY_JS)}"></script>', 1)
+    return head + rest, css, n_figures
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    """Write to a temporary file and rename: a failed export leaves no half-written file."""
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(f.name, 0o644)  # a published page: readable like any other file, not private like a temp file
+    os.replace(f.name, target)
+
+
 def export_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: str = "python3") -> Path:
     """Execute ``path`` (in its own folder), export it to ``out_dir/<stem>.html``; returns the written path.
 
-    The page is written to a temporary file and renamed, so a failed export leaves no half-written page.
+    Also writes ``out_dir/notebook.css`` (the template's stylesheet, the same for every page). The page is
+    written to a temporary file and renamed, so a failed export leaves no half-written page.
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     NotebookClient(nb, kernel_name=kernel_name, timeout=timeout,
                    resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
-    n_figures = plotly_outputs_to_html(nb)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    # plotly.js first in <head>: loaded before any AMD loader the template may add, it defines window.Plotly.
-    body = body.replace("<head>", f'<head>\n<script src="{html.escape(PLOTLY_JS)}"></script>', 1)
+    body, css, n_figures = notebook_to_html(nb)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{path.stem}.html"
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        f.write(body)
-    os.chmod(f.name, 0o644)  # a published page: readable like any other file, not private like a temp file
-    os.replace(f.name, target)
+    _write_atomic(out_dir / NOTEBOOK_CSS, css)
+    _write_atomic(target, body)
     print(f"{path.name}: {n_figures} figures -> {target} ({target.stat().st_size // 1024} KiB)")
     return target
 

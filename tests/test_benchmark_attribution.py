@@ -247,23 +247,23 @@ def test_merge_only_reports_invalid_partials_instead_of_merging_them(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ image folders
 def test_folder_loader_closes_every_file(tmp_path):
-    """200 images under a limit of 64 open files: the old loader held every file open and failed."""
+    """200 images with room for only 32 more open files: the old loader held every file open and failed.
+
+    In this process (no interpreter start-up): the limit is set just above the descriptors already in use (a
+    new descriptor takes the lowest free number) and restored afterwards.
+    """
+    import resource
+
     images, masks = _image_folder(tmp_path, n=200)
-    code = f"""
-import resource, sys, torch
-from vit_patching.benchmark import folder_data
-from vit_patching.model import HookedViT
-torch.manual_seed(0)
-model = HookedViT.from_timm("vit_tiny_patch16_224", **{TINY!r})
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-data = folder_data(model, {str(images)!r}, {str(masks)!r})
-print(len(data), tuple(data.masks.shape))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[-2] == "200 (200, 32, 32)"
+    model = tiny_model()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = 32
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + room, hard))
+    try:
+        data = folder_data(model, images, masks)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(data) == 200 > room and tuple(data.masks.shape) == (200, 32, 32)
 
 
 def test_folder_masks_are_non_zero_pixels_in_any_channel(tmp_path):
@@ -392,7 +392,25 @@ def _without_timing(out: Path) -> tuple[list[str], list[str]]:
     return csv, md
 
 
-def test_script_two_processes_equal_one_process(tmp_path):
+def _run_in_process(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``scripts/benchmark_attribution.py`` in this process: (exit status, stderr); its --threads and log level are
+    restored afterwards."""
+    from vit_patching.benchmark.command import main as benchmark_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    threads, level = torch.get_num_threads(), logging.getLogger("vit_patching").level
+    capsys.readouterr()
+    try:
+        status = benchmark_main(argv)
+    finally:
+        torch.set_num_threads(threads)
+        logging.getLogger("vit_patching").setLevel(level)
+    return status, capsys.readouterr().err
+
+
+def test_script_two_processes_equal_one_process(tmp_path, capsys, monkeypatch):
+    """Two processes under ``accelerate launch`` equal one; the one-process run and the resuming rerun are run in
+    this process (the two-process run checks the script's real start-up and exit status)."""
     images, masks = _image_folder(tmp_path / "data")
     args = [
         "scripts/benchmark_attribution.py", "--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY),
@@ -401,9 +419,8 @@ def test_script_two_processes_equal_one_process(tmp_path):
         "--option", "caap.window=(0, 1)", "--no-png", "--threads", "1", "--no-progress",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    status, one_err = _run_in_process([*args[1:], "--out", str(tmp_path / "one")], capsys, monkeypatch)
+    assert status == 0, one_err[-3000:]
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     two = subprocess.run(
         [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -412,13 +429,12 @@ def test_script_two_processes_equal_one_process(tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 0/2" in two.stderr and "rank 1/2" in two.stderr  # really two processes, each with its shard
-    assert "rank 0/1" in one.stderr
+    assert "rank 0/1" in one_err
     assert _without_timing(tmp_path / "one") == _without_timing(tmp_path / "two")
     md = (tmp_path / "two" / "results.md").read_text()
     assert "- command: python scripts/benchmark_attribution.py --model vit_tiny_patch16_224" in md and "--out" not in md
     shards = {p.name for p in (tmp_path / "two" / "partials" / "gae").iterdir()}
     assert shards == {"000000-000002.json", "000002-000004.json", "000004-000006.json"}
     assert (tmp_path / "two" / "curves.html").stat().st_size > 100_000  # plotly.js embedded once, offline
-    rerun = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0 and "0 chunks computed, 15 resumed" in rerun.stderr
+    status, rerun_err = _run_in_process([*args[1:], "--out", str(tmp_path / "two")], capsys, monkeypatch)
+    assert status == 0 and "0 chunks computed, 15 resumed" in rerun_err

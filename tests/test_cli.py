@@ -247,25 +247,31 @@ def test_large_sample_index_does_not_generate_the_samples_before_it(tmp_path, mo
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-def test_failed_write_keeps_the_old_report_and_leaves_no_temp_file(tmp_path):
-    """A file size limit (as with `ulimit -f 1000`) makes the 4.8 MB report fail halfway."""
+def test_failed_write_keeps_the_old_report_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    """A file size limit (as with `ulimit -f 1000`) makes the 4.8 MB report fail halfway.
+
+    In this process (no interpreter start-up): the soft limit and the SIGXFSZ handler are restored afterwards.
+    """
     import resource
     import signal
 
     out = tmp_path / "r.html"
     out.write_text("OLD REPORT")
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONPATH": str(README.parent)}  # this checkout, whatever the working directory
-    proc = subprocess.run([sys.executable, "-m", "vit_patching.cli", "caap", "--sample", "0", "--window", "0:1",
-                           "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
+    try:
+        status = main(["caap", "--sample", "0", "--window", "0:1", "--out", str(out)])
+    except SystemExit as exit_:
+        status = exit_.code
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    err = capsys.readouterr().err
+    assert status == 2, err[-2000:]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "--out: could not write" in lines[0] and "File too large" in lines[0], lines
     assert out.read_text() == "OLD REPORT"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]

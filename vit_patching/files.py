@@ -27,11 +27,14 @@ from typing import IO, Any, Union
 
 import numpy as np
 
+from vit_patching.checks import check_positive_int
+
 #: File name extensions read as images from a folder (benchmark and dataset runs).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 __all__ = [
-    "atomic_open", "atomic_write_bytes", "atomic_write_text", "check_output_file", "load_image", "load_mask",
+    "atomic_open", "atomic_write_bytes", "atomic_write_text", "check_output_file", "list_image_files", "load_image",
+    "load_mask",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -125,6 +128,43 @@ def check_output_file(path: PathLike, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ reading
+def list_image_files(
+    folder: PathLike, name: str = "images", n: int | None = None, *, allow_empty: bool = False
+) -> list[Path]:
+    """The image files directly in ``folder`` (extension in :data:`IMAGE_EXTENSIONS`, any case), sorted by name.
+
+    The one folder listing of the benchmark (``images_dir``, ``masks_dir``) and dataset runs (``images``).
+
+    Args:
+        folder: the folder to list (not recursive; sub-folders and other files are ignored).
+        name: the argument named in error messages.
+        n: keep only the first ``n`` files (a positive int), or all with ``None``.
+        allow_empty: return ``[]`` for a folder without image files instead of raising.
+
+    Raises:
+        ValueError: ``folder`` is a file or a missing path, ``n`` is not a positive int, or no image file is
+            found (unless ``allow_empty``); each message starts with ``name``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> for f in ("b.PNG", "a.jpg", "notes.txt"):
+        ...     _ = (folder / f).write_bytes(b"")
+        >>> [p.name for p in list_image_files(folder)]
+        ['a.jpg', 'b.PNG']
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        what = "a file" if path.exists() else "a missing path"
+        raise ValueError(f"{name}: expected a folder of images, got {what}: {str(path)!r}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if n is not None:
+        files = files[: check_positive_int(n, "n")]
+    if not files and not allow_empty:
+        raise ValueError(f"{name}: expected image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(path)!r}, found none")
+    return files
+
+
 def _to_8bit(im: Any) -> Any:
     """16/32-bit greyscale (``I;16*``, ``I``) and float (``F``) images as 8-bit ``L``, scaled, not clipped."""
     from PIL import Image

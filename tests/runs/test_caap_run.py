@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vit_patching.cli import main as cli_main
 from vit_patching.patching.caap import caap
 from vit_patching.runs import CAAPRunConfig, folder_images, run_caap_dataset, run_caap_shard, zoo_images
 from vit_patching.zoo import load_dataset, load_model
@@ -89,17 +90,32 @@ def test_other_images_invalidate_only_their_chunk(model, tmp_path):
     assert "c&amp;d.png" in page and "e&#x27;f.png" in page
 
 
+def _caap_args(out: Path) -> list[str]:
+    return ["caap", "--dataset", "shapes", "--n", "8", "--chunk-size", "2", "--window", "0:2", "--no-progress",
+            "--out", str(out)]
+
+
 def _cli(out: Path, env_extra: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env_extra}
-    cmd = [sys.executable, "-m", "vit_patching.cli", "caap", "--dataset", "shapes", "--n", "8", "--chunk-size", "2",
-           "--window", "0:2", "--no-progress", "--out", str(out)]
+    cmd = [sys.executable, "-m", "vit_patching.cli", *_caap_args(out)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_equal_one_process(tmp_path):
-    one = _cli(tmp_path / "one", {})
+def test_two_processes_equal_one_process(tmp_path, monkeypatch):
     ranks = [_cli(tmp_path / "two", {"RANK": str(r), "WORLD_SIZE": "2"}) for r in (0, 1)]
-    for p in (one, *ranks):
+    # Meanwhile the one-process run, in this process (one interpreter start-up fewer), one thread like the ranks.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(_caap_args(tmp_path / "one")) == 0
+    except BaseException:
+        for p in ranks:
+            p.kill()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    for p in ranks:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-2000:]
     a, b = load_file(tmp_path / "one" / "maps.safetensors"), load_file(tmp_path / "two" / "maps.safetensors")
@@ -108,13 +124,15 @@ def test_two_processes_equal_one_process(tmp_path):
     assert len(list((tmp_path / "two" / "chunks").glob("*.safetensors"))) == 4
 
 
-def test_cli_dataset_user_errors_exit_2_with_one_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_cli_dataset_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    # In this process: the exit status of a real `python -m vit_patching.cli` process is checked in tests/test_cli.py.
     for args, needle in (
         (["--dataset", "shapes"], "--n: expected"),
         (["--images", str(tmp_path)], "expected image files"),
         (["--dataset", "shapes", "--n", "2", "--target", "1"], "--target"),
     ):
-        r = subprocess.run([sys.executable, "-m", "vit_patching.cli", "caap", *args, "--out", str(tmp_path / "o")],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["caap", *args, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vit_patching.checks import check_positive_int, check_seed
-from vit_patching.files import IMAGE_EXTENSIONS, load_image, load_mask  # IMAGE_EXTENSIONS re-exported
+from vit_patching.files import IMAGE_EXTENSIONS, list_image_files, load_image, load_mask  # IMAGE_EXTENSIONS re-exported
 from vit_patching.images import normalization, to_pixels
 from vit_patching.zoo import get_spec, load_dataset
 
@@ -81,13 +81,6 @@ def zoo_data(model_name: str, n: int, seed: int = 0) -> BenchmarkData:
     )
 
 
-def _image_files(folder: Path, name: str) -> list[Path]:
-    if not folder.is_dir():
-        what = "a file" if folder.exists() else "a missing path"
-        raise ValueError(f"{name}: expected a folder of images, got {what}: {str(folder)!r}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
 def folder_data(
     model: HookedViT,
     images_dir: str | os.PathLike,
@@ -108,14 +101,10 @@ def folder_data(
         >>> data = folder_data(model, "my_images/", "my_masks/", n=100)  # doctest: +SKIP
     """
     folder = Path(images_dir)
-    files = _image_files(folder, "images_dir")
-    if n is not None:
-        files = files[: check_positive_int(n, "n")]
-    if not files:
-        raise ValueError(f"images_dir: expected image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(folder)!r}, found none")
+    files = list_image_files(folder, "images_dir", n)
     by_stem = {}
     if masks_dir is not None:
-        by_stem = {p.stem: p for p in _image_files(Path(masks_dir), "masks_dir")}
+        by_stem = {p.stem: p for p in list_image_files(masks_dir, "masks_dir", allow_empty=True)}
         missing = [p.name for p in files if p.stem not in by_stem]
         if missing:
             raise ValueError(f"masks_dir: expected a mask for every image (same file stem), missing {missing[:5]}")

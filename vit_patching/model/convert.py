@@ -38,7 +38,7 @@ def convert_timm_state_dict(model: nn.Module, cfg: ViTConfig) -> dict[str, Tenso
 
     Example:
         >>> import timm
-        >>> from vit_patching.model.config import config_from_timm
+        >>> from vit_patching.model.timm_config import config_from_timm
         >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1)
         >>> sd = convert_timm_state_dict(m, config_from_timm(m))
         >>> tuple(sd["blocks.0.attn.w_qkv"].shape)

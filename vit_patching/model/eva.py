@@ -44,7 +44,7 @@ def eva_config_fields(model: nn.Module) -> dict[str, Any]:
     """The attention/block part of a :class:`ViTConfig` for an ``Eva`` model, refusing what is not exact.
 
     Returns the keyword arguments that differ from a ``VisionTransformer`` reading (``rope``,
-    ``rope_half``, ``eva_fused_rope``...); :func:`~vit_patching.model.config.config_from_timm` does the rest.
+    ``rope_half``, ``eva_fused_rope``...); :func:`~vit_patching.model.timm_config.config_from_timm` does the rest.
     """
     from timm.layers.attention import AttentionRope
     from timm.models.eva import Eva, EvaAttention, EvaBlock

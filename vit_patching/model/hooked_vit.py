@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -13,14 +13,17 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..checks import check_bool, is_int
+from ..checks import check_bool
 from .attn_pool import AttentionPool
 from .cache import ViTActivationCache
-from .components import Attention, Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
-from .config import UnsupportedModelError, ViTConfig, config_from_timm
+from .components import Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
+from .config import UnsupportedModelError, ViTConfig
 from .convert import convert_timm_state_dict
+from .inputs import ImageInputs, check_layer
 from .parallel import ParallelBlock
-from .positions import TokenLayout
+from .processing import WeightProcessing
+from .timm_config import config_from_timm
+from .weights import WeightViews
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ _GATES = (
 )
 
 
-class HookedViT(HookedRootModule):
+class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
     """A timm Vision Transformer with TransformerLens hook points, weights and caches.
 
     Build it with :meth:`from_timm`. Without hooks the forward pass runs timm's own parameters and kernels and
@@ -41,6 +44,10 @@ class HookedViT(HookedRootModule):
     its explicit computation, to float rounding. Every hook point's return value takes effect. Hook names follow TransformerLens
     (``blocks.3.attn.hook_z``, ``blocks.5.hook_resid_pre``, ...) plus ``hook_pooled``, ``fc_norm.*`` and
     ``hook_logits`` for the classifier end.
+
+    Input checks and layouts come from :class:`~vit_patching.model.inputs.ImageInputs`, the ``W_*``/``b_*``
+    weight views from :class:`~vit_patching.model.weights.WeightViews` and ``process_weights_`` from
+    :class:`~vit_patching.model.processing.WeightProcessing`.
 
     Example:
         >>> import timm, torch
@@ -137,77 +144,6 @@ class HookedViT(HookedRootModule):
             )
         return hooked
 
-    # ------------------------------------------------------------------ inputs
-    @property
-    def layout(self) -> TokenLayout:
-        """Token layout (prefix labels and patch grid) at the configured image size."""
-        return TokenLayout(self.cfg.grid_size, self.cfg.prefix_labels)
-
-    def layout_for(self, images: Tensor) -> TokenLayout:
-        """Token layout for an image batch (differs from :attr:`layout` only under ``dynamic_img_size``)."""
-        return TokenLayout(self.grid_size_for(images), self.cfg.prefix_labels)
-
-    def grid_size_for(self, images: Tensor) -> tuple[int, int]:
-        """Patch grid of an image batch; the grid never comes from the input's last axis alone."""
-        self.check_images(images)
-        return (images.shape[-2] // self.cfg.patch_size[0], images.shape[-1] // self.cfg.patch_size[1])
-
-    def check_images(self, images: object, name: str = "images") -> None:
-        """Raise a clear error unless ``images`` is a float ``[batch, channel, height, width]`` batch this model takes."""
-        cfg = self.cfg
-        if not isinstance(images, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor [batch, {cfg.in_chans}, H, W], got {type(images).__name__}")
-        if images.ndim != 4:
-            raise ValueError(
-                f"{name} must have shape [batch, {cfg.in_chans}, height, width], got {tuple(images.shape)}"
-                + (" (add a batch axis with images[None])" if images.ndim == 3 else "")
-            )
-        if not images.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor (normalised pixels), got dtype {images.dtype}")
-        if images.shape[0] == 0:
-            raise ValueError(
-                f"{name}: expected a non-empty batch [batch, channel, height, width], got shape {tuple(images.shape)}"
-            )
-        if images.shape[1] != cfg.in_chans:
-            raise ValueError(f"{name} must have {cfg.in_chans} channels on axis 1, got shape {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if cfg.dynamic_img_size:
-            if h % cfg.patch_size[0] or w % cfg.patch_size[1]:
-                raise ValueError(f"{name} height/width must be multiples of the patch size {cfg.patch_size}, got {(h, w)}")
-        elif (h, w) != tuple(cfg.img_size):
-            raise ValueError(
-                f"{name} must be {cfg.img_size[0]}x{cfg.img_size[1]} pixels (the model's img_size), got {h}x{w}; "
-                "resize with model.transform or build the timm model with dynamic_img_size=True"
-            )
-        # Last, after the cheap shape checks: one pass over the values. A NaN/Inf pixel would otherwise spread
-        # through attention to every token and surface only as NaN scores far from its cause.
-        if images.device.type != "meta" and not bool(torch.isfinite(images).all()):  # meta tensors hold no values
-            bad = ~torch.isfinite(images)
-            which = bad.flatten(1).any(1).nonzero()[:, 0].tolist()
-            raise ValueError(f"{name}: expected finite pixel values, got {int(bad.sum())} NaN/Inf entries in image(s) "
-                             f"{which[:5]}{' ...' if len(which) > 5 else ''}")
-
-    @property
-    def transform(self) -> Callable:
-        """timm eval transform (resize, crop, to-tensor, normalise) from the model's data config."""
-        if not self.cfg.data_config:
-            raise ValueError("this model has no timm data config (its timm model had no pretrained_cfg)")
-        from timm.data import create_transform
-
-        cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.cfg.data_config.items()}
-        return create_transform(**cfg, is_training=False)
-
-    def preprocess(self, images: object) -> Float[Tensor, "batch channel height width"]:
-        """Turn PIL images (one or a list) into a normalised batch on the model's device."""
-        from PIL import Image
-
-        items = [images] if isinstance(images, Image.Image) else list(images)
-        if not items or not all(isinstance(i, Image.Image) for i in items):
-            raise TypeError("images must be a PIL.Image or a non-empty sequence of PIL.Images")
-        tf = self.transform
-        batch = torch.stack([tf(i.convert("RGB") if self.cfg.in_chans == 3 else i) for i in items])
-        return batch.to(device=self.device, dtype=self.dtype)
-
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)
@@ -303,8 +239,8 @@ class HookedViT(HookedRootModule):
             >>> logits = model(resid, start_at_layer=2)       # blocks 2..L-1 + head
         """
         L = self.cfg.n_layers
-        start = 0 if start_at_layer is None else self._check_layer(start_at_layer, "start_at_layer", L)
-        stop = L if stop_at_layer is None else self._check_layer(stop_at_layer, "stop_at_layer", L)
+        start = 0 if start_at_layer is None else check_layer(start_at_layer, "start_at_layer", L)
+        stop = L if stop_at_layer is None else check_layer(stop_at_layer, "stop_at_layer", L)
         if stop < start:
             raise ValueError(f"stop_at_layer ({stop}) must be >= start_at_layer ({start})")
         if start_at_layer is None:
@@ -322,15 +258,6 @@ class HookedViT(HookedRootModule):
         if stop_at_layer is not None:
             return resid
         return self.unembed(resid)
-
-    @staticmethod
-    def _check_layer(value: int, name: str, n_layers: int) -> int:
-        if not is_int(value):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        v = value + n_layers if value < 0 else value
-        if not 0 <= v <= n_layers:
-            raise ValueError(f"{name} must be in [-{n_layers}, {n_layers}], got {value}")
-        return v
 
     # ------------------------------------------------------------------ hooks and caches
     def _disabled_hook_names(self) -> set[str]:
@@ -446,299 +373,6 @@ class HookedViT(HookedRootModule):
         if return_cache_object:
             return out, ViTActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache_dict
-
-    # ------------------------------------------------------------------ weights
-    def _stack(self, get: Callable[[TransformerBlock], Tensor]) -> Tensor:
-        return torch.stack([get(b) for b in self.blocks], dim=0)
-
-    @property
-    def W_E(self) -> Float[Tensor, "d_model channel patch_h patch_w"]:
-        """Patch-embedding conv kernel (stride = kernel = patch size)."""
-        return self.embed.W_E
-
-    @property
-    def b_E(self) -> Float[Tensor, "d_model"]:
-        return self.embed.b_E
-
-    @property
-    def W_pos(self) -> Float[Tensor, "pos_embed d_model"]:
-        return self.pos_embed.W_pos
-
-    @property
-    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_Q)
-
-    @property
-    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_K)
-
-    @property
-    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_V)
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        return self._stack(lambda b: b.attn.W_O)
-
-    @property
-    def b_Q(self) -> Float[Tensor, "layer head d_head"]:
-        return self._stack(lambda b: b.attn.b_Q)
-
-    @property
-    def b_K(self) -> Float[Tensor, "layer head d_head"]:
-        return self._stack(lambda b: b.attn.b_K)
-
-    @property
-    def b_V(self) -> Float[Tensor, "layer head d_head"]:
-        return self._stack(lambda b: b.attn.b_V)
-
-    @property
-    def b_O(self) -> Float[Tensor, "layer d_model"]:
-        return self._stack(lambda b: b.attn.b_O)
-
-    @property
-    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
-        return self._stack(lambda b: b.mlp.W_in)
-
-    @property
-    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
-        return self._stack(lambda b: b.mlp.W_out)
-
-    @property
-    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
-        return self._stack(lambda b: b.mlp.b_in)
-
-    @property
-    def b_out(self) -> Float[Tensor, "layer d_model"]:
-        return self._stack(lambda b: b.mlp.b_out)
-
-    @property
-    def W_H(self) -> Float[Tensor, "d_model n_classes"]:
-        self._require_head()
-        return self.head.W_H
-
-    @property
-    def b_H(self) -> Float[Tensor, "n_classes"]:
-        self._require_head()
-        return self.head.b_H
-
-    # TransformerLens names for the readout.
-    W_U = W_H
-    b_U = b_H
-
-    def _require_head(self) -> None:
-        if not self.cfg.n_classes:
-            raise ValueError("this model has no classifier head (num_classes=0): it outputs pooled features")
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, "d_model"]:
-        """Sum of the output biases written to the residual stream before ``layer`` (TransformerLens semantics).
-
-        ``b_O`` of every earlier block (LayerScale folded in), plus ``b_out`` if ``include_mlp_biases``, plus
-        this block's ``b_O`` if ``mlp_input``. Used by ``cache.get_full_resid_decomposition``.
-
-        Example:
-            >>> model.accumulated_bias(2).shape
-            torch.Size([192])
-        """
-        layer = self._check_layer(layer, "layer", self.cfg.n_layers)
-        acc = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
-        for block in self.blocks[:layer]:
-            acc = acc + block.attn.b_O
-            if include_mlp_biases:
-                acc = acc + block.mlp.b_out
-        if mlp_input:
-            if layer == self.cfg.n_layers:
-                raise ValueError("mlp_input=True needs a layer below n_layers")
-            acc = acc + self.blocks[layer].attn.b_O
-        return acc
-
-    def tokens_to_residual_directions(self, classes: int | Sequence[int] | Tensor) -> Tensor:
-        """Class -> residual direction (``W_H[:, c]``), as TransformerLens's ``logit_attrs`` expects."""
-        self._require_head()
-        if self.cfg.has_dist:
-            raise ValueError("distilled DeiT reads two tokens with two heads; use vit_patching's head attribution")
-        if self.cfg.global_pool == "map":
-            raise UnsupportedModelError(
-                "global_pool='map': the logits read the attention pool's output, a non-linear function of the"
-                " residual stream, so no residual direction gives a class's logit"
-            )
-        idx = torch.as_tensor(classes, device=self.device)
-        self.check_classes(idx, "classes")
-        return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
-
-    def check_target(self, target: object, batch: int) -> Tensor | None:
-        """Validate a per-image target: ``None``, an int, or an integer tensor ``[batch]`` of class indices.
-
-        Returns:
-            ``None`` for ``None``, else a long CPU tensor ``[batch]`` (an int is broadcast to every image).
-
-        Example:
-            >>> model.check_target(3, batch=2)
-            tensor([3, 3])
-        """
-        if target is None:
-            return None
-        if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-            raise TypeError(f"target: expected None, an int or an integer tensor [batch], got {type(target).__name__}")
-        t = torch.as_tensor(target)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"target: expected one class per image, shape [{batch}], got shape {tuple(t.shape)}")
-        self.check_classes(t, "target")
-        return t.long().cpu()
-
-    def check_classes(self, classes: Tensor, name: str = "target") -> None:
-        """Raise a clear error if any class index is out of range."""
-        self._require_head()
-        if classes.is_floating_point():
-            raise TypeError(f"{name} must hold integer class indices, got dtype {classes.dtype}")
-        if classes.numel() and (classes.min() < 0 or classes.max() >= self.cfg.n_classes):
-            raise ValueError(
-                f"{name} must be class indices in [0, {self.cfg.n_classes}), got values in "
-                f"[{int(classes.min())}, {int(classes.max())}]"
-            )
-
-    # ------------------------------------------------------------------ weight processing
-    def process_weights_(
-        self,
-        *,
-        fold_ln: bool = False,
-        center_writing_weights: bool = False,
-        fold_value_biases: bool = False,
-        fold_layer_scale: bool = False,
-    ) -> "HookedViT":
-        """Apply TransformerLens-style weight processing in place; logits are unchanged.
-
-        Args:
-            fold_ln: Fold LayerNorm affine weights into Q/K/V, MLP input and the head. The LNs then only
-                normalise (``cfg.normalization_type == "LNPre"``); ``ln_pre`` (CLIP) and ``qk_norm`` stay.
-            center_writing_weights: Remove the mean over ``d_model`` from everything written to the residual
-                stream. Needs every reader of the residual to be a LayerNorm.
-            fold_value_biases: ``b_O += sum_h b_V[h] @ W_O[h]`` and ``b_V = 0`` (pattern rows sum to 1).
-            fold_layer_scale: Multiply LayerScale's gamma into ``w_proj``/``b_proj`` and ``w_fc2``/``b_fc2``
-                (``cfg.layer_scale`` becomes False), so ``W_O``/``b_O``/``W_out``/``b_out`` are writable views again.
-                The model then equals timm to float rounding instead of bit for bit. Implied by
-                ``center_writing_weights`` and ``fold_value_biases``, which write to those weights.
-
-        Returns:
-            ``self``.
-
-        Example:
-            >>> model.process_weights_(fold_layer_scale=True).cfg.layer_scale
-            False
-        """
-        for flag, value in (("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights),
-                            ("fold_value_biases", fold_value_biases), ("fold_layer_scale", fold_layer_scale)):  # fmt: skip
-            check_bool(value, flag)
-        if fold_value_biases and self.cfg.attn_norm:
-            raise UnsupportedModelError("fold_value_biases: b_V does not pass linearly through scale_attn_norm to W_O")
-        self._check_processing(fold_ln, center_writing_weights)
-        with torch.no_grad():
-            if fold_layer_scale or center_writing_weights or fold_value_biases:
-                self._fold_layer_scale()
-            if fold_ln:
-                self._fold_ln()
-            if center_writing_weights:
-                self._center_writing_weights()
-            if fold_value_biases:
-                for b in self.blocks:
-                    b.attn.b_proj.add_(torch.einsum("he,hed->d", b.attn.b_V, b.attn.W_O))
-                    b.attn.b_V.zero_()
-        self.setup()
-        return self
-
-    def _fold_layer_scale(self) -> None:
-        """Fold every LayerScale gamma into its output projection (exact per-channel scaling, new rounding)."""
-        for b in self.blocks:
-            for module, w, bias in ((b.attn, b.attn.w_proj, b.attn.b_proj), (b.mlp, b.mlp.w_fc2, b.mlp.b_fc2)):
-                if module.ls_gamma is not None:
-                    w.mul_(module.ls_gamma[:, None])
-                    bias.mul_(module.ls_gamma)
-                    del module.ls_gamma
-                    module.ls_gamma = None
-        self.cfg.layer_scale = False
-
-    def _check_processing(self, fold_ln: bool, center_writing_weights: bool) -> None:
-        """Refuse inexact processing before any weight is touched (no half-processed model on error)."""
-        cfg = self.cfg
-        if fold_ln:
-            if cfg.normalization_type in ("LNPre", "RMSPre"):
-                raise ValueError("LayerNorms are already folded")
-            if cfg.parallel_attn_mlp:
-                raise UnsupportedModelError("fold_ln is not implemented for parallel attention/MLP blocks")
-            if cfg.global_pool in ("max", "avgmax") and cfg.final_norm:
-                raise UnsupportedModelError(
-                    f"cannot fold the per-token final norm through global_pool={cfg.global_pool!r} (not linear)"
-                )
-        if center_writing_weights:
-            if cfg.norm_kind == "RMS":
-                raise UnsupportedModelError("center_writing_weights needs LayerNorm readers; RmsNorm does not centre")
-            if not (cfg.final_norm or cfg.fc_norm):
-                raise UnsupportedModelError("center_writing_weights needs a final norm or fc_norm reading the residual")
-            if cfg.fc_norm and cfg.global_pool in ("max", "avgmax"):
-                raise UnsupportedModelError(
-                    f"center_writing_weights does not commute with global_pool={cfg.global_pool!r}"
-                )
-
-    def _fold_ln(self) -> None:
-        cfg = self.cfg
-        for b in self.blocks:
-            w, bb = b.ln1.w, b.ln1.b
-            for n in "QKV":
-                W = getattr(b.attn, f"W_{n}")
-                if bb is not None:  # RmsNorm has no bias
-                    getattr(b.attn, f"b_{n}").add_(torch.einsum("d,hde->he", bb, W))
-                W.mul_(w[None, :, None])
-            b.ln1.remove_affine()
-            for wn, bn in (("W_in", "b_in"), ("W_gate", "b_gate")) if cfg.gated_mlp else (("W_in", "b_in"),):
-                W = getattr(b.mlp, wn)
-                if b.ln2.b is not None:
-                    getattr(b.mlp, bn).add_(b.ln2.b @ W)
-                W.mul_(b.ln2.w[:, None])
-            b.ln2.remove_affine()
-        final = self._head_norm()
-        if final is not None:
-            for wn, bn in (("W_H", "b_H"), ("W_H_dist", "b_H_dist")):
-                if hasattr(self.head, wn):
-                    W = getattr(self.head, wn)
-                    if final.b is not None:
-                        getattr(self.head, bn).add_(final.b @ W)
-                    W.mul_(final.w[:, None])
-            final.remove_affine()
-        cfg.normalization_type = "RMSPre" if cfg.norm_kind == "RMS" else "LNPre"
-
-    def _head_norm(self) -> LayerNorm | None:
-        """The norm that ``fold_ln`` folds into the head: ``fc_norm``, else the per-token final norm."""
-        cfg = self.cfg
-        if not cfg.n_classes or cfg.global_pool == "map":  # the attention pool, not the head, reads ln_final
-            return None
-        return self.fc_norm if cfg.fc_norm else (self.ln_final if cfg.final_norm else None)
-
-    def _center_writing_weights(self) -> None:
-        cfg = self.cfg
-
-        def center(t: Tensor) -> None:
-            t.sub_(t.mean(-1, keepdim=True))
-
-        if not cfg.pre_norm:
-            # With CLIP's ln_pre the residual starts as ln_pre's output (normalised * w + b), which no weight
-            # change can centre; only the block writes are centred then. Logits are unchanged either way.
-            center(self.embed.W_E.permute(1, 2, 3, 0))
-            center(self.embed.b_E.view(1, -1))
-            for t in (self.embed.cls_token, self.embed.dist_token, self.embed.reg_tokens):
-                if t is not None:
-                    center(t.view(-1, cfg.d_model))
-            center(self.pos_embed.W_pos)
-        for b in self.blocks:
-            center(b.attn.W_O)  # views: LayerScale was folded first
-            center(b.attn.b_proj.view(1, -1))
-            center(b.mlp.W_out)
-            center(b.mlp.b_fc2.view(1, -1))
 
 
 def check_classifier(model: object, name: str = "model") -> HookedViT:

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_patching.checks import check_positive_int
-from vit_patching.files import IMAGE_EXTENSIONS  # re-exported
+from vit_patching.files import IMAGE_EXTENSIONS, list_image_files  # IMAGE_EXTENSIONS re-exported
 
 from .sharding import digest
 
@@ -86,13 +86,7 @@ def folder_images(folder: str | os.PathLike, n: int | None = None) -> ImageSet:
         "timm eval transform of the model's data config"
     """
     path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"images: expected a folder of images, got {str(path)!r}")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if n is not None:
-        files = files[: check_positive_int(n, "n")]
-    if not files:
-        raise ValueError(f"images: expected image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(path)!r}, found none")
+    files = list_image_files(path, "images", n)
 
     def load(model: "HookedViT", s: int, e: int) -> tuple[Float[Tensor, "b c h w"], None]:
         from PIL import Image, UnidentifiedImageError
