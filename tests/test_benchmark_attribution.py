@@ -384,6 +384,9 @@ def test_script_user_errors_exit_2_in_one_line_before_any_model_is_loaded(tmp_pa
         (["--rank", "0"], "--rank: --rank and --world-size go together"),
         (["--rank", "2", "--world-size", "2"], "--rank: expected 0 <= rank < --world-size = 2, got 2"),
         (["--write-docs", str(tmp_path)], "--write-docs: expected a file path, got the existing folder"),
+        (["--selection-fraction", "1"], "--selection-fraction: expected a number in (0, 1), got 1.0"),
+        (["--selection-n", "0"], "--selection-n: expected a positive number, got 0"),
+        (["--n", "8", "--selection-n", "8"], "--selection-n: expected fewer than --n = 8 images, got 8"),
     ]
     for argv, expected in cases:
         assert expected in _script_error(capsys, [*argv, *out]), argv
@@ -468,3 +471,25 @@ def test_script_two_processes_equal_one_process(tmp_path):
     rerun = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "0 chunks computed, 15 resumed" in rerun.stderr
+
+
+def test_merge_only_with_another_selection_split_re_reports_without_recomputing(tmp_path):
+    from vit_patching.benchmark.command import main
+
+    out = tmp_path / "out"
+    base = ["--model", "toy-shapes", "--n", "4", "--chunk-size", "2", "--methods", "random,center,caap,caap_noising",
+            "--no-png", "--no-progress", "--threads", "1", "--out", str(out)]
+    assert main(base) == 0
+    md = (out / "results.md").read_text()
+    assert "the first 2 of 4" in md and "`caap_noising` against the best other method" in md
+    assert "`caap` against the best other method" in md
+    partials = {p: p.stat().st_mtime_ns for p in (out / "partials").rglob("*.json")}
+    assert main([*base, "--merge-only", "--selection-n", "3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "partials").rglob("*.json")} == partials
+    md3 = (out / "results.md").read_text()
+    assert "the first 3 of 4" in md3 and "other 1 report images" in md3
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["best_other_selection"].startswith("first 3 images")
+    for line in md3.splitlines():  # the CAAP variants are never the "best other method"
+        if line.startswith("| ") and line.count("|") == 5 and "Best other" not in line:
+            assert line.split("|")[2].strip() in ("random", "center"), line
