@@ -77,8 +77,8 @@ from .memory import resolve_batch_size
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Attribution", "CAAPContext", "DEFAULT_DIRECTION", "DEFAULT_NEUTRAL", "DIRECTIONS", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE", "NEUTRALS", "READOUTS",
-    "SITES", "caap", "caap_from_context", "compare_attributions", "default_window", "prepare_caap",
+    "Attribution", "CAAPContext", "DEFAULT_DIRECTION", "DEFAULT_NEUTRAL", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE",
+    "DIRECTIONS", "NEUTRALS", "READOUTS", "SITES", "caap", "caap_from_context", "compare_attributions", "default_window", "prepare_caap",
 ]
 
 #: The image neutrals ``"auto"`` chooses from (the package's baseline vocabulary).
