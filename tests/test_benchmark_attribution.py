@@ -32,7 +32,7 @@ from vit_patching.benchmark import (
     validate_partial,
     write_csv,
 )
-from vit_patching.benchmark.stats import summary_rows
+from vit_patching.benchmark.stats import selection_split, summary_rows
 from vit_patching.model import HookedViT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,10 +162,11 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
         best = max(means.values()) if metric != "deletion" else min(means.values())
         assert all((result.row(m, metric)["rank"] == 1) == (means[m] == best) for m in cfg.methods)
     paired = {c["metric"]: c for c in result.paired("caap")}
-    for metric, c in paired.items():  # against the best other method, paired over the same images
+    for metric, c in paired.items():  # best other on the first 2 of 5 images, paired over the other 3
         sign = 1 if metric != "deletion" and metric != "pos_perturbation" else -1
-        assert c["versus"] == max(["rollout", "random"], key=lambda m: sign * result.row(m, metric)["mean"])
-        diffs = [a - b for a, b in zip(result.per_image["caap"][metric], result.per_image[c["versus"]][metric])
+        sel = {m: mean_ci(result.per_image[m][metric][:2])[0] for m in ("rollout", "random")}
+        assert c["versus"] == max([m for m in sel if math.isfinite(sel[m])], key=lambda m: sign * sel[m])
+        diffs = [a - b for a, b in zip(result.per_image["caap"][metric][2:], result.per_image[c["versus"]][metric][2:])
                  if math.isfinite(a) and math.isfinite(b)]
         assert (c["diff"], c["ci95"], c["n"]) == mean_ci(diffs)
         significant = math.isfinite(c["ci95"]) and abs(c["diff"]) > c["ci95"]
@@ -179,6 +180,51 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
     update_docs(doc, "tiny", "### tiny\nv2")
     text = doc.read_text()
     assert "v2" in text and "v1" not in text and text.index("tiny") < text.index("other")
+
+
+def _split_result(**selection) -> BenchmarkResult:
+    """8 images; on the first half `a` is the best non-CAAP method on insertion, on the second half `b` is."""
+    per_image = {
+        "caap": {"insertion": [0.70, 0.72, 0.74, 0.76, 0.60, 0.62, 0.64, 0.66]},
+        "caap_noising": {"insertion": [0.99] * 8},  # a CAAP variant: never the "other" method
+        "a": {"insertion": [0.80, 0.82, 0.84, 0.86, 0.10, 0.12, 0.10, 0.12]},
+        "b": {"insertion": [0.50, 0.52, 0.54, 0.56, 0.70, 0.71, 0.73, 0.74]},
+    }
+    seconds = {m: 1.0 for m in per_image}
+    return BenchmarkResult(summary_rows(per_image, seconds, 8), per_image, {}, {}, seconds, {}, **selection)
+
+
+def test_best_other_method_is_chosen_on_the_selection_split_and_tested_on_the_report_split():
+    result = _split_result()
+    # over all 8 images b (0.625) beats a (0.470); on the selection half (images 0-3) a wins (0.83 > 0.53)
+    assert result.row("b", "insertion")["rank"] < result.row("a", "insertion")["rank"]
+    for method in ("caap", "caap_noising"):
+        (c,) = result.paired(method)
+        assert c["versus"] == "a" and c["n_selection"] == 4 and c["n"] == 4
+        expected = mean_ci([x - y for x, y in zip(result.per_image[method]["insertion"][4:], result.per_image["a"]["insertion"][4:])])
+        assert (c["diff"], c["ci95"], c["n"]) == expected
+    (c,) = result.paired("caap")
+    assert c["diff"] == pytest.approx(0.52) and c["verdict"] == "better"
+    # selecting on the first 6 images instead: a still wins there (0.590 > 0.588)
+    (c6,) = _split_result(selection_n=6).paired("caap")
+    assert c6["versus"] == "a" and c6["n"] == 2 and c6["n_selection"] == 6
+    # a fraction of 1/8 selects image 0 only
+    (c1,) = _split_result(selection_fraction=0.125).paired("caap")
+    assert c1["versus"] == "a" and c1["n"] == 7
+    table = markdown_table(result)
+    assert "`caap` against the best other method" in table and "`caap_noising` against the best other method" in table
+    assert "first 4 of 8" in table and "Means ± 95 % CI over all 8 images" in table
+    assert "| **caap_noising** |" in table
+
+
+def test_selection_split_known_answers_and_errors():
+    assert selection_split(8) == (range(4), range(4, 8))
+    assert selection_split(5, 0.5) == (range(2), range(2, 5))
+    assert selection_split(5, selection_n=3) == (range(3), range(3, 5))
+    for kwargs, name in (({"selection_fraction": 1.0}, "selection_fraction"), ({"selection_fraction": 0.0}, "selection_fraction"),
+                         ({"selection_n": 5}, "selection_n"), ({"selection_n": 0}, "selection_n")):
+        with pytest.raises(ValueError, match=name):
+            selection_split(5, **kwargs)
 
 
 def _result_with_insertion_starts(starts: list[float]) -> BenchmarkResult:
@@ -338,6 +384,9 @@ def test_script_user_errors_exit_2_in_one_line_before_any_model_is_loaded(tmp_pa
         (["--rank", "0"], "--rank: --rank and --world-size go together"),
         (["--rank", "2", "--world-size", "2"], "--rank: expected 0 <= rank < --world-size = 2, got 2"),
         (["--write-docs", str(tmp_path)], "--write-docs: expected a file path, got the existing folder"),
+        (["--selection-fraction", "1"], "--selection-fraction: expected a number in (0, 1), got 1.0"),
+        (["--selection-n", "0"], "--selection-n: expected a positive number, got 0"),
+        (["--n", "8", "--selection-n", "8"], "--selection-n: expected fewer than --n = 8 images, got 8"),
     ]
     for argv, expected in cases:
         assert expected in _script_error(capsys, [*argv, *out]), argv
@@ -438,3 +487,25 @@ def test_script_two_processes_equal_one_process(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "two" / "curves.html").stat().st_size > 100_000  # plotly.js embedded once, offline
     status, rerun_err = _run_in_process([*args[1:], "--out", str(tmp_path / "two")], capsys, monkeypatch)
     assert status == 0 and "0 chunks computed, 15 resumed" in rerun_err
+
+
+def test_merge_only_with_another_selection_split_re_reports_without_recomputing(tmp_path):
+    from vit_patching.benchmark.command import main
+
+    out = tmp_path / "out"
+    base = ["--model", "toy-shapes", "--n", "4", "--chunk-size", "2", "--methods", "random,center,caap,caap_noising",
+            "--no-png", "--no-progress", "--threads", "1", "--out", str(out)]
+    assert main(base) == 0
+    md = (out / "results.md").read_text()
+    assert "the first 2 of 4" in md and "`caap_noising` against the best other method" in md
+    assert "`caap` against the best other method" in md
+    partials = {p: p.stat().st_mtime_ns for p in (out / "partials").rglob("*.json")}
+    assert main([*base, "--merge-only", "--selection-n", "3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "partials").rglob("*.json")} == partials
+    md3 = (out / "results.md").read_text()
+    assert "the first 3 of 4" in md3 and "other 1 report images" in md3
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["best_other_selection"].startswith("first 3 images")
+    for line in md3.splitlines():  # the CAAP variants are never the "best other method"
+        if line.startswith("| ") and line.count("|") == 5 and "Best other" not in line:
+            assert line.split("|")[2].strip() in ("random", "center"), line

@@ -312,3 +312,31 @@ def test_report_shows_the_neutral_prediction_and_its_warning():
     summary = _report_sections(attr, model, info, "test", None, 5)[0].content
     assert f"WARNING: {attr.warnings[0]}" in summary
     assert f"probability {float(attr.neutral_target_prob[0]):.3f}" in summary
+
+
+def test_direction_noising_is_stated_in_the_report_with_its_colours(tmp_path, capsys):
+    out = tmp_path / "noising.html"
+    assert main(["caap", "--sample", "0", "--direction", "noising", "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "Direction: noising." in text and "lowers the explained class" in text and "drop of the explained" in text
+    assert "<td>noising</td>" in text  # settings table
+    default = tmp_path / "denoising.html"
+    assert main(["caap", "--sample", "0", "--out", str(default)]) == 0
+    assert "Direction: denoising." in default.read_text(encoding="utf-8")
+
+
+def test_bad_direction_is_one_line_naming_direction_before_any_model(tmp_path, capsys, no_model):
+    for extra in (["--sample", "0"], ["--dataset", "shapes", "--n", "2"]):
+        line = _one_line_error(capsys, ["caap", *extra, "--direction", "sideways", "--out", str(tmp_path / "r")],
+                               "--direction: expected one of ['denoising', 'noising'], got 'sideways'")
+        assert "Traceback" not in line
+
+
+def test_dataset_run_with_noising_records_the_direction(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["caap", "--dataset", "shapes", "--n", "2", "--direction", "noising", "--no-progress", "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["caap"]["direction"] == "noising"
+    assert "Direction: noising" in (out / "gallery.html").read_text(encoding="utf-8")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vit_patching.checks import check_window
+from vit_patching.checks import check_choice, check_window
 from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _parse_batch_size(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-patching`` (one sub-command per job)."""
-    from vit_patching.patching.caap import NEUTRALS, READOUTS, SITES
+    from vit_patching.patching.caap import DEFAULT_DIRECTION, DIRECTIONS, NEUTRALS, READOUTS, SITES
     from vit_patching.zoo import DEFAULT_MODEL, available_models
 
     parser = argparse.ArgumentParser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", choices=list(SITES), default="resid_pre", help="patched activation (default resid_pre)")
     p.add_argument("--readout", choices=list(READOUTS), default=None, help="score of each patched run (default: CAAP's)")
     p.add_argument("--include-prefix", action="store_true", help="also pin CLS/register tokens to source values")
+    p.add_argument("--direction", default=DEFAULT_DIRECTION, metavar="{" + ",".join(DIRECTIONS) + "}",
+                   help="denoising (default): each patch of the input into the neutral context, map = restored "
+                        "score; noising: each neutral patch into the input, map = score drop")
     p.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest", help="patch map -> image")
     p.add_argument("--top", type=int, default=10, help="number of top patches listed (default 10)")
     p.add_argument("--batch-size", type=_parse_batch_size, default=64,
@@ -288,9 +291,8 @@ def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, l
         f"Explained class: {_class_label(t, names)} ({attr.options['target_source']}); "
         f"predicted class: {_class_label(pred, names)} with probability {float(probs[pred]):.3f}"
         + (f"; dataset label: {_class_label(label, names)}." if label is not None else "."),
-        f"Each patch's {attr.options['site']} activations from the input were pinned into the "
-        f"'{attr.options['neutral']}' neutral context at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
-        f"{readout} of the explained class in that patched run.",
+        _direction_line(attr, s, e),
+        _colour_line(attr),
     ]
     n_pred = int(attr.neutral_prediction[0])
     lines.append(
@@ -306,11 +308,12 @@ def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, l
     ph, pw = model.cfg.patch_size
     top_rows = [
         {"rank": r + 1, "row": row, "col": col, "pixels (y, x)": f"{row * ph}:{(row + 1) * ph}, {col * pw}:{(col + 1) * pw}",
-         readout: value}
+         attr.value_label: value}
         for r, (row, col, value) in enumerate(attr.top_patches(0, k=top))
     ]
     m = attr.map[0]
     scores = [
+        {"quantity": "direction", "value": attr.direction},
         {"quantity": f"source {readout} (unpatched input)", "value": float(attr.source_score[0])},
         {"quantity": f"neutral {readout} (unpatched neutral context)", "value": float(attr.neutral_score[0])},
         {"quantity": "neutral context: probability of the explained class", "value": float(attr.neutral_target_prob[0])},
@@ -324,14 +327,35 @@ def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, l
     ]
     return [
         ReportSection.text("Summary", "\n\n".join(lines)),
-        ReportSection.figure("Attribution over the image", attr.overlay(0, title=f"CAAP window [{s}, {e})"),
+        ReportSection.figure("Attribution over the image", attr.overlay(0, title=f"CAAP ({attr.direction}) window [{s}, {e})"),
                              caption=f"Patch map upsampled with '{attr.options['upsample']}'; hover for values."),
-        ReportSection.figure("Patch-grid map", attr.plot(0, title=f"CAAP {readout}, {gh}x{gw} patches")),
+        ReportSection.figure("Patch-grid map", attr.plot(0, title=f"CAAP {attr.value_label}, {gh}x{gw} patches")),
         ReportSection.table(f"Top {len(top_rows)} patches", top_rows),
         ReportSection.table("Scores", scores),
         ReportSection.table("Model prediction on the input", top_classes),
         ReportSection.images("Input", {"input image": attr.pixels[0]}),
     ]
+
+
+def _direction_line(attr: Any, s: int, e: int) -> str:
+    """What was patched where, in the result's direction."""
+    site, neutral, readout = attr.options["site"], attr.options["neutral"], attr.readout
+    if attr.direction == "noising":
+        return (f"Direction: noising. Each patch's {site} activations from the '{neutral}' neutral context were "
+                f"written into the run on the input at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
+                f"drop of the explained class's {readout.removeprefix('delta_')}: input minus patched run.")
+    return (f"Direction: denoising. Each patch's {site} activations from the input were pinned into the "
+            f"'{neutral}' neutral context at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
+            f"{readout} of the explained class in that patched run.")
+
+
+def _colour_line(attr: Any) -> str:
+    """What the map's colours mean for the result's direction (the scale is centred on :meth:`Attribution.zmid`)."""
+    if attr.direction == "noising":
+        return ("Colours: red = replacing this patch with the neutral's lowers the explained class's score (the "
+                "patch is needed: evidence for the class), blue = it raises the score; white = no change.")
+    return ("Colours: red = this patch alone raises the explained class's score above the neutral context's "
+            "(evidence for the class), blue = it lowers it; white = as the neutral context.")
 
 
 def _run_caap(args: argparse.Namespace) -> Path:
@@ -390,14 +414,15 @@ def _run_caap(args: argparse.Namespace) -> Path:
         with torch.inference_mode():
             attr = caap(
                 model, image, args.target, window, neutral=neutral, site=args.site, readout=readout,
-                include_prefix=args.include_prefix, upsample=args.upsample, batch_size=args.batch_size,
+                include_prefix=args.include_prefix, direction=args.direction, upsample=args.upsample,
+                batch_size=args.batch_size,
             )
     except (ValueError, TypeError) as e:  # CAAP's errors name the argument (window, target, ...)
         raise _UsageError(str(e)) from e
     settings = {
         "model": args.model, "weights": info["weights"], "input": source, "target": int(attr.target[0]),
         "target source": attr.options["target_source"], "window": list(attr.window), "neutral": neutral,
-        "site": args.site, "readout": readout, "include prefix": args.include_prefix, "upsample": args.upsample,
+        "site": args.site, "readout": readout, "include prefix": args.include_prefix, "direction": attr.direction, "upsample": args.upsample,
         "batch size": args.batch_size, "device": args.device, "patched forward passes": attr.n_forwards,
     }
     title = args.title or f"CAAP report: {args.model}"
@@ -420,6 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="vit-patching: %(levelname)s: %(message)s")
     try:
+        if args.command == "caap":  # checked here, before either mode, so that the error is one line
+            from vit_patching.patching.caap import DIRECTIONS
+
+            try:
+                check_choice(args.direction, DIRECTIONS, "--direction")
+            except ValueError as e:
+                raise _UsageError(str(e)) from None
         if args.command == "caap" and (args.images is not None or args.dataset is not None):
             from vit_patching.runs.command import run_dataset_command
 

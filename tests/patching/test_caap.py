@@ -499,3 +499,17 @@ def test_windows_module_uses_no_private_caap_name():
     tree = ast.parse(inspect.getsource(windows))
     imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names]
     assert imported and not [n for n in imported if n.startswith("_")]
+
+
+def test_a_binary_neutral_near_one_half_is_not_a_prediction():
+    """Two classes: the top class always has p >= 0.5, so 'predicts' starts at 1.5 x uniform = 0.75."""
+    from vit_patching.patching.caap_results import neutral_warnings, predicts_threshold
+
+    source = torch.tensor([[4.0, 0.0], [4.0, 0.0]])
+    target = torch.tensor([0, 0])
+    near_half = torch.tensor([[0.2, 0.0], [0.0, 0.2]])  # p(class 0) = 0.550, 0.450
+    assert not any("already predicts" in w for w in neutral_warnings(near_half, source, target, "zeros"))
+    decided = torch.tensor([[1.2, 0.0], [1.0, 0.0]])  # p = 0.768 >= 0.75, 0.731 < 0.75
+    warns = neutral_warnings(decided, source, target, "zeros")
+    assert any("already predicts the explained class for 1/2 images [0]" in w for w in warns), warns
+    assert predicts_threshold(2) == 0.75 and predicts_threshold(4) == 0.5 and predicts_threshold(1000) == 0.002

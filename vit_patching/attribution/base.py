@@ -312,6 +312,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "rise": ("vit_patching.attribution.perturbation", "RISE"),
     "atman": ("vit_patching.attribution.perturbation", "AtMan"),
     "caap": ("vit_patching.attribution.caap", "CAAPMethod"),
+    "caap_noising": ("vit_patching.attribution.caap", "CAAPNoising"),
     "random": ("vit_patching.attribution.sanity", "RandomMap"),
     "center": ("vit_patching.attribution.sanity", "CenterGaussian"),
 }
@@ -326,7 +327,7 @@ def available_methods(include_registered: bool = True) -> list[str]:
 
     Example:
         >>> available_methods()[:3], len(available_methods(include_registered=False))
-        (['raw_attention', 'rollout', 'gae'], 12)
+        (['raw_attention', 'rollout', 'gae'], 13)
     """
     return list(_BUILTIN) + ([n for n in _USER if n not in _BUILTIN] if include_registered else [])
 

@@ -16,7 +16,7 @@ from vit_patching.checks import check_bool, check_choice, check_window
 from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT
 
-__all__ = ["CAAPMethod"]
+__all__ = ["CAAPMethod", "CAAPNoising"]
 
 
 class CAAPMethod(AttributionMethod):
@@ -36,6 +36,8 @@ class CAAPMethod(AttributionMethod):
         site: patched site (default ``"resid_pre"``).
         readout: ``"logit"``, ``"prob"``, ``"delta_logit"`` or ``"delta_prob"`` (default CAAP's).
         include_prefix: also pin the prefix tokens inside the window.
+        direction: ``"denoising"`` (default) or ``"noising"`` (the neutral's patch written into the source run;
+            the map is the score drop). The built-in name ``"caap_noising"`` is :class:`CAAPNoising`.
         upsample: patch -> pixel rule.
 
     Example:
@@ -45,6 +47,7 @@ class CAAPMethod(AttributionMethod):
 
     name = "caap"
     native = "patch"
+    default_direction = "denoising"
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class CAAPMethod(AttributionMethod):
         site: str = "resid_pre",
         readout: str | None = None,
         include_prefix: bool = False,
+        direction: str | None = None,
         upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__(model, upsample=upsample)
@@ -66,12 +70,14 @@ class CAAPMethod(AttributionMethod):
         self.site = site
         self.readout = caap_module.DEFAULT_READOUT if readout is None else readout
         self.include_prefix = include_prefix
+        self.direction = self.default_direction if direction is None else direction
         # Validate the options now (a bad option should fail at construction, not at the first batch).
         if not isinstance(self.neutral, Tensor):
             check_choice(self.neutral, caap_module.NEUTRALS, "neutral")
         check_choice(site, list(caap_module.SITES), "site")
         check_choice(self.readout, caap_module.READOUTS, "readout")
         check_bool(include_prefix, "include_prefix")
+        check_choice(self.direction, caap_module.DIRECTIONS, "direction")
 
     def rows_per_image_for(self, images: Tensor) -> int:
         gh, gw = self.model.grid_size_for(images)
@@ -81,7 +87,7 @@ class CAAPMethod(AttributionMethod):
         neutral = f"tensor{list(self.neutral.shape)}" if isinstance(self.neutral, Tensor) else self.neutral
         return {
             "window": list(self.window), "neutral": neutral, "site": self.site, "readout": self.readout,
-            "include_prefix": self.include_prefix,
+            "include_prefix": self.include_prefix, "direction": self.direction,
         }
 
     def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
@@ -89,6 +95,19 @@ class CAAPMethod(AttributionMethod):
 
         attr = caap(
             self.model, images, target, self.window, neutral=self.neutral, site=self.site, readout=self.readout,
-            include_prefix=self.include_prefix, batch_size=batch_size,
+            include_prefix=self.include_prefix, direction=self.direction, batch_size=batch_size,
         )
         return attr.map
+
+
+class CAAPNoising(CAAPMethod):
+    """CAAP with ``direction="noising"`` by default: the built-in method ``"caap_noising"``, a separate row of the
+    benchmark beside ``"caap"`` (denoising). Same options as :class:`CAAPMethod`.
+
+    Example:
+        >>> CAAPNoising(model, window=(0, 2)).options()["direction"]
+        'noising'
+    """
+
+    name = "caap_noising"
+    default_direction = "noising"

@@ -38,7 +38,7 @@ from vit_patching.benchmark.runner import (
     validate_partial,
 )
 from vit_patching.benchmark.scoring import evaluate_maps
-from vit_patching.benchmark.stats import BenchmarkResult, mean_ci, t_quantile
+from vit_patching.benchmark.stats import CAAP_METHODS, BenchmarkResult, mean_ci, selection_split, t_quantile
 
 __all__ = [
     "CURVES",

@@ -45,6 +45,7 @@ from vit_patching.benchmark.config import BenchmarkConfig
 from vit_patching.benchmark.data import folder_data, zoo_data
 from vit_patching.benchmark.report import figures, markdown_report, update_docs, write_csv
 from vit_patching.benchmark.runner import merge, run_shard
+from vit_patching.benchmark.stats import DEFAULT_SELECTION_FRACTION, selection_split
 from vit_patching.cli import check_device, pretrained_weights_file
 from vit_patching.files import atomic_write_text, check_output_file
 from vit_patching.images import BASELINES
@@ -83,6 +84,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="insertion start image (RISE: blur; use zeros where the blurred image keeps the class)")
     p.add_argument("--deletion-substrate", choices=_SUBSTRATES, default="zeros", metavar="{" + ",".join(BASELINES) + "}",
                    help="what deleted patches become (RISE: zeros = dataset-mean colour)")
+    p.add_argument("--selection-fraction", type=float, default=DEFAULT_SELECTION_FRACTION,
+                   help="share of the images (the first, by index) that chooses the best other method of each metric; "
+                        "the paired test uses the rest (default 0.5)")
+    p.add_argument("--selection-n", type=int, default=None,
+                   help="number of selection images instead of --selection-fraction")
     p.add_argument("--out", default="out/bench", help="output folder (existing result files in it are replaced)")
     p.add_argument("--no-resume", action="store_true", help="recompute chunks that already have results")
     p.add_argument("--merge-only", action="store_true", help="only merge existing partial results")
@@ -131,6 +137,11 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
         _positive(getattr(args, name), "--" + name.replace("_", "-"))
     _positive(args.merge_wait, "--merge-wait", allow_zero=True)
     _positive(args.pg_tolerance, "--pg-tolerance", allow_zero=True)
+    _positive(args.selection_n, "--selection-n")
+    if not 0 < args.selection_fraction < 1:
+        raise UsageError(f"--selection-fraction: expected a number in (0, 1), got {args.selection_fraction}")
+    if args.selection_n is not None and args.selection_n >= args.n and not args.images:
+        raise UsageError(f"--selection-n: expected fewer than --n = {args.n} images, got {args.selection_n}")
     if (args.rank is None) != (args.world_size is None):
         raise UsageError("--rank: --rank and --world-size go together")
     if args.rank is not None and not 0 <= args.rank < args.world_size:
@@ -263,6 +274,15 @@ def write_outputs(result: Any, data: Any, args: argparse.Namespace, out: Path) -
 
     result.settings = {"command": reproduce_command(sys.argv[1:] if args.argv is None else list(args.argv)),
                        **result.settings}
+    # Chosen at report time from the per-image results (partials and their fingerprints do not depend on it).
+    result.selection_fraction, result.selection_n = args.selection_fraction, args.selection_n
+    try:
+        select, report = selection_split(len(data), args.selection_fraction, args.selection_n)
+    except ValueError as e:
+        raise UsageError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(':', 1)[1].strip()}") from e
+    result.settings["best_other_selection"] = (
+        f"first {len(select)} images choose the best other method per metric, the other {len(report)} are tested"
+    )
     write_csv(result, out / "results.csv")
     title = f"{args.model}: attribution benchmark ({len(data)} images)"
     md = markdown_report(result, title)

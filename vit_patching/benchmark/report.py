@@ -8,6 +8,7 @@ import csv
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 
 from vit_patching.benchmark.config import METRICS
 from vit_patching.benchmark.data import BenchmarkData
-from vit_patching.benchmark.stats import BenchmarkResult
+from vit_patching.benchmark.stats import CAAP_METHODS, BenchmarkResult, selection_split
 from vit_patching.files import atomic_write_text
 
 __all__ = ["figures", "markdown_report", "markdown_table", "update_docs", "write_csv"]
@@ -42,9 +43,11 @@ def _digits(metric: str) -> int:
     return 1 if metric in ("pos_perturbation", "neg_perturbation") else 3
 
 
-def markdown_table(result: BenchmarkResult, highlight: str = "caap") -> str:
-    """The results table in markdown: methods x metrics (mean ± 95 % CI, best in bold), seconds per image, and
-    the rank of ``highlight`` per metric.
+def markdown_table(result: BenchmarkResult, highlight: str | Sequence[str] = CAAP_METHODS) -> str:
+    """The results table in markdown: methods x metrics (mean ± 95 % CI over all images, best in bold), seconds
+    per image, and for each ``highlight`` method that was run its rank per metric and its paired comparison with
+    the best other method (chosen on the selection images, tested on the report images:
+    :meth:`BenchmarkResult.paired`).
 
     Example:
         >>> from vit_patching.benchmark.stats import summary_rows
@@ -56,40 +59,45 @@ def markdown_table(result: BenchmarkResult, highlight: str = "caap") -> str:
     """
     metrics = result.metrics()
     methods = list(result.per_image)
+    highlights = [highlight] if isinstance(highlight, str) else list(highlight)
     header = ["Method"] + [f"{METRICS[k].label} {'↑' if METRICS[k].higher_is_better else '↓'}" for k in metrics] + ["s / image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for m in methods:
-        cells = [f"**{m}**" if m == highlight else m]
+        cells = [f"**{m}**" if m in highlights else m]
         for k in metrics:
             r = result.row(m, k)
             text = _fmt(r["mean"], r["ci95"], _digits(k))
             cells.append(f"**{text}**" if r["rank"] == 1 else text)
         cells.append(f"{result.row(m, 'seconds_per_image')['mean']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if highlight in methods:
-        ranks = [f"{METRICS[k].label} {result.row(highlight, k)['rank']}/{len(methods)}" for k in metrics]
-        paired = result.paired(highlight)
-        speed = result.row(highlight, "seconds_per_image")["rank"]
-        lines.append("")
-        lines.append(f"Rank of `{highlight}` (1 = best, ties share a rank): " + "; ".join(ranks) + ".")
-        lines += [
-            "",
-            f"`{highlight}` against the best other method of each metric (difference of means, paired over images, "
-            "± 95 % CI):",
-            "",
-            f"| Metric | Best other method | {highlight} − other | Verdict |",
-            "|---|---|---:|---|",
-        ]
-        for c in paired:
-            d = _digits(c["metric"])
-            text = f"{c['diff']:+.{d}f} ± {c['ci95']:.{d}f}" if math.isfinite(c["ci95"]) else f"{c['diff']:+.{d}f}"
-            lines.append(f"| {METRICS[c['metric']].label} | {c['versus']} | {text} | {c['verdict']} |")
-        lines.append("")
-        lines.append(f"Speed rank of `{highlight}` (seconds per image, 1 = fastest): {speed}/{len(methods)}.")
+    n = len(next(iter(next(iter(result.per_image.values())).values()), []))
+    lines += ["", f"Means ± 95 % CI over all {n} images (the comparisons below use the report images only)."]
+    for h in [h for h in highlights if h in methods]:
+        ranks = [f"{METRICS[k].label} {result.row(h, k)['rank']}/{len(methods)}" for k in metrics]
+        paired = result.paired(h)
+        speed = result.row(h, "seconds_per_image")["rank"]
+        lines += ["", f"Rank of `{h}` (1 = best, ties share a rank): " + "; ".join(ranks) + "."]
+        if paired:
+            select, report = selection_split(n, result.selection_fraction, result.selection_n)
+            excluded = ", ".join(f"`{m}`" for m in CAAP_METHODS)
+            lines += [
+                "",
+                f"`{h}` against the best other method of each metric ({excluded} excluded), chosen by its mean "
+                f"over the selection images (the first {len(select)} of {n}) and compared on the other "
+                f"{len(report)} report images (difference of means, paired over images, ± 95 % CI):",
+                "",
+                f"| Metric | Best other method | {h} − other | Verdict |",
+                "|---|---|---:|---|",
+            ]
+            for c in paired:
+                d = _digits(c["metric"])
+                text = f"{c['diff']:+.{d}f} ± {c['ci95']:.{d}f}" if math.isfinite(c["ci95"]) else f"{c['diff']:+.{d}f}"
+                lines.append(f"| {METRICS[c['metric']].label} | {c['versus']} | {text} | {c['verdict']} |")
+        lines += ["", f"Speed rank of `{h}` (seconds per image, 1 = fastest): {speed}/{len(methods)}."]
     return "\n".join(lines)
 
 
-def markdown_report(result: BenchmarkResult, title: str, highlight: str = "caap") -> str:
+def markdown_report(result: BenchmarkResult, title: str, highlight: str | Sequence[str] = CAAP_METHODS) -> str:
     """A markdown section: title, the table and the settings (data, metric protocol, method options)."""
     s = result.settings
     lines = [f"### {title}", "", markdown_table(result, highlight), ""]

@@ -15,9 +15,40 @@ from typing import Any
 from torch import Tensor
 
 from vit_patching.benchmark.config import METRICS
+from vit_patching.checks import check_fraction, check_positive_int
 from vit_patching.evaluation.statistics import mean_ci, t_quantile
 
-__all__ = ["BenchmarkResult", "mean_ci", "summary_rows", "t_quantile"]
+__all__ = [
+    "BenchmarkResult", "CAAP_METHODS", "DEFAULT_SELECTION_FRACTION", "mean_ci", "selection_split", "summary_rows",
+    "t_quantile",
+]
+
+#: The CAAP variants (denoising and noising): each is compared with the best method that is none of them.
+CAAP_METHODS: tuple[str, ...] = ("caap", "caap_noising")
+#: Share of the images (the first ones, by index) that chooses the best other method of each metric.
+DEFAULT_SELECTION_FRACTION = 0.5
+
+
+def selection_split(n: int, selection_fraction: float = DEFAULT_SELECTION_FRACTION,
+                    selection_n: int | None = None) -> tuple[range, range]:
+    """The selection and report image indices: the first ``k`` images by index select, the other ``n - k`` report.
+
+    ``k = selection_n`` if given, else ``floor(selection_fraction * n)``. Deterministic and independent of the
+    results, so choosing the best other method on the selection images cannot bias the test on the report
+    images (choosing and testing on the same images favours the chosen method's luck: a winner's curse).
+
+    Example:
+        >>> selection_split(5), selection_split(5, selection_n=4)
+        ((range(0, 2), range(2, 5)), (range(0, 4), range(4, 5)))
+    """
+    check_positive_int(n, "n")
+    if selection_n is not None:
+        k = check_positive_int(selection_n, "selection_n")
+        if k >= n:
+            raise ValueError(f"selection_n: expected fewer than the {n} images (some must be left to report on), got {k}")
+    else:
+        k = math.floor(check_fraction(selection_fraction, "selection_fraction", open_low=True, open_high=True) * n)
+    return range(k), range(k, n)
 
 
 @dataclass
@@ -32,6 +63,9 @@ class BenchmarkResult:
         patch_maps: ``patch_maps[method]`` = ``[n, grid_h, grid_w]``.
         seconds: total attribution seconds per method.
         settings: run settings (data, metric settings, method settings).
+        selection_fraction: share of the images (the first, by index) that chooses the best other method of
+            each metric for :meth:`paired` (:func:`selection_split`); set at merge/report time.
+        selection_n: number of selection images instead of a fraction (``None``: use the fraction).
     """
 
     rows: list[dict[str, Any]]
@@ -40,6 +74,8 @@ class BenchmarkResult:
     patch_maps: dict[str, Tensor]
     seconds: dict[str, float]
     settings: dict[str, Any]
+    selection_fraction: float = DEFAULT_SELECTION_FRACTION
+    selection_n: int | None = None
 
     def metrics(self) -> list[str]:
         """Metric names present, in table order."""
@@ -53,36 +89,53 @@ class BenchmarkResult:
         raise KeyError(f"no result for method {method!r} and metric {metric!r}")
 
     def paired(self, method: str = "caap") -> list[dict[str, Any]]:
-        """``method`` against the best *other* method of every metric, paired over images.
+        """``method`` against the best *other* method of every metric, chosen on the selection images and tested,
+        paired, on the report images (:func:`selection_split` with :attr:`selection_fraction` /
+        :attr:`selection_n`). "Other" excludes every CAAP variant (:data:`CAAP_METHODS`).
 
-        Returns one dict per metric: ``metric, versus, diff`` (mean of ``method - versus`` over the images where both
-        are defined), ``ci95`` (Student-t half-width), ``n`` and ``verdict`` (``"better"``, ``"worse"`` or ``"no
-        significant difference"`` at 95 %, in the metric's direction). Empty if ``method`` was not run.
+        Returns one dict per metric: ``metric, versus`` (best other method by its mean over the selection images;
+        ties go to the earlier method), ``diff`` (mean of ``method - versus`` over the report images where both
+        are defined), ``ci95`` (Student-t half-width), ``n`` (report images used), ``n_selection`` and ``verdict``
+        (``"better"``, ``"worse"`` or ``"no significant difference"`` at 95 %, in the metric's direction). Empty if
+        ``method`` was not run or there are fewer than 2 images (nothing to split).
 
         Example:
             >>> per_image = {"caap": {"insertion": [0.9, 0.8, 0.85]}, "gae": {"insertion": [0.5, 0.45, 0.5]}}
             >>> rows = summary_rows(per_image, {"caap": 1.0, "gae": 1.0}, 3)
             >>> result = BenchmarkResult(rows, per_image, {}, {}, {"caap": 1.0, "gae": 1.0}, {})
-            >>> result.paired("caap")[0]["verdict"]
-            'better'
+            >>> c = result.paired("caap")[0]
+            >>> c["verdict"], c["n_selection"], c["n"]
+            ('better', 1, 2)
         """
         if method not in self.per_image or len(self.per_image) < 2:
+            return []
+        n = len(next(iter(self.per_image[method].values()), []))
+        if n < 2:
+            return []
+        select, report = selection_split(n, self.selection_fraction, self.selection_n)
+        if not select:  # a fraction too small for this many images
             return []
         out = []
         for metric in self.metrics():
             spec = METRICS[metric]
-            others = [m for m in self.per_image if m != method and math.isfinite(self.row(m, metric)["mean"])]
+            sign = 1 if spec.higher_is_better else -1
+            sel_mean = {
+                m: mean_ci([self.per_image[m][metric][i] for i in select])[0]
+                for m in self.per_image if m != method and m not in CAAP_METHODS
+            }
+            others = [m for m, v in sel_mean.items() if math.isfinite(v)]
             if not others:
                 continue
-            sign = 1 if spec.higher_is_better else -1
-            versus = max(others, key=lambda m: sign * self.row(m, metric)["mean"])
-            pairs = zip(self.per_image[method][metric], self.per_image[versus][metric])
-            diff, ci, n = mean_ci([a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)])
+            versus = max(others, key=lambda m: sign * sel_mean[m])
+            a, b = self.per_image[method][metric], self.per_image[versus][metric]
+            pairs = [(a[i], b[i]) for i in report]
+            diff, ci, count = mean_ci([x - y for x, y in pairs if math.isfinite(x) and math.isfinite(y)])
             if math.isfinite(ci) and abs(diff) > ci:
                 verdict = "better" if sign * diff > 0 else "worse"
             else:
                 verdict = "no significant difference"
-            out.append({"metric": metric, "versus": versus, "diff": diff, "ci95": ci, "n": n, "verdict": verdict})
+            out.append({"metric": metric, "versus": versus, "diff": diff, "ci95": ci, "n": count,
+                        "n_selection": len(select), "verdict": verdict})
         return out
 
     def notes(self) -> list[str]:

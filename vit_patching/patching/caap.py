@@ -16,6 +16,10 @@ attribution. Only the paper's abstract could be read, so every free choice is an
 * ``readout`` — ``"logit"``, ``"prob"`` (softmax), ``"delta_logit"`` / ``"delta_prob"`` (minus the unpatched
   neutral run's value; same ranking as the plain readout).
 * ``include_prefix`` — also pin CLS / register tokens to their source values inside the window.
+* ``direction`` — ``"denoising"`` (default: the above) or ``"noising"``, the complement: the *neutral's*
+  activations at patch ``i`` are written into the *source* run over the window, and the attribution is the score
+  drop ``source - patched`` (positive = evidence, as for denoising). Denoising asks "is this patch enough to
+  bring the class back?", noising "is this patch needed to keep it?" (``docs/caap_defaults.md``).
 
 How it runs: CAAP is a :class:`~vit_patching.patching.engine.PatchSpec` (variant ``i`` = the site at patch ``i``
 in every window layer; prefix positions too with ``include_prefix``) executed by the batched engine. The
@@ -26,7 +30,8 @@ patched runs do not depend on the class, so the logits of every class are kept (
 Neutral diagnosis: every result records what the unpatched neutral run predicts (``neutral_prediction``,
 ``neutral_target_prob``, ...) and warns (``logging`` and :attr:`Attribution.warnings`) when the neutral context
 already predicts the explained class or gives it more than ``warn_share`` of the source's probability: then
-the map shows what moves the score of a context that already says the class, not evidence for it.
+for denoising the map shows what moves the score of a context that already says the class, not evidence for it;
+for noising the drops are small (the neutral's patches carry the class too).
 
 Defaults, measured on the shipped toy models (``docs/caap_defaults.md``; 32 held-out images each, insertion minus
 deletion AUC and the pointing game): ``neutral="zeros"``, ``readout="logit"``, ``window=[0, ceil(L / 2))``. With
@@ -62,15 +67,18 @@ from vit_patching.hook_names import get_act_name, site_suffix
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, baseline_images, describe_baseline, upsample_map
 from vit_patching.model import HookedViT, check_classifier
 
-from .caap_results import DEFAULT_WARN_SHARE, READOUTS, Attribution, caap_readout, compare_attributions, neutral_warnings
+from .caap_results import (
+    DEFAULT_DIRECTION, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, Attribution, caap_map_values, caap_readout,
+    compare_attributions, neutral_warnings,
+)
 from .engine import PatchRun, PatchSpec, Site, run_patch_spec
 from .memory import resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Attribution", "CAAPContext", "DEFAULT_NEUTRAL", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE", "NEUTRALS", "READOUTS",
-    "SITES", "caap", "caap_from_context", "compare_attributions", "default_window", "prepare_caap",
+    "Attribution", "CAAPContext", "DEFAULT_DIRECTION", "DEFAULT_NEUTRAL", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE",
+    "DIRECTIONS", "NEUTRALS", "READOUTS", "SITES", "caap", "caap_from_context", "compare_attributions", "default_window", "prepare_caap",
 ]
 
 #: The image neutrals ``"auto"`` chooses from (the package's baseline vocabulary).
@@ -151,7 +159,8 @@ class CAAPContext:
     Attributes:
         images: Source images ``[batch, C, H, W]``.
         source_logits: Unpatched source logits ``[batch, n_classes]``.
-        source_cache: Source activations ``{hook: [batch, pos, d_model]}`` at the site of every cached layer.
+        source_cache: Source activations ``{hook: [batch, pos, d_model]}`` at the site of every cached layer
+            (denoising; empty for noising).
         neutral_resid: Neutral residual entering block ``start``, per start ``{start: [batch | 1, pos, d_model]}``.
         neutral_logits: Unpatched neutral logits per start ``{start: [batch | 1, n_classes]}`` (equal for every
             start unless the neutral is ``mean_activations``).
@@ -159,6 +168,12 @@ class CAAPContext:
         site: Site name.
         options: Neutral description and settings.
         neutral_choice: The neutral used per image (``"auto"`` chooses per image).
+        direction: ``"denoising"`` or ``"noising"`` (what was cached for which run).
+        source_resid: Noising only: the source residual entering block ``start``, per start ``{start: [batch, pos,
+            d_model]}`` (the run patched into).
+        neutral_cache: Noising only: the neutral's activations at the site of every cached layer, per start
+            ``{start: {hook: [batch | 1, pos, d_model]}}`` (the same dict for every start unless the neutral is
+            ``mean_activations``, whose neutral run starts at the window's first block).
     """
 
     images: Float[Tensor, "batch channel height width"]
@@ -170,6 +185,9 @@ class CAAPContext:
     site: str
     options: dict[str, Any] = field(default_factory=dict)
     neutral_choice: list[str] = field(default_factory=list)
+    direction: str = DEFAULT_DIRECTION
+    source_resid: dict[int, Tensor] = field(default_factory=dict)
+    neutral_cache: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -226,8 +244,12 @@ def prepare_caap(
     reference: Float[Tensor, "ref channel height width"] | None = None,
     blur_sigma: float | None = None,
     batch_size: int = 64,
+    direction: str = DEFAULT_DIRECTION,
 ) -> CAAPContext:
     """Run the source once (caching the site at ``layers``) and the neutral prefix once per start in ``starts``.
+
+    For ``direction="noising"`` the roles swap: the neutral run's site activations at ``layers`` are cached (the
+    values written) and the source residual entering each start (the run written into).
 
     Source-independent neutrals (``zeros``, ``black``, a single user image, ``mean_activations``) are run once
     with batch 1 and shared by every image; ``blur``/``image_mean``/``auto``/a per-image tensor are run per image.
@@ -241,6 +263,7 @@ def prepare_caap(
     if images.device != model.device:
         raise ValueError(f"images: expected a tensor on the model's device {model.device}, got {images.device}")
     check_choice(site, list(SITES), "site")
+    check_choice(direction, DIRECTIONS, "direction")
     if not isinstance(neutral, Tensor):
         check_choice(neutral, NEUTRALS, "neutral")
     check_batch_size(batch_size)
@@ -263,16 +286,31 @@ def prepare_caap(
             baseline_images(images, neutral, name="neutral")
         _check_finite(neutral, "neutral")
     starts, layers = sorted(set(starts)), sorted(set(layers))
-    src_hooks = [_site_hook(site, l) for l in layers]
+    noising = direction == "noising"
+    site_hooks = [_site_hook(site, l) for l in layers]
     start_hooks = {s: get_act_name("resid_pre", s) for s in starts}
 
-    source_logits, source_cache = _chunked(model, images, src_hooks, batch_size)
+    # Denoising writes the source's site activations into the neutral run (cached from its start); noising
+    # writes the neutral's into the source run.
+    source_logits, source_cache = _chunked(model, images, list(start_hooks.values()) if noising else site_hooks, batch_size)
+    source_resid: dict[int, Tensor] = {}
+    if noising:
+        source_resid = {s: source_cache[h] for s, h in start_hooks.items()}
+        source_cache = {}
+    neutral_cache: dict[int, dict[str, Tensor]] = {}
     tgt = given if given is not None else source_logits.argmax(dim=-1).cpu()
     choice: list[str]
     if is_mean_act:
         _, ref_cache = _chunked(model, reference.to(device=images.device, dtype=images.dtype), list(start_hooks.values()), batch_size)
         neutral_resid = {s: ref_cache[h].mean(dim=0, keepdim=True) for s, h in start_hooks.items()}
-        neutral_logits = {s: model(r, start_at_layer=s) for s, r in neutral_resid.items()}
+        neutral_logits = {}
+        for s, r in neutral_resid.items():  # the neutral run of a window starts at its first block
+            hooks = [h for l, h in zip(layers, site_hooks) if l >= s] if noising else []
+            neutral_logits[s], cache_s = model.run_with_cache(
+                r, start_at_layer=s, names_filter=lambda n, hs=hooks: n in hs, return_cache_object=False
+            )
+            if noising:
+                neutral_cache[s] = cache_s
         per_image, choice = False, ["mean_activations"] * batch
     else:
         if isinstance(neutral, str) and neutral == "auto":
@@ -281,20 +319,26 @@ def prepare_caap(
         else:
             x0, per_image = baseline_images(images, neutral, data_config=model.cfg.data_config, blur_sigma=blur_sigma)
             choice = [describe_baseline(neutral)] * batch
-        logits0, cache0 = _chunked(model, x0, list(start_hooks.values()), batch_size)
-        neutral_resid = {s: cache0[h] for s, h in start_hooks.items()}
+        logits0, cache0 = _chunked(model, x0, site_hooks if noising else list(start_hooks.values()), batch_size)
+        neutral_resid = {} if noising else {s: cache0[h] for s, h in start_hooks.items()}
         neutral_logits = {s: logits0 for s in starts}
+        if noising:
+            neutral_cache = {s: cache0 for s in starts}
     options = {
         "neutral": describe_baseline(neutral),
         "neutral_per_image": per_image,
         "site": site,
+        "direction": direction,
         "target_source": "given" if given is not None else "predicted",
     }
     if isinstance(neutral, str) and neutral in ("blur", "auto"):
         options["blur_sigma"] = min(images.shape[-2:]) / 16 if blur_sigma is None else blur_sigma
     if reference is not None:
         options["reference_size"] = reference.shape[0]
-    return CAAPContext(images, source_logits, source_cache, neutral_resid, neutral_logits, tgt, site, options, choice)
+    return CAAPContext(
+        images, source_logits, source_cache, neutral_resid, neutral_logits, tgt, site, options, choice,
+        direction=direction, source_resid=source_resid, neutral_cache=neutral_cache,
+    )
 
 
 def caap_spec(model: HookedViT, images: Tensor, window: tuple[int, int], site: str, include_prefix: bool) -> PatchSpec:
@@ -326,7 +370,8 @@ def caap_from_context(
     log_warnings: bool = True,
     progress: bool = False,
 ) -> Attribution:
-    """CAAP for one window from a prepared :class:`CAAPContext` (the window's layers must be cached there).
+    """CAAP for one window from a prepared :class:`CAAPContext` (the window's layers must be cached there), in
+    the context's direction.
 
     ``log_warnings=False`` keeps the neutral warnings in the result only (``select_window`` logs them once).
 
@@ -340,28 +385,39 @@ def caap_from_context(
     check_batch_size(batch_size)
     check_bool(include_prefix, "include_prefix")
     warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
-    if start not in ctx.neutral_resid:
-        raise ValueError(f"window: start {start} has no neutral prefix in the context (prepared starts {sorted(ctx.neutral_resid)})")
-    missing = [l for l in range(start, end) if _site_hook(ctx.site, l) not in ctx.source_cache]
+    noising = ctx.direction == "noising"
+    prefixes = ctx.source_resid if noising else ctx.neutral_resid
+    if start not in prefixes:
+        raise ValueError(f"window: start {start} has no cached prefix in the context (prepared starts {sorted(prefixes)})")
+    values_cache = ctx.neutral_cache[start] if noising else ctx.source_cache
+    missing = [l for l in range(start, end) if _site_hook(ctx.site, l) not in values_cache]
     if missing:
         raise ValueError(f"window: layers {missing} are not cached in the context (prepare them with layers=...)")
     images = ctx.images
     spec = caap_spec(model, images, (start, end), ctx.site, include_prefix)
     b = ctx.batch
-    resid0 = ctx.neutral_resid[start].expand(b, -1, -1)
     logits0 = ctx.neutral_logits[start].expand(b, -1)
-    run: PatchRun = run_patch_spec(
-        model, spec, lambda logits, image_index: logits,  # keep every class: maps for all classes from N runs
-        source=images, target_cache={get_act_name("resid_pre", start): resid0}, target_logits=logits0,
-        source_cache=ctx.source_cache, source_logits=ctx.source_logits, batch_size=batch_size, progress=progress,
-    )
+    keep_all = lambda logits, image_index: logits  # noqa: E731  keep every class: maps for all classes from N runs
+    start_hook = get_act_name("resid_pre", start)
+    if noising:  # the neutral's values written into the source run: one engine, the roles swapped
+        run: PatchRun = run_patch_spec(
+            model, spec, keep_all, target=images, target_cache={start_hook: ctx.source_resid[start]},
+            target_logits=ctx.source_logits, source_cache={h: t.expand(b, *t.shape[1:]) for h, t in values_cache.items()},
+            source_logits=logits0, batch_size=batch_size, progress=progress,
+        )
+    else:
+        run = run_patch_spec(
+            model, spec, keep_all, source=images, target_cache={start_hook: ctx.neutral_resid[start].expand(b, -1, -1)},
+            target_logits=logits0, source_cache=ctx.source_cache, source_logits=ctx.source_logits,
+            batch_size=batch_size, progress=progress,
+        )
     layout = model.layout_for(images)
     gh, gw = layout.grid_size
     patched = run.values.transpose(0, 1).reshape(b, gh, gw, -1)  # [batch, grid_h, grid_w, n_classes]
     neutral_logits = logits0.float().cpu()
     source_logits = ctx.source_logits.float().cpu()
     tgt = ctx.target
-    values = caap_readout(run.values, tgt, readout, neutral_logits)  # [N, batch]
+    values = caap_map_values(run.values, tgt, readout, neutral_logits, source_logits, ctx.direction)  # [N, batch]
     amap = values.transpose(0, 1).reshape(b, gh, gw)
     options = dict(ctx.options)
     options.update(readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size, warn_share=warn_share)
@@ -369,7 +425,7 @@ def caap_from_context(
     p0 = neutral_logits.softmax(-1)
     base = readout.removeprefix("delta_")
     where = f" (neutral run from block {start})" if options["neutral"] == "mean_activations" else ""
-    warns = neutral_warnings(neutral_logits, source_logits, tgt, options["neutral"], warn_share, where)
+    warns = neutral_warnings(neutral_logits, source_logits, tgt, options["neutral"], warn_share, where, ctx.direction)
     if log_warnings:
         for w in warns:
             logger.warning(w)
@@ -379,6 +435,7 @@ def caap_from_context(
         target=tgt,
         settings=options,
         window=(start, end),
+        direction=ctx.direction,
         neutral_score=caap_readout(neutral_logits, tgt, readout, neutral_logits),
         source_score=caap_readout(source_logits, tgt, readout, neutral_logits),
         patched_logits=patched,
@@ -405,6 +462,7 @@ def caap(
     site: str = "resid_pre",
     readout: str = DEFAULT_READOUT,
     include_prefix: bool = False,
+    direction: str = DEFAULT_DIRECTION,
     reference: Float[Tensor, "ref channel height width"] | None = None,
     blur_sigma: float | None = None,
     upsample: str = DEFAULT_UPSAMPLE,
@@ -424,8 +482,12 @@ def caap(
             it), ``"mean_activations"`` or a normalised image tensor ``[C, H, W]`` / ``[1 | batch, C, H, W]``.
         site: ``"resid_pre"`` (default), ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
         readout: ``"logit"``, ``"prob"``, ``"delta_logit"`` or ``"delta_prob"`` (minus the unpatched neutral run).
-        include_prefix: Also pin CLS/register tokens to their source values inside the window (default: they
-            come from the neutral run).
+        include_prefix: Also pin CLS/register tokens inside the window to the values of the run patched from
+            (default: they come from the run patched into).
+        direction: ``"denoising"`` (default): the source's patch into the neutral run, ``map`` = the patched
+            readout. ``"noising"``: the neutral's patch into the source run, ``map`` = the drop
+            ``readout(source) - readout(patched)`` (``delta_*`` readouts give the same drop as the plain ones).
+            Positive = evidence for the class in both.
         reference: Images whose mean residual is the neutral context for ``neutral="mean_activations"``.
         blur_sigma: Gaussian sigma in pixels for ``neutral="blur"`` (default: image side / 16).
         upsample: How ``pixel_map`` is made from the patch map: ``"bilinear"`` (default,
@@ -457,10 +519,11 @@ def caap(
     check_choice(readout, READOUTS, "readout")
     check_choice(upsample, UPSAMPLES, "upsample")
     check_bool(include_prefix, "include_prefix")
+    check_choice(direction, DIRECTIONS, "direction")
     check_positive_number(warn_share, "warn_share", allow_zero=True)
     ctx = prepare_caap(
         model, images, starts=[window[0]], layers=range(*window), target=target, neutral=neutral, site=site,
-        reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
+        reference=reference, blur_sigma=blur_sigma, batch_size=batch_size, direction=direction,
     )
     return caap_from_context(
         model, ctx, window, readout=readout, include_prefix=include_prefix, upsample=upsample,

@@ -27,9 +27,17 @@ from torch import Tensor
 from vit_patching.attribution.base import AttributionMaps
 from vit_patching.checks import check_choice
 
-__all__ = ["Attribution", "DEFAULT_WARN_SHARE", "READOUTS", "caap_readout", "centred_maps", "compare_attributions", "neutral_warnings"]
+__all__ = [
+    "Attribution", "DEFAULT_DIRECTION", "DEFAULT_WARN_SHARE", "DIRECTIONS", "READOUTS", "caap_map_values",
+    "caap_readout", "centred_maps", "compare_attributions", "neutral_warnings", "predicts_threshold",
+]
 
 READOUTS: tuple[str, ...] = ("logit", "prob", "delta_logit", "delta_prob")
+#: ``"denoising"``: the source's patch written into the neutral run, map = the patched score (how much the patch
+#: alone restores). ``"noising"``: the neutral's patch written into the source run, map = the score drop
+#: ``source - patched`` (how much removing the patch breaks). Positive = evidence for the class in both.
+DIRECTIONS: tuple[str, ...] = ("denoising", "noising")
+DEFAULT_DIRECTION = "denoising"
 #: Warn when the neutral run gives the explained class more than this share of the source run's probability.
 DEFAULT_WARN_SHARE = 0.5
 
@@ -60,6 +68,42 @@ def caap_readout(
     return out
 
 
+def caap_map_values(
+    patched_logits: Float[Tensor, "... batch n_classes"],
+    target: Int[Tensor, " batch"],
+    readout: str,
+    neutral_logits: Float[Tensor, "batch n_classes"],
+    source_logits: Float[Tensor, "batch n_classes"],
+    direction: str = DEFAULT_DIRECTION,
+) -> Float[Tensor, "... batch"]:
+    """CAAP's attribution values from patched logits: the patched readout (denoising) or the drop
+    ``readout(source) - readout(patched)`` (noising; ``delta_*`` readouts give the same drop as the plain ones,
+    as the neutral's value cancels).
+
+    Example:
+        >>> src, pat = torch.tensor([[0.0, 3.0]]), torch.tensor([[0.0, 1.0]])
+        >>> caap_map_values(pat, torch.tensor([1]), "logit", src * 0, src, "noising")
+        tensor([2.])
+    """
+    patched = caap_readout(patched_logits, target, readout, neutral_logits)
+    if direction == "denoising":
+        return patched
+    return caap_readout(source_logits, target, readout, neutral_logits) - patched
+
+
+def predicts_threshold(n_classes: int) -> float:
+    """The probability from which a neutral context's top class counts as a prediction: ``max(min(2 / C, 0.5), 1.5 / C)``.
+
+    Twice a uniform guess, capped at 0.5 (so a 1000-class model's neutral "predicts" from p = 0.002, a 4-class
+    model's from 0.5); with two classes the top class always has p >= 0.5, so there the bar is 1.5 x uniform = 0.75.
+
+    Example:
+        >>> [predicts_threshold(c) for c in (2, 3, 4, 1000)]
+        [0.75, 0.5, 0.5, 0.002]
+    """
+    return max(min(2.0 / n_classes, 0.5), 1.5 / n_classes)
+
+
 def neutral_warnings(
     neutral_logits: Float[Tensor, "batch n_classes"],
     source_logits: Float[Tensor, "batch n_classes"],
@@ -67,13 +111,16 @@ def neutral_warnings(
     neutral: str,
     warn_share: float = DEFAULT_WARN_SHARE,
     where: str = "",
+    direction: str = DEFAULT_DIRECTION,
 ) -> list[str]:
     """Why a neutral context may make CAAP maps hard to read (empty if it is a good neutral for every image).
 
     Two cases, reported with the image indices: the neutral run already predicts the explained class (its top
-    class, with a probability of at least ``min(2 / n_classes, 0.5)``, twice a uniform guess: a near-uniform neutral whose
+    class, with a probability of at least ``predicts_threshold(n_classes)``: a near-uniform neutral whose
     top class happens to be the explained one is not a prediction), or it gives the class more than
-    ``warn_share`` of the source run's probability.
+    ``warn_share`` of the source run's probability. The diagnosis is the same for both directions; what it means
+    differs: denoising maps then show what moves a context that already says the class, noising maps have small
+    drops (writing a patch of a context that says the class into the source takes little evidence away).
 
     Example:
         >>> lg = torch.tensor([[3.0, 0.0]])
@@ -84,7 +131,7 @@ def neutral_warnings(
     ps = source_logits.float().softmax(-1)
     t = target[:, None].to(p0.device)
     p0_t, ps_t = p0.gather(1, t)[:, 0], ps.gather(1, t)[:, 0]
-    predicts = (p0.argmax(-1) == t[:, 0]) & (p0_t >= min(2.0 / p0.shape[-1], 0.5))
+    predicts = (p0.argmax(-1) == t[:, 0]) & (p0_t >= predicts_threshold(p0.shape[-1]))
     high = (p0_t > warn_share * ps_t) & ~predicts
     out = []
 
@@ -92,16 +139,21 @@ def neutral_warnings(
         idx = mask.nonzero()[:, 0].tolist()
         return f"{len(idx)}/{mask.numel()} images {idx[:10]}{' ...' if len(idx) > 10 else ''}"
 
+    if direction == "noising":
+        meaning = ("noising writes that context's patches into the source, so the score drops are small and the "
+                   "map understates the evidence")
+    else:
+        meaning = "the map shows what moves the score of a context that already says the class, not evidence for it"
     if bool(predicts.any()):
         out.append(
             f"CAAP neutral {neutral!r}{where} already predicts the explained class for {listed(predicts)} (neutral "
-            f"p(class) up to {float(p0_t[predicts].max()):.3g}): the map shows what moves the score of a context "
-            "that already says the class, not evidence for it; try neutral='auto' or another neutral"
+            f"p(class) up to {float(p0_t[predicts].max()):.3g}): {meaning}; try neutral='auto' or another neutral"
         )
     if bool(high.any()):
+        squeezed = "the drops are small" if direction == "noising" else "the map's range is compressed"
         out.append(
             f"CAAP neutral {neutral!r}{where} gives the explained class more than {warn_share:g} of the source's "
-            f"probability for {listed(high)}: the map's range is compressed; try neutral='auto' or another neutral"
+            f"probability for {listed(high)}: {squeezed}; try neutral='auto' or another neutral"
         )
     return out
 
@@ -121,6 +173,9 @@ class Attribution(AttributionMaps):
         pixel_map: ``map`` upsampled to the image ``[batch, height, width]`` (``options["upsample"]``).
         target: Class explained per image ``[batch]``.
         window: Layer window ``(start, end)``, blocks ``start..end-1`` patched.
+        direction: ``"denoising"`` (source patch into the neutral run; ``map`` = the patched readout) or
+            ``"noising"`` (neutral patch into the source run; ``map`` = ``source_score`` minus the patched
+            readout, the drop). Positive = evidence for the class in both.
         settings: Neutral, site, readout, prefix policy, upsampling, target source, batch size, ...; alias ``options``.
         neutral_score: Readout of the unpatched neutral run ``[batch]`` (0 for ``delta_*`` readouts).
         source_score: Readout of the unpatched source run ``[batch]`` (same units as ``map``).
@@ -148,6 +203,7 @@ class Attribution(AttributionMaps):
 
     method: str = "caap"
     window: tuple[int, int]
+    direction: str = DEFAULT_DIRECTION
     neutral_score: Float[Tensor, " batch"]
     source_score: Float[Tensor, " batch"]
     patched_logits: Float[Tensor, "batch grid_h grid_w n_classes"]
@@ -176,6 +232,11 @@ class Attribution(AttributionMaps):
     def readout(self) -> str:
         return self.settings["readout"]
 
+    @property
+    def value_label(self) -> str:
+        """What a map value is: the readout (denoising) or ``"{readout} drop"`` (noising)."""
+        return f"{self.readout.removeprefix('delta_')} drop" if self.direction == "noising" else self.readout
+
     @classmethod
     def cat(cls, parts: Sequence["Attribution"]) -> "Attribution":
         """Concatenate CAAP results of the same window and settings along the batch (seconds, forwards add up).
@@ -186,7 +247,7 @@ class Attribution(AttributionMaps):
         if not parts:
             raise ValueError("parts: expected at least one Attribution, got an empty sequence")
         first = parts[0]
-        keys = ("readout", "site", "neutral", "include_prefix", "upsample")
+        keys = ("readout", "site", "neutral", "include_prefix", "upsample", "direction")
         for p in parts[1:]:
             if p.window != first.window or any(p.settings.get(k) != first.settings.get(k) for k in keys):
                 raise ValueError(f"parts: expected one window and settings {list(keys)}, got {first!r} and {p!r}")
@@ -229,7 +290,7 @@ class Attribution(AttributionMaps):
             if t.shape != (batch,) or bool(((t < 0) | (t >= n_classes)).any()):
                 raise ValueError(f"target: expected {batch} class indices in [0, {n_classes}), got {target!r}")
         logits = self.patched_logits.flatten(1, 2).transpose(0, 1)  # [N, batch, n_classes]
-        out = caap_readout(logits, t, readout, self.neutral_logits)
+        out = caap_map_values(logits, t, readout, self.neutral_logits, self.source_logits, self.direction)
         return out.transpose(0, 1).reshape(self.map.shape)
 
     def top_patches(self, i: int = 0, k: int = 5) -> list[tuple[int, int, float]]:
@@ -265,12 +326,14 @@ class Attribution(AttributionMaps):
             raise ValueError(f"i: expected an image index in [0, {self.map.shape[0]}), got {i!r}")
 
     def zmid(self, i: int = 0) -> float:
-        """Centre of the diverging colour scale for image ``i``: the unpatched neutral score (0 for ``delta_*``),
-        so colours show how much each patch raises or lowers the score relative to the neutral context."""
-        return float(self.neutral_score[i])
+        """Centre of the diverging colour scale for image ``i``: for denoising the unpatched neutral score (0 for
+        ``delta_*``), so colours show how much each patch raises or lowers the score relative to the neutral
+        context; for noising 0 (no drop), so red = removing the patch lowers the score, blue = raises it."""
+        return 0.0 if self.direction == "noising" else float(self.neutral_score[i])
 
     def _title(self, i: int) -> str:
-        return f"CAAP window [{self.window[0]}, {self.window[1]}), class {int(self.target[i])}"
+        kind = " (noising: score drop)" if self.direction == "noising" else ""
+        return f"CAAP{kind} window [{self.window[0]}, {self.window[1]}), class {int(self.target[i])}"
 
     def plot(self, i: int = 0, title: str | None = None):
         """Patch-grid map of image ``i`` (Plotly figure)."""
@@ -278,7 +341,7 @@ class Attribution(AttributionMaps):
 
         self._check_index(i)
         return patch_map(
-            self.map[i], title=self._title(i) if title is None else title, value_label=self.readout, zmid=self.zmid(i)
+            self.map[i], title=self._title(i) if title is None else title, value_label=self.value_label, zmid=self.zmid(i)
         )
 
     def overlay(self, i: int = 0, title: str | None = None, upsample: str | None = None):
@@ -288,7 +351,7 @@ class Attribution(AttributionMaps):
         self._check_index(i)
         return attribution_overlay(
             self.pixels[i], self.map[i], upsample=upsample or self.options["upsample"],
-            title=self._title(i) if title is None else title, value_label=self.readout, zmid=self.zmid(i),
+            title=self._title(i) if title is None else title, value_label=self.value_label, zmid=self.zmid(i),
         )
 
     def __repr__(self) -> str:
@@ -298,7 +361,7 @@ class Attribution(AttributionMaps):
         )
         more = ", ..." if b > 4 else ""
         return (
-            f"Attribution(batch={b}, grid={gh}x{gw}, window={self.window}, readout={self.readout!r}, "
+            f"Attribution(batch={b}, grid={gh}x{gw}, window={self.window}, direction={self.direction!r}, readout={self.readout!r}, "
             f"neutral={self.options['neutral']!r}, site={self.options['site']!r}, "
             f"neutral_prediction=[{pred}{more}] (class@prob), warnings={len(self.warnings)})"
         )
@@ -345,7 +408,7 @@ def compare_attributions(
     for a in attributions.values():
         a._check_index(i)
     maps, zmid, label = centred_maps(
-        [a.map[i] for a in attributions.values()], [a.zmid(i) for a in attributions.values()], first.readout
+        [a.map[i] for a in attributions.values()], [a.zmid(i) for a in attributions.values()], first.value_label
     )
     return compare_maps(
         dict(zip(attributions, maps)), first.pixels[i] if over_image else None,

@@ -40,7 +40,10 @@ from vit_patching.evaluation.statistics import mean_ci, paired_ci
 from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT, check_classifier
 
-from .caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, READOUTS, UPSAMPLES, caap_from_context, prepare_caap
+from .caap import (
+    DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, UPSAMPLES,
+    caap_from_context, prepare_caap,
+)
 from .caap_results import centred_maps
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,8 @@ class WindowSelection:
         options: CAAP and evaluation settings.
         zmid: Centre of the figures' diverging colour scale per window and image (the unpatched neutral score;
             it differs between windows only for ``neutral="mean_activations"``, whose neutral run starts at the
-            window's first block) ``{(start, end): [score per image]}``.
+            window's first block; 0 for ``direction="noising"``, whose maps are drops)
+            ``{(start, end): [score per image]}``.
         warnings: The neutral-context warnings of the CAAP runs (see :attr:`Attribution.warnings`), each once;
             logged once by :func:`select_window`.
         neutral_choice: The neutral used per image (``neutral="auto"`` picks one per image).
@@ -214,7 +218,7 @@ class WindowSelection:
         self._check_image(i)
         windows = self._check_windows(windows)
         maps, zmid, label = centred_maps([self.maps[w][i] for w in windows], [self.zmid[w][i] for w in windows],
-                                         self.options["readout"])
+                                         self._value_label())
         return window_slider(
             maps, [_window_label(w) for w in windows], self.pixels[i] if over_image else None,
             upsample=self.options["upsample"], title="CAAP window", value_label=label, zmid=zmid,
@@ -227,11 +231,15 @@ class WindowSelection:
         self._check_image(i)
         windows = self._check_windows(windows)
         maps, zmid, label = centred_maps([self.maps[w][i] for w in windows], [self.zmid[w][i] for w in windows],
-                                         self.options["readout"])
+                                         self._value_label())
         return compare_maps(
             {_window_label(w): m for w, m in zip(windows, maps)}, self.pixels[i] if over_image else None,
             upsample=self.options["upsample"], value_label=label, zmid=zmid,
         )
+
+    def _value_label(self) -> str:
+        readout = self.options["readout"]
+        return f"{readout.removeprefix('delta_')} drop" if self.options.get("direction") == "noising" else readout
 
     def __repr__(self) -> str:
         return (
@@ -251,6 +259,7 @@ def select_window(
     neutral: str | Float[Tensor, "..."] = DEFAULT_NEUTRAL,
     site: str = "resid_pre",
     readout: str = DEFAULT_READOUT,
+    direction: str = DEFAULT_DIRECTION,
     include_prefix: bool = False,
     reference: Float[Tensor, "ref channel height width"] | None = None,
     blur_sigma: float | None = None,
@@ -275,6 +284,8 @@ def select_window(
         criterion: ``"ins_minus_del"`` (default), ``"insertion"``, ``"deletion"`` or ``"pointing_game"``.
         neutral, site, readout, include_prefix, reference, blur_sigma, upsample, warn_share: CAAP options (see
             :func:`~vit_patching.patching.caap.caap`).
+        direction: ``"denoising"`` (default) or ``"noising"`` (the maps are score drops; see
+            :func:`~vit_patching.patching.caap.caap`). The windows are scored on those maps.
         score: Score of the insertion/deletion curves: ``"prob"`` (RISE) or ``"logit"``.
         insertion_substrate, deletion_substrate: What insertion starts from / deletion fills in (see
             :func:`~vit_patching.evaluation.make_substrate`): ``"zeros"`` (dataset-mean colour, default),
@@ -315,6 +326,7 @@ def select_window(
     check_choice(criterion, list(CRITERIA), "criterion")
     check_choice(score, ("prob", "logit"), "score")
     check_choice(readout, READOUTS, "readout")
+    check_choice(direction, DIRECTIONS, "direction")
     check_choice(upsample, UPSAMPLES, "upsample")
     if masks is not None:
         if not isinstance(masks, Tensor) or masks.shape != (images.shape[0], *images.shape[-2:]):
@@ -335,6 +347,7 @@ def select_window(
     ctx = prepare_caap(
         model, images, starts=[w[0] for w in windows], layers=range(min(w[0] for w in windows), max(w[1] for w in windows)),
         target=target, neutral=neutral, site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
+        direction=direction,
     )
     targets = ctx.target.to(images.device)
     rows, per_image, maps, zmid, warns = [], [], {}, {}, []
@@ -344,8 +357,8 @@ def select_window(
             model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size,
             warn_share=warn_share, log_warnings=False,
         )
-        # The colour-scale centre is the window's own neutral score (it depends on the start for mean_activations).
-        pixels, zmid[w] = attr.pixels, attr.neutral_score.tolist()
+        # The colour-scale centre is the window's own (it depends on the start for mean_activations; 0 for noising).
+        pixels, zmid[w] = attr.pixels, [attr.zmid(b) for b in range(images.shape[0])]
         warns += [m for m in attr.warnings if m not in warns]
         maps[w] = attr.map
         common = dict(targets=targets, unit="patch", score=score, batch_size=batch_size, **eval_kwargs)

@@ -41,7 +41,9 @@ import torch
 from torch import Tensor
 
 from vit_patching.checks import check_bool, check_choice, check_positive_int
-from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, NEUTRALS, READOUTS, SITES, caap, default_window
+from vit_patching.patching.caap import (
+    DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DIRECTIONS, NEUTRALS, READOUTS, SITES, caap, default_window,
+)
 
 from .dataset import ImageSet
 from .gallery import write_gallery
@@ -72,6 +74,7 @@ class CAAPRunConfig:
     readout: str = DEFAULT_READOUT
     include_prefix: bool = False
     upsample: str = "nearest"
+    direction: str = DEFAULT_DIRECTION
     chunk_size: int = 16
     batch_size: int | str = 64
 
@@ -80,6 +83,7 @@ class CAAPRunConfig:
         check_choice(self.site, list(SITES), "site")
         check_choice(self.readout, READOUTS, "readout")
         check_bool(self.include_prefix, "include_prefix")
+        check_choice(self.direction, DIRECTIONS, "direction")
         check_choice(self.upsample, ("nearest", "bilinear"), "upsample")
         check_positive_int(self.chunk_size, "chunk_size")
         if self.batch_size != "auto":
@@ -91,6 +95,8 @@ class CAAPRunConfig:
         d.pop("batch_size")
         d.pop("chunk_size")  # the chunk range is part of the file name and of the image digest
         d["window"] = list(default_window(n_layers) if self.window is None else self.window)
+        if d["direction"] == DEFAULT_DIRECTION:  # runs made before directions existed keep their fingerprints
+            d.pop("direction")
         return d
 
 
@@ -143,7 +149,8 @@ class _Run:
         with torch.inference_mode():
             attr = caap(
                 model, x, None, tuple(self.settings["window"]), neutral=cfg.neutral, site=cfg.site,
-                readout=cfg.readout, include_prefix=cfg.include_prefix, upsample=cfg.upsample, batch_size=batch_size,
+                readout=cfg.readout, include_prefix=cfg.include_prefix, direction=cfg.direction, upsample=cfg.upsample,
+                batch_size=batch_size,
             )
         seconds = time.perf_counter() - t0
         pix = to_pixels(x, model.cfg.data_config)
@@ -263,7 +270,14 @@ def merge_caap_chunks(
                 "chunk_size": cfg.chunk_size, "n_images": len(images), "version": run.base["version"]}
     paths["settings"] = atomic_write_bytes(out / "settings.json", json.dumps(settings, indent=1, default=str).encode())
     thumbs = torch.cat([p["thumb"] for p in parts])
-    paths["gallery"] = write_gallery(out / "gallery.html", title, rows, thumbs, merged["map"], settings)
+    settings["caap"] = {**run.settings, "direction": cfg.direction}
+    if cfg.direction == "noising":
+        legend = ("Direction: noising (each neutral patch written into the image's run; the map is the score drop). "
+                  "Overlay: map minus its median; red = a larger drop (the patch is needed), blue = a smaller one.")
+    else:
+        legend = ("Direction: denoising (each image patch written into the neutral context's run; the map is the "
+                  "patched score). Overlay: map minus its median; red above, blue below.")
+    paths["gallery"] = write_gallery(out / "gallery.html", title, rows, thumbs, merged["map"], settings, legend=legend)
     return paths
 
 

@@ -47,6 +47,7 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
     cfg = CAAPRunConfig(
         window=args.window, neutral=args.neutral or DEFAULT_NEUTRAL, site=args.site,
         readout=args.readout or DEFAULT_READOUT, include_prefix=args.include_prefix, upsample=args.upsample,
+        direction=args.direction,
         chunk_size=args.chunk_size, batch_size=args.batch_size,
     )
     if cfg.window is not None:

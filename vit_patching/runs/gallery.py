@@ -66,6 +66,7 @@ def write_gallery(
     thumbs: UInt8[Tensor, "n channel h w"],
     maps: Float[Tensor, "n gh gw"],
     settings: Mapping[str, Any],
+    legend: str | None = None,
 ) -> Path:
     """Write the gallery (atomically) and return its path.
 
@@ -76,6 +77,7 @@ def write_gallery(
         thumbs: uint8 thumbnails ``[n, C, h, w]``.
         maps: patch maps ``[n, gh, gw]``.
         settings: shown as escaped JSON.
+        legend: what the overlay's colours mean (escaped); default: the map minus its median, red above, blue below.
 
     Example:
         >>> write_gallery("g.html", "demo", [{"name": "<a>"}], torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
@@ -104,8 +106,8 @@ def write_gallery(
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
         "th{cursor:pointer;background:#eee}img{width:96px;image-rendering:pixelated}</style>"
         f"<script>{_SORT_JS}</script></head><body><h1>{e(title)}</h1>"
-        f"<p>{len(rows)} images. Click a column header to sort. Overlay: CAAP map minus its median "
-        "(red above, blue below).</p>"
+        f"<p>{len(rows)} images. Click a column header to sort. "
+        f"{e(legend or 'Overlay: CAAP map minus its median (red above, blue below).')}</p>"
         f"<details><summary>Settings</summary><pre>{e(json.dumps(settings, indent=1, default=str))}</pre></details>"
         f"<table id='g'><thead><tr><th>image</th><th>CAAP</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
         "</body></html>"
