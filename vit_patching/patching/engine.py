@@ -32,7 +32,7 @@ from vit_patching.checks import check_batch_size
 from vit_patching.hook_names import get_act_name, hook_layer, site_axes
 from vit_patching.model import HookedViT, check_classifier
 
-from .memory import resolve_batch_size
+from .memory import check_memory_args, hook_elements, resolve_batch_size
 from .metrics import Metric
 
 logger = logging.getLogger(__name__)
@@ -258,6 +258,7 @@ def run_patch_spec(
     target_logits: Tensor | None = None,
     source_logits: Tensor | None = None,
     batch_size: int | str = 64,
+    max_memory: int | None = None,
     progress: bool = True,
 ) -> PatchRun:
     """Run every (variant, image) pair of ``spec``, batched, from the target run's cached prefix.
@@ -273,7 +274,9 @@ def run_patch_spec(
         target_cache, source_cache: Precomputed activations ``{hook: [batch, ...]}`` to reuse.
         target_logits, source_logits: Precomputed unpatched logits for the baselines.
         batch_size: Rows (variant x image) per forward pass, or ``"auto"`` (from the free memory, see
-            :mod:`~vit_patching.patching.memory`).
+            :mod:`~vit_patching.patching.memory`; the caches this call computes and :func:`spec_row_elements`
+            per row are counted).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
 
     Returns:
@@ -284,7 +287,7 @@ def run_patch_spec(
         >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
     """
     check_classifier(model)
-    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
+    check_memory_args(batch_size, max_memory)
     for arg, images in (("target", target), ("source", source)):
         if images is not None:
             check_image_batch(model, images, arg)
@@ -311,6 +314,11 @@ def run_patch_spec(
                 raise ValueError(f"pos: expected a token position in [0, {n_pos}) in {s}, got {s.pos}")
             if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
                 raise ValueError(f"head: expected a head in [0, {model.cfg.n_heads}) in {s}, got {s.head}")
+    if batch_size == "auto":  # rows per forward from the budget, counting the caches this call will compute
+        batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=n_pos, **spec_memory(
+            model, spec, n_pos=n_pos, target=target, source=source, target_cache=target_cache,
+            source_cache=source_cache, target_logits=target_logits,
+        ))
 
     # Rows run variant-major, variants sorted by the block they start at; a chunk starts at its first row's
     # block (the earliest it needs), so a layer sweep's late layers skip the early blocks.
@@ -381,6 +389,59 @@ def run_patch_spec(
         start_layer=start,
         info={"chunk_start_layers": chunk_starts},
     )
+
+
+def spec_row_elements(model: HookedViT, spec: PatchSpec, n_pos: int | None = None) -> int:
+    """Elements a chunk of :func:`run_patch_spec` keeps per row besides one block's activations: the gathered
+    start residual, the values of the widest variant, one copy of the widest written activation (a write
+    clones it) and the row's logits.
+
+    Example:
+        >>> spec_row_elements(model, PatchSpec([Site("blocks.1.hook_resid_pre", pos=3)]))  # doctest: +SKIP
+        4424
+    """
+    cfg = model.cfg
+    n = cfg.n_pos if n_pos is None else n_pos
+    values = max(sum(hook_elements(cfg, s.hook, n, s.index()) for s in v) for v in spec.variants)
+    clone = max(hook_elements(cfg, h, n) for h in spec.hooks)
+    return n * cfg.d_model + values + clone + cfg.n_classes
+
+
+def spec_memory(
+    model: HookedViT,
+    spec: PatchSpec,
+    *,
+    n_pos: int | None = None,
+    batch: int | None = None,
+    target: Tensor | None = None,
+    source: Tensor | None = None,
+    target_cache: dict[str, Tensor] | None = None,
+    source_cache: dict[str, Tensor] | None = None,
+    target_logits: Tensor | None = None,
+    target_layers: int | None = None,
+) -> dict[str, int]:
+    """``held_elements`` / ``extra_elements_per_row`` of a :func:`run_patch_spec` call (for
+    :func:`~vit_patching.patching.memory.resolve_batch_size`): the source run's cache of the spec's hooks and the
+    target run's residual at each start block, unless the caller's caches hold them, and :func:`spec_row_elements`.
+
+    ``target_layers``: residuals the target cache holds (default: one per distinct variant start block).
+    """
+    cfg = model.cfg
+    n = cfg.n_pos if n_pos is None else n_pos
+    if batch is None:
+        for x in (target, source, target_logits):
+            if x is not None:
+                batch = x.shape[0]
+                break
+        else:
+            batch = next(iter((source_cache or target_cache or {}).values())).shape[0]
+    held = 0
+    if source_cache is None or any(h not in source_cache for h in spec.hooks):
+        held += batch * sum(hook_elements(cfg, h, n) for h in spec.hooks)
+    if target_cache is None or target_layers is not None:
+        n_starts = len({variant_start(v) for v in spec.variants}) if target_layers is None else target_layers
+        held += batch * n_starts * n * cfg.d_model
+    return {"held_elements": held, "extra_elements_per_row": spec_row_elements(model, spec, n)}
 
 
 def _chunk_starts(sorted_starts: list[int | None], batch: int, batch_size: int) -> list[int | None]:
