@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_FRACTION", "MAX_ROWS", "SAFETY", "activation_bytes_per_row", "auto_batch_size", "batch_size_for_budget",
-    "check_memory_args", "free_memory", "hook_elements", "hook_shape", "resolve_batch_size",
+    "check_memory_args", "free_memory", "hook_elements", "hook_shape", "peak_memory", "reset_peak_memory",
+    "resolve_batch_size",
 ]
 
 #: Share of the free memory used when no ``max_memory`` is given (room for the caller's other tensors).
@@ -133,6 +134,49 @@ def free_memory(device: torch.device | str = "cpu") -> int:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     raise RuntimeError("free_memory: neither psutil nor /proc/meminfo is available; pass max_memory")
+
+
+def reset_peak_memory(device: torch.device | str = "cpu") -> bool:
+    """Start a new peak for :func:`peak_memory` (CUDA: the allocator's peak; CPU: the process's peak RSS, where
+    Linux lets it be reset). Returns whether the peak was reset (else it is the process's peak so far).
+
+    Example:
+        >>> isinstance(reset_peak_memory("cpu"), bool)
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM (Linux >= 4.0)
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(device: torch.device | str = "cpu") -> int:
+    """Peak bytes since the last :func:`reset_peak_memory` (or the process start): CUDA the allocator's peak,
+    CPU the peak resident set (``VmHWM`` of ``/proc/self/status``, else ``ru_maxrss``). For benchmarks.
+
+    Example:
+        >>> peak_memory("cpu") > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def auto_batch_size(
