@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_patching.checks import check_batch_size
-from vit_patching.hook_names import get_act_name, hook_layer, site_axes
+from vit_patching.hook_names import get_act_name, hook_layer, site_axes, site_suffix
 from vit_patching.model import HookedViT, check_classifier
 
 from .memory import check_memory_args, hook_elements, resolve_batch_size
@@ -120,12 +120,17 @@ class Intervention:
     add: bool = False
 
 
-def _apply(act: Tensor, iv: Intervention) -> Tensor:
+def _write(act: Tensor, iv: Intervention) -> None:
+    """``act[rows, *index] = values`` (``+=`` for ``add``), in place on ``act``."""
     idx = (iv.rows,) + tuple(slice(None) if i is None else i for i in iv.index)
-    act = act.clone()
     values = iv.values.to(act.dtype)
     act[idx] = act[idx] + values if iv.add else values
-    return act
+
+
+#: Hooks whose activation is a fresh tensor that only the forward pass holds (the block's input, its residual
+#: sums): with ``run_interventions(..., inplace=True)`` they are written in place instead of copied first.
+#: Not q/k/v, z or the split inputs: those are views of shared buffers (the fused qkv output, one expanded input).
+INPLACE_SUFFIXES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
 
 
 def variant_start(variant: Variant) -> int | None:
@@ -154,6 +159,7 @@ def run_interventions(
     *,
     start_layer: int | None = None,
     record: Sequence[str] = (),
+    inplace: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward pass with vectorised writes, starting from images or a cached residual.
 
@@ -164,6 +170,9 @@ def run_interventions(
         interventions: Writes applied when their hook fires (several on one hook are applied in order).
         start_layer: Block to start at.
         record: Hook names whose (post-intervention) values to return, per row.
+        inplace: The caller owns ``start_input`` (it may be overwritten) and records nothing: writes to the
+            residual hooks (:data:`INPLACE_SUFFIXES`) then skip the copy of the whole activation they otherwise
+            make. Same values either way; other hooks are always copied once before their writes.
 
     Returns:
         ``(output, recorded)`` — logits ``[rows, n_classes]`` and ``{hook: activation}``.
@@ -178,13 +187,20 @@ def run_interventions(
     recorded: dict[str, Tensor] = {}
     fired: set[str] = set()
 
+    if inplace and record:
+        raise ValueError(f"inplace: expected False when recording hooks (a recorded activation may be written "
+                         f"later), got True with record={list(record)}")
+
     def make_hook(name: str) -> Callable:
         ivs = by_hook.get(name, [])
+        copy = not (inplace and site_suffix(name) in INPLACE_SUFFIXES)
 
         def hook_fn(act: Tensor, hook: Any) -> Tensor:
             fired.add(name)
-            for iv in ivs:
-                act = _apply(act, iv)
+            if ivs:
+                act = act.clone() if copy else act  # one copy per hook call, however many writes
+                for iv in ivs:
+                    _write(act, iv)
             if name in record:
                 recorded[name] = act.detach()
             return act
@@ -377,7 +393,8 @@ def run_patch_spec(
             ivs = uniform.compile(var_ids, img_ids, source_cache, base.device)
         else:
             ivs = compile_spec(spec, var_ids.tolist(), img_ids, source_cache, base.device)
-        logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start)
+        # base is this chunk's own gather: residual writes may go in place (no copy of [rows, pos, d_model]).
+        logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start, inplace=True)
         chunks.append(metric(logits, img_ids.to(logits.device)).to(dtype))
     values = torch.cat(chunks).cpu()
     values = torch.empty_like(values).index_copy_(0, row_order, values)  # back to variant-major row order
