@@ -19,6 +19,7 @@ import timm
 import torch
 
 from vit_patching.model import HookedViT
+from vit_patching.patching.memory import peak_memory, reset_peak_memory
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -83,6 +84,11 @@ def bench(name: str, args: argparse.Namespace) -> None:
         sync()
 
     with torch.inference_mode():
+        peaks = {}  # peak memory of one forward each (CPU: peak RSS of the process, CUDA: allocator peak)
+        for label, fn in (("timm", run_timm), ("HookedViT", run_hooked)):
+            reset_peak_memory(args.device)
+            fn()
+            peaks[label] = peak_memory(args.device)
         err = (ref(x).float() - hooked(x).float()).abs().max().item()
         for fn in (run_timm, run_hooked):  # warm-up
             fn()
@@ -101,7 +107,9 @@ def bench(name: str, args: argparse.Namespace) -> None:
     print(f"max |logit diff| = {err:.2e}")
     print(f"timm      median {mt * 1e3:8.1f} ms/forward  ({args.batch / mt:7.1f} img/s)")
     print(f"HookedViT median {mh * 1e3:8.1f} ms/forward  ({args.batch / mh:7.1f} img/s)")
-    print(f"ratio HookedViT / timm = {mh / mt:.3f}", flush=True)
+    print(f"ratio HookedViT / timm = {mh / mt:.3f}")
+    kind = "allocated" if args.device.startswith("cuda") else "RSS"
+    print(f"peak {kind}: timm {peaks['timm'] / 2**20:.0f} MiB, HookedViT {peaks['HookedViT'] / 2**20:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from transformer_lens import patching as tlp
 
 from vit_patching.model import HookedViT
 from vit_patching.patching import layer_sweep, target_logit
+from vit_patching.patching.memory import peak_memory, reset_peak_memory
 
 
 def main() -> None:
@@ -69,12 +70,16 @@ def main() -> None:
                                                index_axis_names=None, index_df=index_df, reduce="none")
 
     ours()  # warm-up
+    reset_peak_memory(args.device)
     t0 = time.perf_counter()
     res = ours()
     t_ours = time.perf_counter() - t0
+    peak_ours = peak_memory(args.device)
+    reset_peak_memory(args.device)
     t0 = time.perf_counter()
     tl = theirs()
     t_tl = time.perf_counter() - t0
+    peak_tl = peak_memory(args.device)
     err = (res.values[0] - tl.values.view(n_layers, n_pos, -1).to(res.values)).abs().max().item()
     print(f"model: {n_layers} layers, width {args.width}, {args.img}x{args.img} patch {args.patch} -> {n_pos} positions; "
           f"{args.batch} image pairs; {n_layers * n_pos} cells; device {args.device}, {args.threads} threads")
@@ -84,6 +89,8 @@ def main() -> None:
           f"{args.batch_size} rows, from cached prefixes)")
     print(f"max |difference| = {err:.2e}")
     print(f"speed-up (TransformerLens / ours): {t_tl / t_ours:.1f}x")
+    kind = "allocated" if args.device.startswith("cuda") else "RSS (process)"
+    print(f"peak {kind}: ours {peak_ours / 2**20:.0f} MiB, transformer_lens {peak_tl / 2**20:.0f} MiB")
     if err > 1e-3:
         raise SystemExit(f"results disagree by {err:.2e}")
 

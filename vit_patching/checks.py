@@ -64,10 +64,14 @@ def check_positive_int(value: Any, name: str) -> int:
     return value
 
 
-def check_batch_size(value: Any, name: str = "batch_size") -> int:
-    """Return ``value`` if it is a positive int number of rows per forward pass."""
+def check_batch_size(value: Any, name: str = "batch_size", *, allow_auto: bool = False) -> Any:
+    """Return ``value`` if it is a positive int number of rows per forward pass (or ``"auto"`` when
+    ``allow_auto``: rows chosen from a memory budget, see :mod:`vit_patching.patching.memory`)."""
+    if allow_auto and isinstance(value, str) and value == "auto":
+        return value
     if not is_int(value) or value < 1:
-        raise ValueError(f"{name}: expected a positive int (rows per forward pass), got {value!r}")
+        extra = " or 'auto'" if allow_auto else ""
+        raise ValueError(f"{name}: expected a positive int (rows per forward pass){extra}, got {value!r}")
     return value
 
 

@@ -33,7 +33,7 @@ CASES = [
     (layer_sweep, dict(positions=[17]), r"positions: expected token position indices in \[0, 17\), got 17"),
     (layer_sweep, dict(positions=[]), r"positions: expected at least one token position index"),
     (layer_sweep, dict(direction="sideways"), r"direction: expected one of \['denoising', 'noising'\], got 'sideways'"),
-    (layer_sweep, dict(batch_size=0), r"batch_size: expected a positive int \(rows per forward pass\), got 0"),
+    (layer_sweep, dict(batch_size=0), r"batch_size: expected a positive int \(rows per forward pass\) or 'auto', got 0"),
     (layer_sweep, dict(pixels=torch.rand(2, 3, 16, 16)), r"pixels: expected display images"),
     (patch_heads, dict(heads=[2]), r"heads: expected head indices in \[0, 2\), got 2"),
     (patch_heads, dict(sites="zz"), r"sites: expected one of \['z', 'q', 'k', 'v', 'pattern'\], got 'zz'"),
@@ -45,7 +45,7 @@ CASES = [
     (path_patch, dict(receivers=[("logits", "L1H0")]), r"receivers: expected 'logits' .* alone in its receiver set"),
     (path_patch, dict(receivers=["L1H0.x"]), r"receivers: expected 'embed', 'logits', .*got 'L1H0.x'"),
     (path_patch, dict(freeze=("heads", "attn")), r"freeze: expected one of \['heads', 'mlps'\], got 'attn'"),
-    (path_patch, dict(batch_size=True), r"batch_size: expected a positive int \(rows per forward pass\), got True"),
+    (path_patch, dict(batch_size=True), r"batch_size: expected a positive int \(rows per forward pass\) or 'auto', got True"),
     (direct_path_patch, dict(senders=[]), r"senders: expected at least one sender"),
     (direct_path_patch, dict(direction="both"), r"direction: expected one of \['denoising', 'noising'\], got 'both'"),
 ]

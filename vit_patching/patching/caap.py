@@ -71,14 +71,15 @@ from .caap_results import (
     DEFAULT_DIRECTION, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, Attribution, caap_map_values, caap_readout,
     compare_attributions, neutral_warnings,
 )
-from .engine import PatchRun, PatchSpec, Site, run_patch_spec
-from .memory import resolve_batch_size
+from .engine import PatchRun, PatchSpec, Site, run_patch_spec, spec_row_elements
+from .memory import check_memory_args, hook_elements, resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Attribution", "CAAPContext", "DEFAULT_DIRECTION", "DEFAULT_NEUTRAL", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE",
-    "DIRECTIONS", "NEUTRALS", "READOUTS", "SITES", "caap", "caap_from_context", "compare_attributions", "default_window", "prepare_caap",
+    "DIRECTIONS", "NEUTRALS", "READOUTS", "SITES", "caap", "caap_from_context", "caap_memory", "compare_attributions",
+    "default_window", "prepare_caap",
 ]
 
 #: The image neutrals ``"auto"`` chooses from (the package's baseline vocabulary).
@@ -356,6 +357,30 @@ def caap_spec(model: HookedViT, images: Tensor, window: tuple[int, int], site: s
     return PatchSpec(variants, labels=[layout.label(i) for i in layout.patch_positions()])
 
 
+def caap_memory(
+    model: HookedViT, images: Tensor, windows: Sequence[tuple[int, int]], site: str = "resid_pre",
+    include_prefix: bool = False,
+) -> dict[str, int]:
+    """What CAAP holds over ``windows``, for :func:`~vit_patching.patching.memory.resolve_batch_size`: once, the
+    source run's site at every layer the windows cover and the neutral residual entering each window's first
+    block (per image); per row, what the engine keeps for the widest window's spec
+    (:func:`~vit_patching.patching.engine.spec_row_elements`).
+
+    Example:
+        >>> kw = caap_memory(model, images, [(0, 2)])
+        >>> resolve_batch_size("auto", model, max_memory=2**28, **kw) >= 1
+        True
+    """
+    n_pos = model.layout_for(images).n_pos
+    layers = {l for s, e in windows for l in range(s, e)}
+    per_image = sum(hook_elements(model.cfg, _site_hook(site, l), n_pos) for l in layers)
+    per_image += len({s for s, _ in windows}) * n_pos * model.cfg.d_model
+    widest = max(windows, key=lambda w: w[1] - w[0])
+    spec = caap_spec(model, images, widest, site, include_prefix)
+    return {"held_elements": images.shape[0] * per_image, "extra_elements_per_row": spec_row_elements(model, spec, n_pos),
+            "n_pos": n_pos}
+
+
 # ---------------------------------------------------------------------------------------------- the method
 def caap_from_context(
     model: HookedViT,
@@ -468,6 +493,7 @@ def caap(
     upsample: str = DEFAULT_UPSAMPLE,
     warn_share: float = DEFAULT_WARN_SHARE,
     batch_size: int | str = 64,
+    max_memory: int | None = None,
     progress: bool = False,
 ) -> Attribution:
     """CAAP attribution maps: each patch's source activations pinned into a neutral context over a layer window.
@@ -495,7 +521,9 @@ def caap(
         warn_share: Warn (``logging`` and ``result.warnings``) when the neutral run gives the explained class
             more than this share of the source's probability, or predicts it (default 0.5).
         batch_size: Patched rows (patch x image) per forward pass, or ``"auto"`` (from free memory, see
-            :func:`~vit_patching.patching.memory.auto_batch_size`).
+            :func:`~vit_patching.patching.memory.auto_batch_size`; the cached source run and neutral prefix and
+            each row's writes are counted, :func:`caap_memory`).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar over the patched chunks.
 
     Returns:
@@ -513,14 +541,19 @@ def caap(
         (torch.Size([4, 8, 8]), torch.Size([4]))
     """
     check_classifier(model)
-    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
+    check_memory_args(batch_size, max_memory)
     L = model.cfg.n_layers
     window = default_window(L) if window is None else check_window(window, L)
     check_choice(readout, READOUTS, "readout")
     check_choice(upsample, UPSAMPLES, "upsample")
+    check_choice(site, list(SITES), "site")
     check_bool(include_prefix, "include_prefix")
     check_choice(direction, DIRECTIONS, "direction")
     check_positive_number(warn_share, "warn_share", allow_zero=True)
+    if batch_size == "auto":  # rows per forward from the budget, counting what CAAP caches
+        model.check_images(images)
+        batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory,
+                                        **caap_memory(model, images, [window], site, include_prefix))
     ctx = prepare_caap(
         model, images, starts=[window[0]], layers=range(*window), target=target, neutral=neutral, site=site,
         reference=reference, blur_sigma=blur_sigma, batch_size=batch_size, direction=direction,

@@ -29,10 +29,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_patching.checks import check_batch_size
-from vit_patching.hook_names import get_act_name, hook_layer, site_axes
+from vit_patching.hook_names import get_act_name, hook_layer, site_axes, site_suffix
 from vit_patching.model import HookedViT, check_classifier
 
-from .memory import resolve_batch_size
+from .memory import check_memory_args, hook_elements, resolve_batch_size
 from .metrics import Metric
 
 logger = logging.getLogger(__name__)
@@ -120,12 +120,17 @@ class Intervention:
     add: bool = False
 
 
-def _apply(act: Tensor, iv: Intervention) -> Tensor:
+def _write(act: Tensor, iv: Intervention) -> None:
+    """``act[rows, *index] = values`` (``+=`` for ``add``), in place on ``act``."""
     idx = (iv.rows,) + tuple(slice(None) if i is None else i for i in iv.index)
-    act = act.clone()
     values = iv.values.to(act.dtype)
     act[idx] = act[idx] + values if iv.add else values
-    return act
+
+
+#: Hooks whose activation is a fresh tensor that only the forward pass holds (the block's input, its residual
+#: sums): with ``run_interventions(..., inplace=True)`` they are written in place instead of copied first.
+#: Not q/k/v, z or the split inputs: those are views of shared buffers (the fused qkv output, one expanded input).
+INPLACE_SUFFIXES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
 
 
 def variant_start(variant: Variant) -> int | None:
@@ -154,6 +159,7 @@ def run_interventions(
     *,
     start_layer: int | None = None,
     record: Sequence[str] = (),
+    inplace: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward pass with vectorised writes, starting from images or a cached residual.
 
@@ -164,6 +170,9 @@ def run_interventions(
         interventions: Writes applied when their hook fires (several on one hook are applied in order).
         start_layer: Block to start at.
         record: Hook names whose (post-intervention) values to return, per row.
+        inplace: The caller owns ``start_input`` (it may be overwritten) and records nothing: writes to the
+            residual hooks (:data:`INPLACE_SUFFIXES`) then skip the copy of the whole activation they otherwise
+            make. Same values either way; other hooks are always copied once before their writes.
 
     Returns:
         ``(output, recorded)`` — logits ``[rows, n_classes]`` and ``{hook: activation}``.
@@ -178,13 +187,20 @@ def run_interventions(
     recorded: dict[str, Tensor] = {}
     fired: set[str] = set()
 
+    if inplace and record:
+        raise ValueError(f"inplace: expected False when recording hooks (a recorded activation may be written "
+                         f"later), got True with record={list(record)}")
+
     def make_hook(name: str) -> Callable:
         ivs = by_hook.get(name, [])
+        copy = not (inplace and site_suffix(name) in INPLACE_SUFFIXES)
 
         def hook_fn(act: Tensor, hook: Any) -> Tensor:
             fired.add(name)
-            for iv in ivs:
-                act = _apply(act, iv)
+            if ivs:
+                act = act.clone() if copy else act  # one copy per hook call, however many writes
+                for iv in ivs:
+                    _write(act, iv)
             if name in record:
                 recorded[name] = act.detach()
             return act
@@ -258,6 +274,7 @@ def run_patch_spec(
     target_logits: Tensor | None = None,
     source_logits: Tensor | None = None,
     batch_size: int | str = 64,
+    max_memory: int | None = None,
     progress: bool = True,
 ) -> PatchRun:
     """Run every (variant, image) pair of ``spec``, batched, from the target run's cached prefix.
@@ -273,7 +290,9 @@ def run_patch_spec(
         target_cache, source_cache: Precomputed activations ``{hook: [batch, ...]}`` to reuse.
         target_logits, source_logits: Precomputed unpatched logits for the baselines.
         batch_size: Rows (variant x image) per forward pass, or ``"auto"`` (from the free memory, see
-            :mod:`~vit_patching.patching.memory`).
+            :mod:`~vit_patching.patching.memory`; the caches this call computes and :func:`spec_row_elements`
+            per row are counted).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
 
     Returns:
@@ -284,7 +303,7 @@ def run_patch_spec(
         >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
     """
     check_classifier(model)
-    batch_size = resolve_batch_size(batch_size, model)  # "auto": rows per forward from the free memory
+    check_memory_args(batch_size, max_memory)
     for arg, images in (("target", target), ("source", source)):
         if images is not None:
             check_image_batch(model, images, arg)
@@ -311,6 +330,11 @@ def run_patch_spec(
                 raise ValueError(f"pos: expected a token position in [0, {n_pos}) in {s}, got {s.pos}")
             if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
                 raise ValueError(f"head: expected a head in [0, {model.cfg.n_heads}) in {s}, got {s.head}")
+    if batch_size == "auto":  # rows per forward from the budget, counting the caches this call will compute
+        batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=n_pos, **spec_memory(
+            model, spec, n_pos=n_pos, target=target, source=source, target_cache=target_cache,
+            source_cache=source_cache, target_logits=target_logits,
+        ))
 
     # Rows run variant-major, variants sorted by the block they start at; a chunk starts at its first row's
     # block (the earliest it needs), so a layer sweep's late layers skip the early blocks.
@@ -369,7 +393,8 @@ def run_patch_spec(
             ivs = uniform.compile(var_ids, img_ids, source_cache, base.device)
         else:
             ivs = compile_spec(spec, var_ids.tolist(), img_ids, source_cache, base.device)
-        logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start)
+        # base is this chunk's own gather: residual writes may go in place (no copy of [rows, pos, d_model]).
+        logits, _ = run_interventions(model, base, ivs, start_layer=chunk_start, inplace=True)
         chunks.append(metric(logits, img_ids.to(logits.device)).to(dtype))
     values = torch.cat(chunks).cpu()
     values = torch.empty_like(values).index_copy_(0, row_order, values)  # back to variant-major row order
@@ -381,6 +406,59 @@ def run_patch_spec(
         start_layer=start,
         info={"chunk_start_layers": chunk_starts},
     )
+
+
+def spec_row_elements(model: HookedViT, spec: PatchSpec, n_pos: int | None = None) -> int:
+    """Elements a chunk of :func:`run_patch_spec` keeps per row besides one block's activations: the gathered
+    start residual, the values of the widest variant, one copy of the widest written activation (a write
+    clones it) and the row's logits.
+
+    Example:
+        >>> spec_row_elements(model, PatchSpec([Site("blocks.1.hook_resid_pre", pos=3)]))  # doctest: +SKIP
+        4424
+    """
+    cfg = model.cfg
+    n = cfg.n_pos if n_pos is None else n_pos
+    values = max(sum(hook_elements(cfg, s.hook, n, s.index()) for s in v) for v in spec.variants)
+    clone = max(hook_elements(cfg, h, n) for h in spec.hooks)
+    return n * cfg.d_model + values + clone + cfg.n_classes
+
+
+def spec_memory(
+    model: HookedViT,
+    spec: PatchSpec,
+    *,
+    n_pos: int | None = None,
+    batch: int | None = None,
+    target: Tensor | None = None,
+    source: Tensor | None = None,
+    target_cache: dict[str, Tensor] | None = None,
+    source_cache: dict[str, Tensor] | None = None,
+    target_logits: Tensor | None = None,
+    target_layers: int | None = None,
+) -> dict[str, int]:
+    """``held_elements`` / ``extra_elements_per_row`` of a :func:`run_patch_spec` call (for
+    :func:`~vit_patching.patching.memory.resolve_batch_size`): the source run's cache of the spec's hooks and the
+    target run's residual at each start block, unless the caller's caches hold them, and :func:`spec_row_elements`.
+
+    ``target_layers``: residuals the target cache holds (default: one per distinct variant start block).
+    """
+    cfg = model.cfg
+    n = cfg.n_pos if n_pos is None else n_pos
+    if batch is None:
+        for x in (target, source, target_logits):
+            if x is not None:
+                batch = x.shape[0]
+                break
+        else:
+            batch = next(iter((source_cache or target_cache or {}).values())).shape[0]
+    held = 0
+    if source_cache is None or any(h not in source_cache for h in spec.hooks):
+        held += batch * sum(hook_elements(cfg, h, n) for h in spec.hooks)
+    if target_cache is None or target_layers is not None:
+        n_starts = len({variant_start(v) for v in spec.variants}) if target_layers is None else target_layers
+        held += batch * n_starts * n * cfg.d_model
+    return {"held_elements": held, "extra_elements_per_row": spec_row_elements(model, spec, n)}
 
 
 def _chunk_starts(sorted_starts: list[int | None], batch: int, batch_size: int) -> list[int | None]:

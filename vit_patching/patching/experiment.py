@@ -20,7 +20,8 @@ from vit_patching.checks import check_choice
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT, TokenLayout, check_classifier
 
-from .engine import PatchRun, PatchSpec, Site, cache_for, check_image_batch, run_patch_spec
+from .engine import PatchRun, PatchSpec, Site, cache_for, check_image_batch, run_patch_spec, spec_memory
+from .memory import resolve_batch_size
 from .metrics import Metric, logit_diff, target_logit, target_prob
 from .results import PatchingResult
 
@@ -173,18 +174,24 @@ def grid_experiment(
     kind: str,
     layout: TokenLayout,
     direction: str,
-    batch_size: int,
+    batch_size: int | str,
     progress: bool,
     pixels: Tensor | None,
     options: dict[str, Any] | None = None,
+    max_memory: int | None = None,
 ) -> PatchingResult:
     """Patch one site per cell of the cartesian product of ``axes`` (in order); one engine run for all cells.
 
     ``make_site(**{axis: index})`` builds the cell's :class:`Site`; the ``site`` axis holds site names.
+    ``batch_size="auto"`` is resolved here, before the caches, counting them (:func:`cache_runs` keeps the
+    target run's residual entering every block and the source run at the spec's hooks).
     """
     names = list(axes)
     cells = list(itertools.product(*axes.values()))
     spec = PatchSpec([(make_site(**dict(zip(names, cell))),) for cell in cells])
+    batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=layout.n_pos, **spec_memory(
+        model, spec, n_pos=layout.n_pos, batch=clean.shape[0], target_layers=model.cfg.n_layers,
+    ))
     run, metric_name = run_cached(
         model, spec, metric, clean, corrupted, direction=direction, batch_size=batch_size, progress=progress
     )

@@ -13,11 +13,12 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_bool, check_indices, check_names
+from vit_patching.checks import check_bool, check_indices, check_names
 from vit_patching.hook_names import get_act_name, site_axes
 from vit_patching.model import HookedViT
 
 from .experiment import check_inputs, grid_experiment
+from .memory import check_memory_args
 from .engine import Site
 from .metrics import Metric
 from .results import PatchingResult
@@ -41,7 +42,8 @@ def patch_heads(
     heads: int | Sequence[int] | None = None,
     positions: int | Sequence[int] | None = None,
     direction: str = "denoising",
-    batch_size: int = 128,
+    batch_size: int | str = 128,
+    max_memory: int | None = None,
     progress: bool = True,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
 ) -> PatchingResult:
@@ -58,7 +60,9 @@ def patch_heads(
         heads: Heads (default all).
         positions: Token positions for ``by_pos`` (default all).
         direction: ``"denoising"`` or ``"noising"``.
-        batch_size: Rows (cell x image) per forward pass.
+        batch_size: Rows (cell x image) per forward pass, or ``"auto"``: as many as fit ``max_memory`` (see
+            :mod:`~vit_patching.patching.memory`; the cached runs are counted).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
         pixels: Optional display images in [0, 1] for by-position figures.
 
@@ -76,6 +80,7 @@ def patch_heads(
         >>> res_pos = patch_heads(model, clean, corrupted, sites=("z", "pattern"), by_pos=True, layers=[4])
     """
     layout = check_inputs(model, clean, corrupted, pixels)
+    check_memory_args(batch_size, max_memory)
     check_bool(by_pos, "by_pos")
     if positions is not None and not by_pos:
         raise ValueError(f"positions: expected None without by_pos=True (every position is patched at once), "
@@ -94,5 +99,5 @@ def patch_heads(
     return grid_experiment(
         model, clean, corrupted, metric, axes=axes, make_site=make_site,
         kind="head_patch_by_pos" if by_pos else "head_patch", layout=layout, direction=direction,
-        batch_size=check_batch_size(batch_size), progress=progress, pixels=pixels,
+        batch_size=batch_size, max_memory=max_memory, progress=progress, pixels=pixels,
     )

@@ -32,12 +32,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_choice
+from vit_patching.checks import check_choice
 from vit_patching.hook_names import get_act_name, hook_layer, site_axes
 from vit_patching.model import HookedViT, TokenLayout
 
 from .experiment import DIRECTIONS, CachedRuns, cache_runs, check_inputs, layout_options
 from .engine import Intervention, PatchSpec, compile_spec, result_dtype, row_chunks, run_interventions
+from .memory import check_memory_args, hook_elements, resolve_batch_size
 from .metrics import Metric
 from .nodes import (  # noqa: F401  (Node, all_heads, all_senders: re-exported, their historical home)
     Node,
@@ -77,11 +78,12 @@ def _write_groups(entries: list[tuple[str, int | None, int, Any]], device: torch
 
 
 def _prepare(model: HookedViT, clean: Tensor, corrupted: Tensor, pixels: Tensor | None, senders: Any,
-             receivers: Any, direction: str, batch_size: int) -> tuple[TokenLayout, list[NodeSet], list[NodeSet]]:
+             receivers: Any, direction: str, batch_size: int | str,
+             max_memory: int | None) -> tuple[TokenLayout, list[NodeSet], list[NodeSet]]:
     """Every argument check of both algorithms, before any forward pass."""
     layout = check_inputs(model, clean, corrupted, pixels)
     check_choice(direction, DIRECTIONS, "direction")
-    check_batch_size(batch_size)
+    check_memory_args(batch_size, max_memory)
     sender_sets = parse_node_sets(all_senders(model) if senders is None else senders, "sender", model, "senders")
     receiver_sets = parse_node_sets(receivers, "receiver", model, "receivers")
     if model.cfg.parallel_attn_mlp:
@@ -95,6 +97,34 @@ def _prepare(model: HookedViT, clean: Tensor, corrupted: Tensor, pixels: Tensor 
                 "share one norm with no split input hooks"
             )
     return layout, sender_sets, receiver_sets
+
+
+def _path_memory(model: HookedViT, n_pos: int, batch: int, cached: list[str], sender_sets: list[NodeSet],
+                 receiver_sets: list[NodeSet], *, frozen: Sequence[str] = (), recorded: Sequence[str] = (),
+                 write_copies: int = 1) -> dict[str, int]:
+    """What path patching holds, for :func:`~vit_patching.patching.memory.resolve_batch_size`.
+
+    Once: the cached runs (``cached``: hooks held per image, the target's residual entering every block
+    included). Per row, besides one block: the start residual; the frozen activations' target values and the
+    senders' source values written in run 1; the receivers' inputs run 1 records (``recorded``, the whole
+    activation per row: ``[pos, head, d_model]`` for a q/k/v input) and keeps while run 2 runs; the widest
+    receiver set's writes (``write_copies`` of them: the direct path adds, so it holds the sum too); the q/k/v
+    inputs split per head, which the forward materialises when heads receive; one copied activation; the logits.
+    """
+    cfg = model.cfg
+
+    def el(hook: str, index: tuple[Any, ...] = ()) -> int:
+        return hook_elements(cfg, hook, n_pos, index)
+
+    heads = any(n.kind in ("head", "attn") for r in receiver_sets for n in r)
+    split = 3 * n_pos * cfg.n_heads * cfg.d_model if heads else 0
+    senders = max(sum(el(s.hook, s.index()) for n in group for s in sender_sites(n)) for group in sender_sets)
+    writes = max(sum(el(h, () if head is None else (None, head)) for n in r for h, head in receiver_hooks(n, cfg.n_layers))
+                 for r in receiver_sets)
+    widest = max([el(h) for h in (*frozen, *recorded)] + [n_pos * cfg.d_model])
+    per_row = (n_pos * cfg.d_model + sum(el(h) for h in frozen) + senders + sum(el(h) for h in recorded)
+               + write_copies * writes + split + widest + cfg.n_classes)
+    return {"held_elements": batch * sum(el(h) for h in cached), "extra_elements_per_row": per_row}
 
 
 def _result(values: Tensor, sender_sets: list[NodeSet], receiver_sets: list[NodeSet], runs: CachedRuns,
@@ -129,7 +159,8 @@ def path_patch(
     receivers: Any = ("logits",),
     freeze: str | Sequence[str] = ("heads",),
     direction: str = "denoising",
-    batch_size: int = 128,
+    batch_size: int | str = 128,
+    max_memory: int | None = None,
     progress: bool = True,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
 ) -> PatchingResult:
@@ -149,7 +180,9 @@ def path_patch(
             corrupted senders into the clean run).
         batch_size: Rows per forward pass (run 1: sender x image; run 2: sender x receiver x image). Run 1
             keeps the receivers' inputs of its rows: ``[batch_size, pos, head, d_model]`` per q/k/v input hook,
-            so lower it for large models.
+            so lower it for large models, or pass ``"auto"``: as many rows as fit ``max_memory``, counting the
+            cached runs and those recorded inputs (see :mod:`~vit_patching.patching.memory`).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
         pixels: Optional display images (kept in ``options`` for figures).
 
@@ -168,7 +201,7 @@ def path_patch(
         (['L3H0.q', 'L3H0.k', 'logits'], torch.Size([25, 3]))
     """
     layout, sender_sets, receiver_sets = _prepare(
-        model, clean, corrupted, pixels, senders, receivers, direction, batch_size
+        model, clean, corrupted, pixels, senders, receivers, direction, batch_size, max_memory
     )
     freeze_names = list(dict.fromkeys([freeze] if isinstance(freeze, str) else list(freeze)))
     for f in freeze_names:
@@ -184,6 +217,12 @@ def path_patch(
     input_cols = [j for j in range(n_r) if j not in logit_cols]
     sender_start = [min(n.start_layer(L) for n in s) for s in sender_sets]
     receiver_start = [min(n.start_layer(L) for n in r) for r in receiver_sets]
+    prefix = [get_act_name("resid_pre", l) for l in range(L)]
+    recorded = sorted({h for j in input_cols for n in receiver_sets[j] for h, _ in receiver_hooks(n, L)})
+    batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=layout.n_pos, **_path_memory(
+        model, layout.n_pos, clean.shape[0], [*prefix, *sender_spec.hooks, *frozen], sender_sets, receiver_sets,
+        frozen=frozen, recorded=recorded,
+    ))
 
     with model.flags(**qkv_flags(receiver_sets)):
         runs = cache_runs(model, metric, clean, corrupted, direction=direction, source_hooks=sender_spec.hooks,
@@ -278,7 +317,8 @@ def direct_path_patch(
     senders: Any = None,
     receivers: Any = None,
     direction: str = "denoising",
-    batch_size: int = 128,
+    batch_size: int | str = 128,
+    max_memory: int | None = None,
     progress: bool = True,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
 ) -> PatchingResult:
@@ -298,7 +338,9 @@ def direct_path_patch(
         senders: Sender nodes or sets (default :func:`all_senders`).
         receivers: Receiver nodes or sets (default every head's q/k/v inputs, then ``logits``).
         direction: ``"denoising"`` or ``"noising"``.
-        batch_size: Rows (sender x receiver x image) per forward pass.
+        batch_size: Rows (sender x receiver x image) per forward pass, or ``"auto"``: as many as fit
+            ``max_memory``, counting the cached runs and each row's writes (see :mod:`~vit_patching.patching.memory`).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
         pixels: Optional display images (kept in ``options``).
 
@@ -317,10 +359,15 @@ def direct_path_patch(
     if receivers is None:
         receivers = all_heads(model) + ["logits"]
     layout, sender_sets, receiver_sets = _prepare(
-        model, clean, corrupted, pixels, senders, receivers, direction, batch_size
+        model, clean, corrupted, pixels, senders, receivers, direction, batch_size, max_memory
     )
     L = model.cfg.n_layers
     source_hooks = sorted({s.hook for group in sender_sets for n in group for s in sender_sites(n)})
+    prefix = [get_act_name("resid_pre", l) for l in range(L)]  # both runs cache the senders' hooks
+    batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=layout.n_pos, **_path_memory(
+        model, layout.n_pos, clean.shape[0], [*prefix, *source_hooks, *source_hooks], sender_sets, receiver_sets,
+        write_copies=2,
+    ))
     pairs = [(s, r) for s in range(len(sender_sets)) for r in range(len(receiver_sets))
              if upstream(sender_sets[s], receiver_sets[r])]
     receiver_start = [min(n.start_layer(L) for n in r) for r in receiver_sets]

@@ -14,11 +14,12 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_indices, check_names
+from vit_patching.checks import check_indices, check_names
 from vit_patching.hook_names import get_act_name, site_axes
 from vit_patching.model import HookedViT
 
 from .experiment import check_inputs, grid_experiment
+from .memory import check_memory_args
 from .engine import Site
 from .metrics import Metric
 from .results import PatchingResult
@@ -43,7 +44,8 @@ def layer_sweep(
     layers: int | Sequence[int] | None = None,
     positions: int | Sequence[int] | None = None,
     direction: str = "denoising",
-    batch_size: int = 128,
+    batch_size: int | str = 128,
+    max_memory: int | None = None,
     progress: bool = True,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
 ) -> PatchingResult:
@@ -60,7 +62,9 @@ def layer_sweep(
         layers: Blocks to sweep (default all).
         positions: Token positions to sweep (default all, prefix tokens included).
         direction: ``"denoising"`` (clean values into the corrupted run) or ``"noising"`` (the reverse).
-        batch_size: Rows (cell x image) per forward pass.
+        batch_size: Rows (cell x image) per forward pass, or ``"auto"``: as many as fit ``max_memory`` (see
+            :mod:`~vit_patching.patching.memory`; the cached runs are counted).
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar.
         pixels: Optional display images in [0, 1] (e.g. ``ToyBatch.pixels``) for the figure's underlay.
 
@@ -78,6 +82,7 @@ def layer_sweep(
         >>> fig = res.plot()                                  # one patch grid per layer
     """
     layout = check_inputs(model, clean, corrupted, pixels)
+    check_memory_args(batch_size, max_memory)
     site_names = check_names(sites, list(SWEEP_SITES), "sites")
     axes = {
         "site": site_names,
@@ -90,7 +95,7 @@ def layer_sweep(
 
     return grid_experiment(
         model, clean, corrupted, metric, axes=axes, make_site=make_site, kind="layer_sweep", layout=layout,
-        direction=direction, batch_size=check_batch_size(batch_size), progress=progress, pixels=pixels,
+        direction=direction, batch_size=batch_size, max_memory=max_memory, progress=progress, pixels=pixels,
     )
 
 

@@ -33,7 +33,7 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_patching.checks import check_batch_size, check_choice, check_positive_number, check_window
+from vit_patching.checks import check_choice, check_positive_number, check_window
 from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
 from vit_patching.evaluation.perturbation import describe_substrate
 from vit_patching.evaluation.statistics import mean_ci, paired_ci
@@ -41,10 +41,11 @@ from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT, check_classifier
 
 from .caap import (
-    DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, UPSAMPLES,
-    caap_from_context, prepare_caap,
+    DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, SITES, UPSAMPLES,
+    caap_from_context, caap_memory, prepare_caap,
 )
 from .caap_results import centred_maps
+from .memory import check_memory_args, resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,8 @@ def select_window(
     deletion_substrate: str | Tensor = "zeros",
     pg_tolerance: int | float | None = None,
     eval_kwargs: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
+    max_memory: int | None = None,
     progress: bool = False,
 ) -> WindowSelection:
     """Score CAAP maps of every candidate layer window and recommend one.
@@ -293,7 +295,10 @@ def select_window(
         pg_tolerance: Pointing-game tolerance in pixels (default: half a patch).
         eval_kwargs: Extra keyword arguments for :func:`~vit_patching.evaluation.insertion_deletion` (both
             modes), e.g. ``{"step": 2}``.
-        batch_size: Rows per forward pass, for CAAP and the metrics.
+        batch_size: Rows per forward pass, for CAAP and the metrics, or ``"auto"``: as many as fit
+            ``max_memory``, counting the cached source run and neutral prefixes of every window
+            (:func:`~vit_patching.patching.caap.caap_memory`); resolved once for every window.
+        max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar over the windows.
 
     Returns:
@@ -313,7 +318,7 @@ def select_window(
 
     check_classifier(model)
     model.check_images(images)
-    check_batch_size(batch_size)
+    check_memory_args(batch_size, max_memory)
     warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
     L = model.cfg.n_layers
     if windows is None:
@@ -344,6 +349,10 @@ def select_window(
     if reserved:
         raise ValueError(f"eval_kwargs: {sorted(reserved)} are set by select_window, got them in eval_kwargs")
 
+    if batch_size == "auto":
+        check_choice(site, list(SITES), "site")
+        batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory,
+                                        **caap_memory(model, images, windows, site, include_prefix))
     ctx = prepare_caap(
         model, images, starts=[w[0] for w in windows], layers=range(min(w[0] for w in windows), max(w[1] for w in windows)),
         target=target, neutral=neutral, site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
