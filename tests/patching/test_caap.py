@@ -284,11 +284,11 @@ def test_attribution_repr_and_for_class_errors(model, images):
 
 
 def test_docstring_examples_run():
-    """The examples of caap.py, caap_results.py and windows.py, on the shipped toy-shapes model."""
+    """The examples of caap.py, caap_context.py, caap_results.py and windows.py, on the shipped toy-shapes model."""
     import doctest
 
     from vit_patching.patching import caap as caap_module
-    from vit_patching.patching import caap_results
+    from vit_patching.patching import caap_context, caap_results
     from vit_patching.patching import windows as windows_module
     from vit_patching.patching.windows import select_window
     from vit_patching.zoo import load_dataset, load_model
@@ -297,7 +297,7 @@ def test_docstring_examples_run():
     model = load_model("toy-shapes")
     sel = select_window(model, batch.images, [(0, 1), (0, 2)], masks=batch.masks, eval_kwargs={"step": 8})
     globs = dict(model=model, images=batch.images, masks=batch.masks, sel=sel, torch=torch, caap=caap)
-    for module in (caap_module, caap_results, windows_module):
+    for module in (caap_module, caap_context, caap_results, windows_module):
         result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 5, (module.__name__, result)
 
