@@ -401,8 +401,9 @@ def _warnings_expected(attr, share=0.5):
     p0, ps = attr.neutral_logits.softmax(-1), attr.source_logits.softmax(-1)
     idx = torch.arange(len(attr.target))
     p0_t = p0[idx, attr.target]
-    predicts = (p0.argmax(-1) == attr.target) & (p0_t >= min(2 / p0.shape[-1], 0.5))
-    return bool((predicts | (p0_t > share * ps[idx, attr.target])).any())
+    n = p0.shape[-1]
+    predicts = (p0.argmax(-1) == attr.target) & (p0_t >= max(min(2 / n, 0.5), 1.5 / n))
+    return bool((predicts | (p0_t - 1 / n > share * (ps[idx, attr.target] - 1 / n))).any())
 
 
 @pytest.fixture(scope="module")
@@ -443,8 +444,12 @@ def test_warning_stays_quiet_for_a_neutral_that_predicts_another_class(toy, capl
     with caplog.at_level(logging.WARNING, logger="vit_patching.patching.caap"):
         quiet = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[j])
     assert not _warnings_expected(quiet) and quiet.warnings == [] and not caplog.records
-    loud = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[j], warn_share=0.0)
-    assert len(loud.warnings) == 1 and "more than 0 of the source's probability" in loud.warnings[0]
+    # The share counts probability above chance: a neutral that gives the class less than chance (1/4) stays
+    # quiet even at warn_share=0; the source image itself as neutral is loud (it predicts the class).
+    assert float(quiet.neutral_target_prob[0]) < 0.25
+    assert caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[j], warn_share=0.0).warnings == []
+    loud = caap(model, batch.images[k : k + 1], window=(0, 2), neutral=batch.images[k])
+    assert len(loud.warnings) == 1 and "already predicts the explained class" in loud.warnings[0]
 
 
 def test_auto_is_the_per_image_best_of_the_image_neutrals(model, images):
@@ -513,3 +518,21 @@ def test_a_binary_neutral_near_one_half_is_not_a_prediction():
     warns = neutral_warnings(decided, source, target, "zeros")
     assert any("already predicts the explained class for 1/2 images [0]" in w for w in warns), warns
     assert predicts_threshold(2) == 0.75 and predicts_threshold(4) == 0.5 and predicts_threshold(1000) == 0.002
+
+
+def test_the_share_warning_counts_probability_above_chance():
+    """Two classes: an undecided neutral (p = 0.55) is not 'more than half' of a confident source's evidence."""
+    from vit_patching.patching.caap_results import neutral_warnings
+
+    source = torch.tensor([[4.0, 0.0], [0.4, 0.0]])  # p(class 0) = 0.982, 0.599
+    target = torch.tensor([0, 0])
+    neutral = torch.tensor([[0.2, 0.0], [0.2, 0.0]])  # p = 0.550: above chance by 0.050
+    warns = neutral_warnings(neutral, source, target, "zeros")
+    # image 0: 0.050 <= 0.5 * 0.482; image 1: 0.050 > 0.5 * 0.099
+    assert [w for w in warns if "above chance for 1/2 images [1]" in w], warns
+    many = torch.zeros(1, 1000)
+    many[0, 0] = 7.0  # source p(class 0) = 0.523 among 1000 classes
+    other = many.clone()
+    other[0, 1] = 7.2  # the neutral's top class is class 1; p(class 0) = 0.319 > 0.5 * 0.523, chance 0.001
+    warns = neutral_warnings(other, many, torch.tensor([0]), "zeros")
+    assert len(warns) == 1 and "above chance for 1/1 images [0]" in warns[0], warns

@@ -118,7 +118,8 @@ def neutral_warnings(
     Two cases, reported with the image indices: the neutral run already predicts the explained class (its top
     class, with a probability of at least ``predicts_threshold(n_classes)``: a near-uniform neutral whose
     top class happens to be the explained one is not a prediction), or it gives the class more than
-    ``warn_share`` of the source run's probability. The diagnosis is the same for both directions; what it means
+    ``warn_share`` of the source run's probability above chance (``p_neutral - 1/C > warn_share * (p_source -
+    1/C)``: with two classes an undecided neutral's 0.5 is chance, not half the evidence). The diagnosis is the same for both directions; what it means
     differs: denoising maps then show what moves a context that already says the class, noising maps have small
     drops (writing a patch of a context that says the class into the source takes little evidence away).
 
@@ -132,7 +133,8 @@ def neutral_warnings(
     t = target[:, None].to(p0.device)
     p0_t, ps_t = p0.gather(1, t)[:, 0], ps.gather(1, t)[:, 0]
     predicts = (p0.argmax(-1) == t[:, 0]) & (p0_t >= predicts_threshold(p0.shape[-1]))
-    high = (p0_t > warn_share * ps_t) & ~predicts
+    chance = 1.0 / p0.shape[-1]
+    high = (p0_t - chance > warn_share * (ps_t - chance)) & ~predicts
     out = []
 
     def listed(mask: Tensor) -> str:
@@ -153,7 +155,7 @@ def neutral_warnings(
         squeezed = "the drops are small" if direction == "noising" else "the map's range is compressed"
         out.append(
             f"CAAP neutral {neutral!r}{where} gives the explained class more than {warn_share:g} of the source's "
-            f"probability for {listed(high)}: {squeezed}; try neutral='auto' or another neutral"
+            f"probability above chance for {listed(high)}: {squeezed}; try neutral='auto' or another neutral"
         )
     return out
 
