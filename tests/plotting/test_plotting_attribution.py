@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from plot_test_helpers import decode_image_trace, to_uint8, traces
+from plot_test_helpers import decode_image_trace, render_hover, to_uint8, traces
 
 from vit_patching.plotting import attribution_overlay, compare_maps, patch_map, window_heatmap, window_slider
 
@@ -26,7 +26,8 @@ def test_overlay_nearest_draws_the_map_cells_over_the_image(image):
     assert (hm.dx, hm.dy, hm.x0, hm.y0) == (8.0, 8.0, 4.0, 4.0)
     assert fig.data.index(img) < fig.data.index(hm)
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-2.0, 2.0)
-    assert "row 1, col 0" in hm.customdata[1][0] and "score: 2" in hm.customdata[1][0]
+    assert render_hover(hm, 1, 0) == "row 1, col 0<br>score: 2"
+    assert render_hover(hm, 0, 2) == "row 0, col 2<br>score: -0.5"
     assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]
     assert fig.layout.title.text == "caap"
     plain = attribution_overlay(image, att, fade=False, opacity=0.3)
@@ -83,7 +84,7 @@ def test_compare_maps_per_map_scales():
     assert (a.coloraxis, b.coloraxis) == ("coloraxis", "coloraxis2")
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-1.0, 1.0)
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-10.0, 10.0)
-    assert "row 0, col 1" in b.customdata[0][1]
+    assert render_hover(b, 0, 1) == "b<br>row 0, col 1<br>attribution: 4"
 
 
 def test_compare_maps_bad_input():
@@ -152,6 +153,19 @@ def test_window_slider_steps_and_traces(image):
         assert [visible[fig.data.index(t)] for t in heat] == [j == i for j in range(3)]
         assert step.args[1]["title.text"] == f"caap: {labels[i]}"
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-5.0, 5.0)
+
+
+def test_map_hover_nan_cells_escaping_and_large_maps(image):
+    att = torch.tensor([[0.5, math.nan], [1.25, -3.0]])
+    fig = window_slider([att, att * 2], ["L0-1", "%{z}<b>"], value_label="caap")
+    a, b = traces(fig, "map", step=0)[0], traces(fig, "map", step=1)[0]
+    assert render_hover(a, 0, 1) == "L0-1<br>row 0, col 1<br>caap: NaN"  # drawn blank, hovered as NaN
+    assert render_hover(b, 1, 1) == "%&#123;z}&lt;b&gt;<br>row 1, col 1<br>caap: -6"
+    assert b.hovertemplate.count("%{") == 3  # row, col, z: the caller's label is never a placeholder
+    # Pixel-sized maps (> 64 x 64 cells) carry no per-cell data: the pointer's x, y.
+    big = traces(attribution_overlay(torch.rand(3, 80, 80), torch.rand(80, 80), value_label="s"), "map")[0]
+    assert big.customdata is None
+    assert big.hovertemplate == "x %{x:.1f}, y %{y:.1f}<br>s: %{z:.4~g}<extra></extra>"
 
 
 def test_window_slider_bad_input():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from plot_test_helpers import decode_image_trace, to_uint8, traces
+from plot_test_helpers import decode_image_trace, render_hover, to_uint8, traces
 
 from vit_patching.plotting import head_position_facets, layer_head_grid, layer_patch_grid, path_patching_heatmap
 
@@ -49,14 +49,17 @@ def test_layer_patch_grid_values_labels_and_range(values):
 def test_layer_patch_grid_hover_is_row_major(values):
     fig = layer_patch_grid(values, grid_size=GRID, n_prefix=N_PREFIX, prefix_labels=PREFIX)
     grid = traces(fig, "grid", facet=2)[0]
-    hover = grid.customdata[1][3]
-    assert "layer: layer 2" in hover
-    assert "row 1, col 3" in hover
-    assert f"pos {N_PREFIX + 1 * GRID[1] + 3}" in hover
-    assert "recovery: 1.75" in hover
+    assert render_hover(grid, 1, 3) == f"layer: layer 2<br>row 1, col 3 (pos {N_PREFIX + 1 * GRID[1] + 3})<br>recovery: 1.75"
+    z = np.asarray(grid.z)
     for r in range(GRID[0]):
         for c in range(GRID[1]):
-            assert f"row {r}, col {c} (pos {N_PREFIX + r * GRID[1] + c})" in grid.customdata[r][c]
+            expected = f"layer: layer 2<br>row {r}, col {c} (pos {N_PREFIX + r * GRID[1] + c})<br>recovery: {z[r, c]:.4g}"
+            assert render_hover(grid, r, c) == expected
+    # The repeated text lives once in the template; per cell only (row, col, pos) as a small integer array.
+    assert grid.hovertemplate.count("layer: layer 2") == 1
+    custom = np.asarray(grid.customdata)
+    assert custom.dtype == np.uint8 and custom.shape == (*GRID, 3)
+    assert np.asarray(grid.z).dtype == np.float32
     strip = traces(fig, "prefix", facet=1)[0]
     assert "reg0 (pos 1)" in strip.customdata[0][1]
     assert "CLS (pos 0)" in strip.customdata[0][0] and "-2.5" in strip.customdata[0][0]
@@ -119,7 +122,7 @@ def test_head_position_facets_selection():
     for i, (l, h) in enumerate(pairs):
         np.testing.assert_allclose(np.asarray(traces(fig, "grid", facet=i)[0].z), v[l, 1:, h].reshape(2, 3).double().numpy())
         np.testing.assert_allclose(np.asarray(traces(fig, "prefix", facet=i)[0].z), [[float(v[l, 0, h])]])
-        assert f"layer: L{l}<br>head: H{h}" in traces(fig, "grid", facet=i)[0].customdata[0][0]
+        assert render_hover(traces(fig, "grid", facet=i)[0], 1, 2).startswith(f"layer: L{l}<br>head: H{h}<br>row 1, col 2 (pos 6)<br>")
     shown = torch.stack([v[l, :, h] for l, h in pairs])
     assert fig.layout.coloraxis.cmax == pytest.approx(float(shown.abs().max()))
     # Facet rows are layers, columns heads: the second head's facet sits right of the first.

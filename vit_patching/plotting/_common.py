@@ -108,9 +108,16 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def template_safe(markup: str) -> str:
+    """Already-escaped markup made safe inside a ``hovertemplate``: ``%{`` becomes ``%&#123;`` (shown as ``%{``),
+    so that text from a caller is never read as a placeholder."""
+    return markup.replace("%{", "%&#123;")
+
+
 def hover_safe(text: object) -> str:
-    """:func:`esc`, and ``%`` doubled-up so that a caller string in a ``hovertemplate`` is never a placeholder."""
-    return esc(text).replace("%{", "%&#123;")
+    """:func:`esc`, and ``%{`` neutralised (:func:`template_safe`): a caller string in a ``hovertemplate`` is shown
+    as text, never as markup or a placeholder."""
+    return template_safe(esc(text))
 
 
 def fmt(v: float) -> str:

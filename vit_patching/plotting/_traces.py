@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from vit_patching.plotting._common import Number, esc, fmt
+from vit_patching.plotting._common import Number, esc, fmt, hover_safe, template_safe
 from vit_patching.plotting._facets import TICK_FONT, figure_title, top_margin
 from vit_patching.plotting.colors import diverging_coloraxis
+
+Z_FORMAT = ".4~g"
+"""d3-format of a hovered value: 4 significant digits, trailing zeros trimmed (like Python's ``.4g``)."""
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
@@ -28,21 +32,45 @@ def image_trace(rgb: np.ndarray, axes: tuple[str, str], name: str = "image") -> 
     )
 
 
-def grid_hover(grid: np.ndarray, header: str, value_label: str, pos_offset: int | None) -> list[list[str]]:
-    """Hover strings for a [rows, cols] grid: header (markup, its caller strings escaped by the caller), row, col,
-    token position (if given) and value (``value_label`` is escaped here)."""
-    value_label = esc(value_label)
+@dataclass(frozen=True)
+class CellHover:
+    """The hover of a cell heatmap: one ``hovertemplate`` for the whole trace and its per-cell ``customdata``.
+
+    The repeated text (header, value label) lives once in the template; ``customdata`` holds only what differs
+    per cell (numbers where possible), so that large grids stay small in the exported figure.
+    """
+
+    template: str
+    customdata: np.ndarray | list | None = None
+
+
+def index_array(*planes: np.ndarray) -> np.ndarray:
+    """Stack non-negative integer [rows, cols] planes into [rows, cols, n] in the smallest unsigned dtype
+    (Plotly serialises it as a compact typed array)."""
+    stacked = np.stack(planes, axis=-1)
+    top = int(stacked.max(initial=0))
+    dtype = np.uint8 if top <= np.iinfo(np.uint8).max else np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+    return stacked.astype(dtype)
+
+
+def grid_hover(grid: np.ndarray, header: str, value_label: str, pos_offset: int | None) -> CellHover:
+    """Hover for a [rows, cols] grid: header (markup, its caller strings escaped by the caller), row, col,
+    token position ``pos_offset + r * cols + c`` (if given) and value (``value_label`` is escaped here).
+
+    Renders as ``"{header}<br>row r, col c (pos p)<br>{value_label}: {value}"``; ``customdata[r][c]`` is
+    ``[r, c]`` or ``[r, c, p]`` and the value is the cell's ``z`` (a NaN cell reads ``NaN``, the trace's
+    ``hovertemplatefallback``, see :func:`cell_heatmap`).
+    """
     rows, cols = grid.shape
-    out = []
-    for r in range(rows):
-        line = []
-        for c in range(cols):
-            where = f"row {r}, col {c}"
-            if pos_offset is not None:
-                where += f" (pos {pos_offset + r * cols + c})"
-            line.append(f"{header}<br>" * bool(header) + f"{where}<br>{value_label}: {fmt(grid[r, c])}")
-        out.append(line)
-    return out
+    r, c = np.indices((rows, cols))
+    where = "row %{customdata[0]}, col %{customdata[1]}"
+    planes = [r, c]
+    if pos_offset is not None:
+        where += " (pos %{customdata[2]})"
+        planes.append(pos_offset + r * cols + c)
+    head = f"{template_safe(header)}<br>" if header else ""
+    template = f"{head}{where}<br>{hover_safe(value_label)}: %{{z:{Z_FORMAT}}}<extra></extra>"
+    return CellHover(template, index_array(*planes))
 
 
 def cell_heatmap(
@@ -50,22 +78,26 @@ def cell_heatmap(
     axes: tuple[str, str],
     *,
     cell: tuple[float, float],
-    hover: list[list[str]] | None,
+    hover: CellHover | None,
     coloraxis: str = "coloraxis",
     opacity: Number = 1.0,
     name: str = "",
     meta: dict | None = None,
 ) -> go.Heatmap:
-    """Heatmap of a [rows, cols] grid whose cell (r, c) spans [c*cell_w, (c+1)*cell_w] x [r*cell_h, (r+1)*cell_h]."""
+    """Heatmap of a [rows, cols] grid whose cell (r, c) spans [c*cell_w, (c+1)*cell_w] x [r*cell_h, (r+1)*cell_h].
+
+    ``z`` is stored as float32: figures show 4 significant digits and colours, and float64 would double the
+    exported size. NaN cells are drawn blank and their hover value reads ``NaN`` (``hovertemplatefallback``).
+    """
     cell_h, cell_w = cell
-    kwargs = {}
-    if hover is not None:
-        kwargs = dict(customdata=hover, hovertemplate="%{customdata}<extra></extra>")
-    else:
-        kwargs = dict(hovertemplate="x %{x:.1f}, y %{y:.1f}<br>value: %{z:.4g}<extra></extra>")
+    if hover is None:
+        hover = CellHover(f"x %{{x:.1f}}, y %{{y:.1f}}<br>value: %{{z:{Z_FORMAT}}}<extra></extra>")
+    kwargs = dict(hovertemplate=hover.template, hovertemplatefallback="NaN")
+    if hover.customdata is not None:
+        kwargs["customdata"] = hover.customdata
     return go.Heatmap(
-        z=grid, x0=cell_w / 2, dx=cell_w, y0=cell_h / 2, dy=cell_h, xaxis=axes[0], yaxis=axes[1],
-        coloraxis=coloraxis, opacity=opacity, name=esc(name), meta=meta or {}, zsmooth=False, **kwargs,
+        z=np.asarray(grid, dtype=np.float32), x0=cell_w / 2, dx=cell_w, y0=cell_h / 2, dy=cell_h, xaxis=axes[0],
+        yaxis=axes[1], coloraxis=coloraxis, opacity=opacity, name=esc(name), meta=meta or {}, zsmooth=False, **kwargs,
     )
 
 
@@ -106,6 +138,7 @@ def matrix_heatmap(
     )
     hover = [[f"{row_name}: {row_labels[r]}<br>{col_name}: {col_labels[c]}<br>{value_label}: {fmt(arr[r, c])}"
               for c in range(n_cols)] for r in range(n_rows)]
+    hover = CellHover("%{customdata}<extra></extra>", hover)  # per-row/col labels: small grids, one string a cell
     fig = go.Figure(cell_heatmap(arr, ("x", "y"), cell=(1.0, 1.0), hover=hover, name=raw_title, meta=dict(kind="grid")))
     step_x = 1 if long_x or cell_px >= 18 else 2  # short labels ("H11") need ~18 px each
     fig.update_layout(

@@ -28,7 +28,15 @@ from vit_patching.plotting._common import (
     to_numpy,
 )
 from vit_patching.plotting._facets import cell_ticks, default_cols, facet_layout
-from vit_patching.plotting._traces import cell_heatmap, colorbar_for, grid_hover, image_trace, matrix_heatmap
+from vit_patching.plotting._traces import (
+    Z_FORMAT,
+    CellHover,
+    cell_heatmap,
+    colorbar_for,
+    grid_hover,
+    image_trace,
+    matrix_heatmap,
+)
 from vit_patching.plotting.colors import DIVERGING, SEQUENTIAL, diverging_coloraxis, overlay_colors, sequential_coloraxis
 
 __all__ = ["attribution_overlay", "compare_maps", "patch_map", "window_heatmap", "window_slider"]
@@ -58,9 +66,13 @@ def _placed_map(arr: np.ndarray, rgb: np.ndarray | None, upsample: str) -> tuple
     return arr, (height / arr.shape[0], width / arr.shape[1])
 
 
-def _map_hover(arr: np.ndarray, header: str, value_label: str) -> list[list[str]] | None:
-    """Per-cell hover for patch-sized maps; pixel-sized maps use a light template (too many cells)."""
-    return grid_hover(arr, esc(header), value_label, None) if arr.size <= 4096 else None
+def _map_hover(arr: np.ndarray, header: str, value_label: str) -> CellHover:
+    """Hover with row and col for maps up to 64 x 64 cells; larger (pixel) maps show the pointer's x, y instead,
+    which needs no per-cell data."""
+    if arr.size <= 4096:
+        return grid_hover(arr, esc(header), value_label, None)
+    head = f"{hover_safe(header)}<br>" if header else ""
+    return CellHover(f"{head}x %{{x:.1f}}, y %{{y:.1f}}<br>{hover_safe(value_label)}: %{{z:{Z_FORMAT}}}<extra></extra>")
 
 
 def _single_panel(fig: go.Figure, ext: tuple[float, float], size_px: int, title: str, n_extra_b: int = 0):
