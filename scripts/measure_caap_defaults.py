@@ -51,14 +51,14 @@ def random_map_scores(model, batch, step: int, seed: int) -> dict[str, float]:
     gh, gw = model.cfg.grid_size
     maps = torch.rand(batch.images.shape[0], gh, gw, generator=torch.Generator().manual_seed(seed))
     kw = dict(unit="patch", step=step)
-    ins = insertion_auc(model, batch.images, maps, substrate="zero", **kw).auc.double()
-    dele = deletion_auc(model, batch.images, maps, substrate="zero", **kw).auc.double()
+    ins = insertion_auc(model, batch.images, maps, substrate="zeros", **kw).auc.double()
+    dele = deletion_auc(model, batch.images, maps, substrate="zeros", **kw).auc.double()
     ins_blur = insertion_auc(model, batch.images, maps, substrate="blur", **kw).auc.double()
     pg = pointing_game(maps, batch.masks, tolerance=model.cfg.patch_size[0] / 2).accuracy
     with torch.no_grad():
         target = model(batch.images).argmax(-1)
         p_blur = model(make_substrate(batch.images, "blur")).softmax(-1).gather(1, target[:, None]).mean()
-        p_zero = model(make_substrate(batch.images, "zero")).softmax(-1).gather(1, target[:, None]).mean()
+        p_zero = model(make_substrate(batch.images, "zeros")).softmax(-1).gather(1, target[:, None]).mean()
     return {"insertion_auc": float(ins.mean()), "deletion_auc": float(dele.mean()),
             "ins_minus_del": float((ins - dele).mean()), "pointing_game": pg,
             "insertion_auc_blur_substrate": float(ins_blur.mean()),

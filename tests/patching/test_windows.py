@@ -66,11 +66,11 @@ def test_recommendation_follows_the_criterion(model, data, selection):
 def test_substrates_and_eval_kwargs_are_passed_on(model, data):
     images, _ = data
     w = (1, 3)
-    sel = select_window(model, images, [w], insertion_substrate="blur", deletion_substrate="mean", eval_kwargs={"step": 3})
+    sel = select_window(model, images, [w], insertion_substrate="blur", deletion_substrate="image_mean", eval_kwargs={"step": 3})
     attr = caap(model, images, window=w)
     kw = dict(unit="patch", step=3)
     ins = insertion_auc(model, images, attr.map, attr.target, substrate="blur", **kw).auc.mean().item()
-    dele = deletion_auc(model, images, attr.map, attr.target, substrate="mean", **kw).auc.mean().item()
+    dele = deletion_auc(model, images, attr.map, attr.target, substrate="image_mean", **kw).auc.mean().item()
     assert sel.table["insertion_auc"][0] == pytest.approx(ins, abs=1e-6)
     assert sel.table["deletion_auc"][0] == pytest.approx(dele, abs=1e-6)
     assert sel.options["insertion_substrate"] == "blur" and sel.options["step"] == 3
