@@ -1,19 +1,21 @@
 """Benchmark: CAAP vs (a) a naive implementation and (b) the compute floor, side by side in one run.
 
 * CAAP: ``vit_patching.patching.caap.caap`` (source run + neutral prefix once, N patched runs from block
-  ``start``, batched over patches and images, fused attention), the whole call timed.
+  ``start``, batched over patches and images, fused attention, the last block computing only the CLS token the
+  head reads), the whole call timed.
 * (a) naive: the source run, the neutral run, then one full-depth ``run_with_hooks`` per patch (batch 1) that
   overwrites the patch token at every window layer.
 * (b) floor: a plain timm forward of ``N * (L - start) / L`` images per source image (what the patched runs
   cost if hooks, caches and the skipped prefix were free), in batches of ``--batch-size``.
 
-Targets: naive / CAAP >= L / (L - start); CAAP / floor <= 1.15. Both ratios are printed, with images
+Targets: naive / CAAP >= L / (L - start); CAAP / floor <= 1.0. Both ratios are printed, with images
 (source images explained) per second for each, and the peak memory of each side. ``--model`` may be repeated
 (e.g. ViT-Ti, S and B side by side in one run; a summary table ends the output). ``--clock cpu`` times process
 CPU seconds instead of wall seconds (steadier on a machine shared with other jobs; use it with ``--threads 1``).
 ``--breakdown`` also times CAAP's parts: the source run and neutral prefix (``prepare_caap``), the patched runs
-(``caap_from_context``), and the same rows through the blocks with no hook at all (HookedViT and timm), which
-says how much of CAAP's time is hooks, writes and gathers rather than the blocks themselves.
+(``caap_from_context``), and the same rows through the blocks with no hook at all (HookedViT with the full and
+with the readout-only last block, and timm), which says how much of CAAP's time is hooks, writes and gathers
+rather than the blocks themselves, and how much the readout-only last block saves.
 
 Usage:
     python scripts/bench_caap.py                                     # random ViT-B/16 at 224, CPU, fp32
@@ -160,6 +162,9 @@ def bench(name: str, args: argparse.Namespace) -> str:
         def hooked_blocks():  # the patched rows' blocks and head, no hook, no write, no gather
             chunks(lambda x: model(x, start_at_layer=window[0]))
 
+        def hooked_readout_only():  # the same, the last block computing only the head's tokens (as CAAP runs)
+            chunks(lambda x: model(x, start_at_layer=window[0], readout_only=not model.readout_only_blockers()))
+
         def timm_blocks():
             def run(x):
                 for blk in ref.blocks[window[0]:]:
@@ -168,7 +173,7 @@ def bench(name: str, args: argparse.Namespace) -> str:
             chunks(run)
 
         parts = {"prepare (source run + neutral prefix)": prepare, "hooked blocks, no hooks": hooked_blocks,
-                 "timm blocks": timm_blocks}
+                 "hooked blocks, readout-only last block": hooked_readout_only, "timm blocks": timm_blocks}
 
     peaks = {}
     with torch.inference_mode():
@@ -214,7 +219,7 @@ def bench(name: str, args: argparse.Namespace) -> str:
     print(f"CAAP        {tc:9.3f} {unit}   {args.images / tc:9.3f} img/s   peak {kind} {peaks['caap'] / 2**20:.0f} MiB")
     print(f"(b) floor   {tf:9.3f} {unit}   {args.images / tf:9.3f} img/s   peak {kind} {peaks['floor'] / 2**20:.0f} MiB"
           f"   ({n_floor} timm forwards)")
-    print(f"CAAP / floor = {tc / tf:.3f}   (target <= 1.15)")
+    print(f"CAAP / floor = {tc / tf:.3f}   (target <= 1.0)")
     for k, v in t_parts.items():
         print(f"  part: {k:38s} {statistics.median(v):9.3f} {unit}   ({statistics.median(v) / tf:.3f} x floor)")
     if t_naive:

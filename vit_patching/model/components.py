@@ -243,11 +243,24 @@ class Attention(nn.Module):
         q_in: Float[Tensor, "batch pos ..."],
         k_in: Float[Tensor, "batch pos ..."] | None = None,
         v_in: Float[Tensor, "batch pos ..."] | None = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+        *,
+        n_queries: int | None = None,
+    ) -> Float[Tensor, "batch query d_model"]:
+        """Attention output of every token, or with ``n_queries`` of the first ``n_queries`` tokens only (every
+        token is still a key and a value; ``query = n_queries``). ``n_queries`` needs the shared input and at most
+        ``n_prefix`` queries: RoPE leaves prefix tokens unrotated, so their queries need no rotation table."""
         cfg = self.cfg
-        if k_in is None:  # shared (layer-normed) input: one fused matmul, as timm
+        if k_in is None and n_queries is not None:  # queries of the leading tokens, keys/values of all
+            b, p = q_in.shape[:2]
+            d = cfg.n_heads * cfg.d_head  # w_qkv rows: [q | k | v], each head-major as timm's fused layout
+            q = F.linear(q_in[:, :n_queries], self.w_qkv[:d], self.b_qkv[:d]).view(b, n_queries, cfg.n_heads, -1)
+            k, v = F.linear(q_in, self.w_qkv[d:], self.b_qkv[d:]).view(b, p, 2, cfg.n_heads, cfg.d_head).unbind(2)
+        elif k_in is None:  # shared (layer-normed) input: one fused matmul, as timm
             b, p = q_in.shape[:2]
             q, k, v = F.linear(q_in, self.w_qkv, self.b_qkv).view(b, p, 3, cfg.n_heads, cfg.d_head).unbind(2)
+        elif n_queries is not None:
+            raise ValueError("n_queries: expected None with per-head q/k/v inputs (use_split_qkv_input, "
+                             f"use_attn_in), got {n_queries}")
         else:  # per-head inputs [batch pos head d_model]
             q = torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q
             k = torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K
@@ -256,7 +269,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if cfg.rope:  # hook_q/hook_k before the rotation, hook_rot_q/hook_rot_k after (TransformerLens)
-            q, k = self.hook_rot_q(self._rotate(q)), self.hook_rot_k(self._rotate(k))
+            q = q if n_queries is not None else self._rotate(q)  # only prefix queries: never rotated
+            q, k = self.hook_rot_q(q), self.hook_rot_k(self._rotate(k))
         if cfg.use_fused_attn and not is_hooked(self.hook_attn_scores, self.hook_pattern):
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             z = z.transpose(1, 2)
@@ -377,10 +391,22 @@ class TransformerBlock(nn.Module):
         ):  # fmt: skip
             setattr(self, name, HookPoint())
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"], *, n_out: int | None = None
+    ) -> Float[Tensor, "batch out d_model"]:
+        """The block's output residual; with ``n_out``, of the first ``n_out`` tokens only (``out = n_out``): the
+        other tokens are read as keys and values but get no query, projection or MLP. Used for the last block
+        when the head reads only CLS (:meth:`HookedViT.forward` ``readout_only``); every hook after
+        ``hook_resid_pre`` then sees ``n_out`` tokens."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
-        if cfg.use_split_qkv_input or cfg.use_attn_in:
+        if n_out is not None:
+            if cfg.use_split_qkv_input or cfg.use_attn_in:
+                raise ValueError("n_out: expected None while use_split_qkv_input or use_attn_in is on (their hooks "
+                                 f"read every token), got {n_out}")
+            attn_out = self.attn(self.ln1(resid), n_queries=n_out)
+            resid = resid[:, :n_out]
+        elif cfg.use_split_qkv_input or cfg.use_attn_in:
             per_head = resid[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)
             if cfg.use_attn_in:  # fires first, so it also feeds the q/k/v forks when both are on
                 per_head = self.hook_attn_in(per_head.clone())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -221,6 +221,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         *,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        readout_only: bool = False,
     ) -> Tensor:
         """Run the model.
 
@@ -229,6 +230,13 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
                 residual stream ``[batch, pos, d_model]`` entering that block.
             start_at_layer: Start at this block, from a cached residual (skips the embedding and earlier blocks).
             stop_at_layer: Stop before this block and return its input residual ``[batch, pos, d_model]``.
+            readout_only: In the last block, compute only the tokens the head reads (CLS; CLS and DIST for
+                distilled DeiT): every token is still a key and a value, but only those get a query, the
+                projection and the MLP. Same logits to float32 rounding, about ``1 / n_layers`` less compute; the
+                patching engine turns it on when its hooks allow. Refused (``ValueError`` naming the reason, see
+                :meth:`readout_only_blockers`) when the head reads every token, the last block is a parallel
+                block, split q/k/v inputs are on, or a hook after ``blocks.{L-1}.hook_resid_pre`` would see the
+                pruned tokens.
 
         Returns:
             Logits ``[batch, n_classes]`` (pooled features ``[batch, d_model]`` if the model has no head),
@@ -243,6 +251,15 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         stop = L if stop_at_layer is None else check_layer(stop_at_layer, "stop_at_layer", L)
         if stop < start:
             raise ValueError(f"stop_at_layer ({stop}) must be >= start_at_layer ({start})")
+        check_bool(readout_only, "readout_only")
+        if readout_only:
+            if stop_at_layer is not None:
+                raise ValueError(f"readout_only: expected False with stop_at_layer (the residual of every token is "
+                                 f"returned), got True with stop_at_layer={stop_at_layer}")
+            blockers = self.readout_only_blockers()
+            if blockers:
+                raise ValueError(f"readout_only: expected a model and hooks that read only the head's tokens, got "
+                                 f"{'; '.join(blockers)}")
         if start_at_layer is None:
             self.check_images(input)  # clear errors before any (jaxtyping) annotation check of the embedding
             resid = self._embed_checked(input)
@@ -253,11 +270,56 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
                     f"got {tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}"
                 )
             resid = input
-        for block in self.blocks[start:stop]:
+        prune = readout_only and start < L  # from start_at_layer=L no block runs: nothing to prune
+        for block in self.blocks[start : stop - 1 if prune else stop]:
             resid = block(resid)
+        if prune:
+            resid = self.blocks[L - 1](resid, n_out=self.readout_tokens())
         if stop_at_layer is not None:
             return resid
         return self.unembed(resid)
+
+    def readout_tokens(self) -> int | None:
+        """How many leading tokens the head reads: 1 (CLS) for token pooling, 2 (CLS, DIST) for distilled DeiT;
+        ``None`` when pooling reads every token (``avg``, ``max``, ``avgmax``, ``map``, none).
+
+        Example:
+            >>> model.readout_tokens()  # a CLS-token ViT
+            1
+        """
+        if self.cfg.has_dist:
+            return 2
+        return 1 if self.cfg.global_pool == "token" else None
+
+    def readout_only_blockers(self, hooks: Iterable[str] = ()) -> list[str]:
+        """Why :meth:`forward` cannot run with ``readout_only=True`` now (empty list: it can).
+
+        Args:
+            hooks: Hook names the caller is about to add (e.g. a ``run_with_hooks`` list); hooks already attached
+                to the model are counted too.
+
+        Example:
+            >>> model.readout_only_blockers(["blocks.11.hook_resid_pre"])
+            []
+            >>> model.readout_only_blockers(["blocks.11.hook_resid_post"])
+            ["hook 'blocks.11.hook_resid_post' reads every token of the last block"]
+        """
+        cfg = self.cfg
+        reasons = []
+        if self.readout_tokens() is None:
+            reasons.append(f"global_pool={cfg.global_pool!r} reads every token")
+        if cfg.parallel_attn_mlp:
+            reasons.append("the last block is a parallel block")
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            reasons.append("split q/k/v inputs (use_split_qkv_input / use_attn_in) are on")
+        last = f"blocks.{cfg.n_layers - 1}."
+        after = {n for n in self.hook_dict if (n.startswith(last) and n != last + "hook_resid_pre")
+                 or n.startswith("ln_final.")}  # the final norm runs on the kept tokens only
+        named = set(hooks)
+        for n in sorted(after):
+            if n in named or is_hooked(self.hook_dict[n]):
+                reasons.append(f"hook {n!r} reads every token of the last block")
+        return reasons
 
     # ------------------------------------------------------------------ hooks and caches
     def _disabled_hook_names(self) -> set[str]:

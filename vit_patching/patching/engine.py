@@ -101,6 +101,10 @@ def run_interventions(
             residual hooks (:data:`INPLACE_SUFFIXES`) then skip the copy of the whole activation they otherwise
             make. Same values either way; other hooks are always copied once before their writes.
 
+    The last block computes only the tokens the head reads (``HookedViT.forward(readout_only=True)``) unless a
+    hook of this run, or one already attached, sits after its ``hook_resid_pre`` or the pooling reads every token
+    (:meth:`HookedViT.readout_only_blockers`): the logits agree with the full forward to float32 rounding.
+
     Returns:
         ``(output, recorded)`` — logits ``[rows, n_classes]`` and ``{hook: activation}``.
 
@@ -135,9 +139,13 @@ def run_interventions(
         return hook_fn
 
     names = sorted(set(by_hook) | set(record))
+    # Only the logits are returned: when no hook of this run reads the last block's tokens, that block computes
+    # just the head's tokens (HookedViT.forward readout_only; same logits to float32 rounding, ~1/L less work).
+    readout_only = not model.readout_only_blockers(names)
     with torch.no_grad():
         out = model.run_with_hooks(
-            start_input, fwd_hooks=[(n, make_hook(n)) for n in names], start_at_layer=start_layer
+            start_input, fwd_hooks=[(n, make_hook(n)) for n in names], start_at_layer=start_layer,
+            readout_only=readout_only,
         )
     missing = set(names) - fired
     if missing:  # a write that silently did nothing would corrupt every result downstream
