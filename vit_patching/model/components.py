@@ -271,7 +271,9 @@ class Attention(nn.Module):
         if cfg.rope:  # hook_q/hook_k before the rotation, hook_rot_q/hook_rot_k after (TransformerLens)
             q = q if n_queries is not None else self._rotate(q)  # only prefix queries: never rotated
             q, k = self.hook_rot_q(q), self.hook_rot_k(self._rotate(k))
-        if cfg.use_fused_attn and not is_hooked(self.hook_attn_scores, self.hook_pattern):
+        # Not fused for the readout's few queries: SDPA's CPU kernel then splits the keys across threads, so its
+        # rounding would depend on the thread count (a 1-process run would differ from torchrun's 1-thread ranks).
+        if cfg.use_fused_attn and n_queries is None and not is_hooked(self.hook_attn_scores, self.hook_pattern):
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             z = z.transpose(1, 2)
         else:
