@@ -104,12 +104,17 @@ def cue_probes(model: torch.nn.Module, name: str, n: int = 2048) -> list[tuple[s
         rows += relation_probes(predict, scenes, gen)
     else:
         for j in (0, 1):
-            present = scenes.present.clone()
-            present[:, j] = False
-            pred = predict(replace(scenes, present=present))
+            pred = predict(without_object(scenes, j))
             rows.append((f"part {j + 1} of 2 removed: accuracy w.r.t. the original pair (chance 1/3)",
                          float((pred == k).float().mean())))
     return rows
+
+
+def without_object(scenes: ToyScenes, j: int) -> ToyScenes:
+    """The scenes with object ``j`` (0 and 1 are the class-carrying ones) not drawn."""
+    present = scenes.present.clone()
+    present[:, j] = False
+    return replace(scenes, present=present)
 
 
 def relation_probes(predict, scenes: ToyScenes, gen: torch.Generator) -> list[tuple[str, float]]:
@@ -117,9 +122,7 @@ def relation_probes(predict, scenes: ToyScenes, gen: torch.Generator) -> list[tu
     n, k = len(scenes), scenes.labels
     rows = []
     for j in (0, 1):
-        present = scenes.present.clone()
-        present[:, j] = False
-        pred = predict(replace(scenes, present=present))
+        pred = predict(without_object(scenes, j))
         rows.append((f"marked object {j + 1} of 2 removed: accuracy w.r.t. the original label (chance 0.5)",
                      float((pred == k).float().mean())))
         rows.append(("same edit: fraction predicted `same colour`", float((pred == 1).float().mean())))
