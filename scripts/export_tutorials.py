@@ -6,7 +6,9 @@ figure would be lost. This script executes each notebook, replaces every Plotly 
 ``Plotly.newPlot`` call, and writes one ``plotly.min.js`` (the copy shipped with the installed plotly package)
 next to the pages, which load it by a relative path: no network, and plotly.js stored once for all pages. The
 notebook template's stylesheet (about 260 KB, the same for every page) is likewise written once, as
-``notebook.css``, and linked by a relative path.
+``notebook.css``, and linked by a relative path. The page template (``tutorial_page.html.j2``, nbconvert's "lab"
+page) leaves out require.js and MathJax (loaded from CDNs) and the Mermaid script (inlined in every page): the
+tutorials use none of them.
 
 Usage::
 
@@ -25,7 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE_TEMPLATE = Path(__file__).resolve().parent / "tutorial_page.html.j2"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PLOTLY_JS = "plotly.min.js"
 NOTEBOOK_CSS = "notebook.css"
 # The template's plain <style> blocks in <head> (styles with other attributes, e.g. media queries, stay inline).
@@ -51,6 +55,20 @@ def plotly_outputs_to_html(nb) -> int:
     return n
 
 
+def drop_widget_outputs(nb) -> int:
+    """Remove every Jupyter widget output (e.g. TransformerLens's tqdm bar) and the notebook's widget state;
+    returns the count. Drawing a widget needs scripts from unpkg.com, which an offline page cannot load, and the
+    text a kernel saves beside a progress bar is its first frame ("0/260"), which would mislead."""
+    n = 0
+    for cell in nb.cells:
+        if "outputs" in cell:
+            kept = [out for out in cell.outputs if WIDGET_MIME not in out.get("data", {})]
+            n += len(cell.outputs) - len(kept)
+            cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    return n
+
+
 def _as_json(payload) -> str:
     import json
 
@@ -60,13 +78,15 @@ def _as_json(payload) -> str:
 def notebook_to_html(nb) -> tuple[str, str, int]:
     """HTML page of an executed notebook: ``(page, css, n_figures)``.
 
-    Plotly outputs become drawn figures loading ``plotly.min.js`` by a relative path; the template's head
-    stylesheet is cut out (returned as ``css``, to be written once as ``notebook.css``) and linked relatively.
+    Plotly outputs become drawn figures loading ``plotly.min.js`` by a relative path, widget outputs are dropped;
+    the template's head stylesheet is cut out (returned as ``css``, to be written once as ``notebook.css``) and
+    linked relatively.
     """
     from nbconvert import HTMLExporter
 
     n_figures = plotly_outputs_to_html(nb)
-    page, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    drop_widget_outputs(nb)
+    page, _ = HTMLExporter(template_name="lab", template_file=str(PAGE_TEMPLATE)).from_notebook_node(nb)
     head_end = page.index("</head>")
     head, rest = page[:head_end], page[head_end:]
     blocks = list(_HEAD_STYLE.finditer(head))

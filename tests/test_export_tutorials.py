@@ -50,7 +50,13 @@ def test_page_draws_every_figure_with_shared_relative_plotly_and_css(exporter):
 
     nb = nbformat.v4.new_notebook()
     cells = [nbformat.v4.new_code_cell("fig_a"), nbformat.v4.new_code_cell("print('x'); fig_b"),
-             nbformat.v4.new_markdown_cell("# Title")]
+             nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("bar")]
+    # a tqdm bar as a kernel saves it: a widget view with its text fallback, the widget state in the metadata
+    cells[3].outputs = [{"output_type": "display_data", "metadata": {}, "data": {
+        "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0, "model_id": "abc"},
+        "text/plain": "  0%|          | 0/4"}}]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                          "version_minor": 0}}
     cells[0].outputs = [_plotly_output(go.Figure(go.Heatmap(z=[[0.0, 1.0]]), layout_title_text="first <b>map</b>"))]
     cells[1].outputs = [{"output_type": "stream", "name": "stdout", "text": "x\n"},
                         _plotly_output(go.Figure(go.Bar(y=[3, 1], name="second bars")))]
@@ -65,6 +71,10 @@ def test_page_draws_every_figure_with_shared_relative_plotly_and_css(exporter):
     assert re.findall(r'<script src="([^"]*plotly[^"]*)"', page) == ["plotly.min.js"]
     assert head.index('<script src="plotly.min.js"></script>') < page.index("Plotly.newPlot(")
     assert "cdn.plot.ly" not in page and len(page) < 100_000
+    # nothing else loaded from the network or inlined in every page: no require.js, MathJax or Mermaid script
+    assert re.findall(r"<script[^>]*>", head) == ['<script src="plotly.min.js">']
+    assert "mathjax" not in page.lower() and "mermaid" not in page.lower()
+    assert "widget" not in page and "unpkg" not in page and "0/4" not in page  # nor the bar's stale first frame
     # the template's stylesheet: linked relatively, written once by the caller, not inlined in the page
     assert head.count('<link rel="stylesheet" href="notebook.css">') == 1
     assert not re.search(r'<style(?: type="text/css")?>', head)
