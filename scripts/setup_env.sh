@@ -34,7 +34,7 @@ quiet .venv/bin/python -m pip install -q -e ".[dev]"
 import importlib, sys
 mods = ['torch', 'torchvision', 'timm', 'transformer_lens', 'vit_patching', 'captum', 'kaleido', 'pytest',
         'xdist', 'beartype', 'jaxtyping', 'nbclient', 'nbformat', 'nbconvert', 'ipywidgets', 'accelerate', 'plotly',
-        'safetensors', 'PIL', 'huggingface_hub']
+        'safetensors', 'PIL', 'huggingface_hub', 'open_clip', 'transformers']
 missing = []
 for m in mods:
     try:
