@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
+    "NonFiniteError", "check_finite", "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
@@ -143,3 +143,43 @@ def check_window(window: Any, n_layers: int, name: str = "window") -> tuple[int,
             f"got {window!r} ({what})"
         )
     return start, end
+
+
+class NonFiniteError(ValueError):
+    """A model output or a map holds NaN or infinity.
+
+    Attributes:
+        what: What was non-finite (``"logits"``, ``"CAAP map"``, ...).
+        indices: The batch rows (images) that hold a non-finite value, in order.
+    """
+
+    def __init__(self, what: str, indices: Sequence[int], message: str):
+        super().__init__(message)
+        self.what = what
+        self.indices = list(indices)
+
+
+def check_finite(value: Any, what: str) -> Any:
+    """Return the tensor ``value`` if every entry is finite, else raise :class:`NonFiniteError` naming ``what``
+    and the batch rows (first axis) that hold NaN or infinity.
+
+    A NaN in the weights or the inputs propagates silently through every experiment; results read from such a
+    run ("class 0 with probability nan") are never meaningful, so they are refused where they are produced.
+
+    Example:
+        >>> import torch
+        >>> check_finite(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "logits")
+        Traceback (most recent call last):
+        ...
+        vit_patching.checks.NonFiniteError: logits: expected finite values, got NaN or infinity in batch row(s) [0]
+    """
+    import torch  # local: the other checks are plain Python and the CLI parses arguments before importing torch
+
+    if value.device.type == "meta":  # meta tensors hold no values
+        return value
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return value
+    rows = (~finite).reshape(finite.shape[0], -1).any(dim=1) if finite.ndim else (~finite).reshape(1)
+    indices = [int(i) for i in torch.nonzero(rows).flatten()]
+    raise NonFiniteError(what, indices, f"{what}: expected finite values, got NaN or infinity in batch row(s) {indices}")
