@@ -11,6 +11,7 @@ from typing import Any
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "sigmoid")
 POOLS = ("token", "avg", "max", "avgmax", "", "map")
+HEAD_KINDS = ("classifier", "projection")  # what the head's outputs are: class scores, or an embedding (CLIP's proj)
 NORMS = ("LN", "RMS")  # timm LayerNorm, timm RmsNorm (TransformerLens names)
 
 
@@ -72,6 +73,9 @@ class ViTConfig:
     # "mixed" one learned table per block and head; rope_half: rotate-half layout instead of interleaved pairs.
     rope: str = ""
     rope_half: bool = False
+    # What the head (``n_classes`` outputs) computes: "classifier" class scores (timm's head), or "projection" an
+    # image embedding (CLIP's image projection into the text space: no class scores until a readout is attached).
+    head_kind: str = "classifier"
     # TransformerLens-compatible flags.
     normalization_type: str = "LN"
     attn_only: bool = False
@@ -90,6 +94,8 @@ class ViTConfig:
             raise UnsupportedModelError(f"act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}")
         if self.global_pool not in POOLS:
             raise UnsupportedModelError(f"global_pool must be one of {POOLS}, got {self.global_pool!r}")
+        if self.head_kind not in HEAD_KINDS:
+            raise UnsupportedModelError(f"head_kind must be one of {HEAD_KINDS}, got {self.head_kind!r}")
         if self.norm_kind not in NORMS:
             raise UnsupportedModelError(f"norm_kind must be one of {NORMS}, got {self.norm_kind!r}")
         if self.global_pool == "token" and not self.has_cls:
