@@ -106,7 +106,7 @@ class Graph:
 
 @dataclass
 class EdgeScores:
-    """Attribution scores of every edge of a :class:`Graph`.
+    """Attribution scores of every edge of a :class:`Graph` (float64 for a float64 model, else float32).
 
     Attributes:
         graph: The graph.
