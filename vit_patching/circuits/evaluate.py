@@ -14,6 +14,10 @@ block 1, ...): each stage is one batched forward of the engine's
 senders' outputs, so the next stage's inputs are known. The last stage writes the final residual and gives the
 logits. All circuits and images are rows of the same passes.
 
+Removing one edge ``u -> v`` from the full graph equals
+``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``; with ``path_patch``'s
+default ``freeze=("heads",)`` the two differ wherever an MLP lies between ``u`` and ``v``.
+
 Faithfulness = ``(m(circuit) - m(empty)) / (m(clean) - m(empty))`` of the image-mean metric: 1 for the full
 graph (the clean run), 0 for the empty circuit (the corrupted run, or the mean-ablated run).
 """
