@@ -58,7 +58,8 @@ def main() -> None:
     extra = [tuple(int(v) for v in w.split(":")) for w in args.windows.split(",") if w]
     out = {}
     print(f"{args.n} images per model (seed {args.seed}), defaults: zeros neutral, logit readout, predicted class")
-    print("| model | window | median rho | min | max | exact top-1 in estimate top-k | top-k overlap | exact forwards |")
+    print("| model | window | median rho | min | max | exact top-1 in estimate top-k | top-k overlap "
+          "| exact forwards |")
     print("|---|---|---|---|---|---|---|---|")
     for name in MODELS:
         model = load_model(name)
