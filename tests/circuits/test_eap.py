@@ -65,7 +65,7 @@ def test_eap_equals_the_autograd_edge_formula():
         delta = _sender_diff(model, clean, corrupted, u)
         expected = _edge_derivative(model, xc["blocks.0.hook_resid_pre"], delta, v, metric())
         got = scores.scores[g.senders.index(u), g.receivers.index(v)] * clean.shape[0]  # mean -> sum over images
-        torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)  # float64 scores of a float64 model
 
 
 def test_eap_ig_averages_the_edge_derivative_over_the_interpolation():
@@ -82,7 +82,7 @@ def test_eap_ig_averages_the_edge_derivative_over_the_interpolation():
         expected = sum(_edge_derivative(model, e_corr + k / steps * (e_clean - e_corr), delta, v, metric())
                        for k in range(1, steps + 1)) / steps
         got = scores.scores[g.senders.index(u), g.receivers.index(v)] * clean.shape[0]
-        torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)  # float64 scores of a float64 model
 
 
 def test_per_position_scores_sum_to_the_edge_scores():

@@ -12,7 +12,8 @@ AtP* (Kramár et al. 2024, "AtP*: An efficient and scalable method for localizin
 components"): a query or key only acts through the attention softmax, which saturates, so the linear
 estimate can miss large effects. For ``q`` and ``k`` sites (``atp_star=True``) the attention pattern is
 recomputed exactly with the patched queries or keys and only the pattern's change is linearised:
-``sum (softmax(s') - softmax(s)) . dm/dpattern``. The GradDrop part of AtP* (dropping one layer's gradient) is
+``sum (softmax(s') - softmax(s)) . dm/dpattern``. On RoPE models the scores are recomputed from the rotated
+queries and keys (``hook_rot_q`` / ``hook_rot_k``), the ones the scores are made of. The GradDrop part of AtP* (dropping one layer's gradient) is
 not implemented.
 
 ``verify_top_k=k`` re-runs the ``k`` cells with the largest |mean estimate| exactly through the patching
@@ -262,12 +263,18 @@ def atp_heads(
     k = _check_k(verify_top_k)
     check_batch_size(batch_size)
     star = atp_star and bool({"q", "k"} & set(site_names))
+    # The scores are computed from the queries and keys after RoPE (hook_rot_q/hook_rot_k); hook_q/hook_k sit
+    # before the rotation. The rotation acts on each (position, head) alone, so patching hook_q/hook_k at a
+    # position and head replaces the rotated value there by the source run's rotated value.
+    qk = {"q": "rot_q", "k": "rot_k"} if model.cfg.rope else {"q": "q", "k": "k"}
     source_hooks = [get_act_name(s, l) for s in site_names for l in layer_ids]
     hooks = list(source_hooks)
-    if star:  # the pattern's gradient and the unpatched q and k
-        hooks += [get_act_name(n, l) for n in ("q", "k", "pattern") for l in layer_ids]
+    if star:  # the pattern's gradient and the unpatched (rotated) q and k, in both runs
+        star_hooks = [get_act_name(qk[s], l) for s in ("q", "k") if s in site_names for l in layer_ids]
+        source_hooks += star_hooks
+        hooks += star_hooks + [get_act_name(n, l) for n in (qk["q"], qk["k"], "pattern") for l in layer_ids]
     source_cache, acts, grads, source_score, target_score, fn, name = _runs(
-        model, clean, corrupted, metric, direction, sorted(set(hooks)), source_hooks
+        model, clean, corrupted, metric, direction, sorted(set(hooks)), sorted(set(source_hooks))
     )
     per_site = []
     for s in site_names:
@@ -275,15 +282,19 @@ def atp_heads(
         for l in layer_ids:
             h = get_act_name(s, l)
             if s in ("q", "k") and atp_star:
-                q, kk, scale = acts[get_act_name("q", l)], acts[get_act_name("k", l)], model.blocks[l].attn.scale
+                q, kk = acts[get_act_name(qk["q"], l)], acts[get_act_name(qk["k"], l)]
+                scale, new_qk = model.blocks[l].attn.scale, source_cache[get_act_name(qk[s], l)]
                 g = grads[get_act_name("pattern", l)]
+                # The unpatched pattern recomputed as the patched one is, so a patch that changes nothing gives
+                # exactly 0 (the model's own pattern may differ from it by rounding).
+                pattern = _scores(q, kk, scale).softmax(-1)
                 if s == "q":
-                    e = pattern_effect_q(source_cache[h], q, kk, acts[get_act_name("pattern", l)], g, scale)
+                    e = pattern_effect_q(new_qk, q, kk, pattern, g, scale)
                 elif by_pos:
-                    e = pattern_effect_k(source_cache[h], q, kk, g, scale)
+                    e = pattern_effect_k(new_qk, q, kk, g, scale)
                 else:  # every key at once: the whole pattern recomputed
-                    new = _scores(q, source_cache[h], scale).softmax(-1)
-                    e = ((new - acts[get_act_name("pattern", l)]) * g).sum(-1).transpose(1, 2)
+                    new = _scores(q, new_qk, scale).softmax(-1)
+                    e = ((new - pattern) * g).sum(-1).transpose(1, 2)
             elif s == "pattern":
                 e = ((source_cache[h] - acts[h]) * grads[h]).sum(-1).transpose(1, 2)  # per query row
             else:

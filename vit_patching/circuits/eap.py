@@ -27,6 +27,7 @@ from torch import Tensor
 from vit_patching.checks import check_bool, check_positive_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
+from vit_patching.patching.engine import result_dtype
 
 from .common import Metric, check_pair, forward_backward, resolve_metric
 from .graph import EdgeScores, Graph
@@ -109,16 +110,18 @@ def _edge_scores(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Met
                 resid = corr_cache[e0] + (k / steps) * (clean_cache[e0] - corr_cache[e0])
                 _, _, grads = forward_backward(model, resid, r_hooks, fn, start_layer=0)
                 grad += stack_receivers(model, grads) / steps
-    per_image = torch.einsum("bpsd,bprd->srb", delta, grad).float().cpu()
-    nan = torch.tensor(float("nan"))
+    dtype = result_dtype(delta.dtype)  # float64 models keep float64 scores
+    per_image = torch.einsum("bpsd,bprd->srb", delta, grad).to(dtype).cpu()
+    nan = torch.tensor(float("nan"), dtype=dtype)
     per_image = torch.where(graph.mask[..., None], per_image, nan)
     pos_scores = None
     if by_pos:
-        pos_scores = torch.einsum("bpsd,bprd->srp", delta, grad).float().cpu() / clean.shape[0]
+        pos_scores = torch.einsum("bpsd,bprd->srp", delta, grad).to(dtype).cpu() / clean.shape[0]
         pos_scores = torch.where(graph.mask[..., None], pos_scores, nan)
     ids = torch.arange(clean.shape[0], device=clean_logits.device)
     return EdgeScores(
-        graph, per_image.mean(-1), per_image, fn(clean_logits, ids).float().cpu(), fn(corr_logits, ids).float().cpu(),
+        graph, per_image.mean(-1), per_image, fn(clean_logits, ids).to(dtype).cpu(),
+        fn(corr_logits, ids).to(dtype).cpu(),
         name, "eap" if steps is None else "eap-ig", pos_scores, {"steps": steps},
     )
 

@@ -14,6 +14,10 @@ block 1, ...): each stage is one batched forward of the engine's
 senders' outputs, so the next stage's inputs are known. The last stage writes the final residual and gives the
 logits. All circuits and images are rows of the same passes.
 
+Removing one edge ``u -> v`` from the full graph equals
+``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``; with ``path_patch``'s
+default ``freeze=("heads",)`` the two differ wherever an MLP lies between ``u`` and ``v``.
+
 Faithfulness = ``(m(circuit) - m(empty)) / (m(clean) - m(empty))`` of the image-mean metric: 1 for the full
 graph (the clean run), 0 for the empty circuit (the corrupted run, or the mean-ablated run).
 """
@@ -33,6 +37,7 @@ from vit_patching.checks import check_batch_size, check_choice, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import Intervention, run_interventions
+from vit_patching.patching.engine import result_dtype
 
 from .common import Metric, check_pair, resolve_metric
 from .eap import EDGE_FLAGS, head_outputs, receiver_hooks, sender_hooks, sender_outputs, stack_receivers
@@ -45,7 +50,8 @@ ABLATIONS = ("corrupted", "mean")
 
 @dataclass
 class CircuitEvaluation:
-    """Metric of each evaluated circuit, the baselines and the faithfulness.
+    """Metric of each evaluated circuit, the baselines and the faithfulness (float64 for a float64 model, else
+    float32).
 
     Attributes:
         circuits: The circuits, in order.
@@ -142,7 +148,8 @@ def run_circuits(
         d_abl = out_abl - out_clean
         n_c, batch = masks.shape[0], clean.shape[0]
         rows_all = [(c, b) for c in range(n_c) for b in range(batch)]
-        values = torch.empty(n_c, batch)
+        act_dtype = out_clean.dtype  # the buffers below mix with activations: in the model's dtype
+        values = torch.empty(n_c, batch, dtype=result_dtype(act_dtype))
         n_forwards = 0
         # Receiver columns and sender columns per stage.
         r_of = {r: i for i, r in enumerate(graph.receivers)}
@@ -152,9 +159,10 @@ def run_circuits(
             cid = torch.tensor([c for c, _ in part])
             img = torch.tensor([b for _, b in part], device=clean.device)
             keep = masks[cid] & graph.mask  # [n S R]; only upstream senders feed a receiver
-            m = keep.to(clean.device).float()
-            ablate = (graph.mask & ~keep).to(clean.device).float()
-            d_cur = torch.zeros(len(part), *out_clean.shape[1:], device=clean.device)  # out(run) - out(clean)
+            m = keep.to(clean.device, act_dtype)
+            ablate = (graph.mask & ~keep).to(clean.device, act_dtype)
+            # out(run) - out(clean)
+            d_cur = torch.zeros(len(part), *out_clean.shape[1:], device=clean.device, dtype=act_dtype)
 
             def inputs(r_cols: list[int]) -> Tensor:
                 return in_clean[img][:, :, r_cols] + torch.einsum("nsr,npsd->nprd", m[:, :, r_cols], d_cur) + \
@@ -179,7 +187,7 @@ def run_circuits(
             ivs = [Intervention(get_act_name("resid_post", L - 1), all_rows, (), final)]
             logits, _ = run_interventions(model, cc[prefix[L - 1]][img], ivs, start_layer=L - 1)
             n_forwards += 1
-            values[cid, img.cpu()] = metric(logits, img).float().cpu()
+            values[cid, img.cpu()] = metric(logits, img).to(values.dtype).cpu()
     return values, clean_logits, corr_logits, n_forwards
 
 
@@ -229,7 +237,8 @@ def evaluate_circuit(
         model, torch.cat([masks, empty]), clean, corrupted, fn, ablation=ablation, batch_size=batch_size)
     ids = torch.arange(clean.shape[0], device=clean_logits.device)
     return CircuitEvaluation(
-        circuits, values[:-1], fn(clean_logits, ids).float().cpu(), fn(corr_logits, ids).float().cpu(),
+        circuits, values[:-1], fn(clean_logits, ids).to(values.dtype).cpu(),
+        fn(corr_logits, ids).to(values.dtype).cpu(),
         values[-1], name, ablation, n,
     )
 

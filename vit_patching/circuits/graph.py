@@ -9,8 +9,12 @@
   receiver is the sum of its upstream senders' outputs (plus constant biases), which is what makes an edge
   patchable on its own.
 
-The names are those of :class:`vit_patching.patching.Node`, so an edge ``(u, v)`` is exactly the path
-``path_patch(senders=[u], receivers=[v])``.
+The names are those of :class:`vit_patching.patching.Node`. Removing one edge ``(u, v)`` from the full graph
+(:func:`~vit_patching.circuits.evaluate.evaluate_circuit`) equals
+``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``: the clean run with
+only ``v``'s input from ``u`` corrupted. ``path_patch``'s defaults measure something else: ``freeze=("heads",)``
+lets ``u``'s change also reach ``v`` through the MLPs in between, and ``direction="denoising"`` patches the clean
+edge into the corrupted run.
 
 Example:
     >>> g = Graph.of(load_model("toy-shapes"))          # 4 blocks x 4 heads
@@ -106,7 +110,7 @@ class Graph:
 
 @dataclass
 class EdgeScores:
-    """Attribution scores of every edge of a :class:`Graph`.
+    """Attribution scores of every edge of a :class:`Graph` (float64 for a float64 model, else float32).
 
     Attributes:
         graph: The graph.
