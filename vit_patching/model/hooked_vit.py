@@ -144,6 +144,24 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
             )
         return hooked
 
+    @classmethod
+    def from_hf(cls, model: nn.Module) -> "HookedViT":
+        """Convert a Hugging Face ``transformers`` vision model (ViT, DeiT, CLIP, SigLIP, DINOv2) into a HookedViT.
+
+        Maps the model to the equivalent timm architecture and converts that (:mod:`vit_patching.model.hf` lists
+        the classes, what the converted forward equals and what is refused).
+
+        Example:
+            >>> from transformers import ViTConfig, ViTForImageClassification
+            >>> hf = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            ...     intermediate_size=64, image_size=32, patch_size=8, num_labels=10)).eval()
+            >>> HookedViT.from_hf(hf).cfg.n_classes
+            10
+        """
+        from .hf import hooked_from_hf  # transformers is optional and heavy: imported only when used
+
+        return hooked_from_hf(model)
+
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)
