@@ -8,6 +8,9 @@ The other classes and options run at 2 layers with real head sizes (d_head 64).
 
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import numpy as np
 import pytest
 import timm
@@ -226,6 +229,11 @@ def test_refused_naming_the_feature(make, names):
         HookedViT.from_hf(make())
 
 
+def test_not_a_model_is_a_type_error():
+    with pytest.raises(TypeError, match="model: expected a Hugging Face transformers model instance .* got str"):
+        HookedViT.from_hf("google/vit-base-patch16-224")
+
+
 def test_a_user_hook_is_refused_but_transformers_output_recorders_are_not():
     config = T.ViTConfig(intermediate_size=512, **SMALL)
     hf = _random_hf(T.ViTModel, config)
@@ -278,3 +286,13 @@ def test_a_processor_on_disk_is_used(tmp_path):
     assert model.cfg.data_config == dict(input_size=[3, 224, 224], mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6],
                                          interpolation="bilinear", crop_pct=224 / 256, crop_mode="center")
     assert processor_data_config(proc) == {k: v for k, v in model.cfg.data_config.items() if k != "input_size"}
+
+
+def test_docstring_examples_run():
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for m in ("vit_patching.model.hf", "vit_patching.model.hf_data")
+             for t in finder.find(importlib.import_module(m))]
+    tests += finder.find(HookedViT.from_hf, "from_hf", globs={"HookedViT": HookedViT})
+    for t in tests:
+        runner.run(t)
+    assert runner.failures == 0 and runner.tries >= 10

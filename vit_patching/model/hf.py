@@ -108,8 +108,11 @@ def _is_output_capture(hook: Any) -> bool:
     )
 
 
-def _check_hf(model: nn.Module) -> str:
+def _check_hf(model: Any) -> str:
     """The family of a supported Hugging Face model, else raise naming what is not supported."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a Hugging Face transformers model instance (e.g. "
+                        f"ViTModel.from_pretrained(...)), got {type(model).__name__}")
     name = type(model).__name__
     family = HF_CLASSES.get(name)
     if family is None or not type(model).__module__.startswith("transformers."):
@@ -335,7 +338,7 @@ def _dinov2(model: nn.Module, sd: dict[str, Tensor], eps: set[float]) -> tuple[s
 _FAMILIES = {"vit": _vit_deit, "deit": _vit_deit, "clip": _clip, "siglip": _siglip, "dinov2": _dinov2}
 
 
-def timm_from_hf(model: nn.Module) -> tuple[nn.Module, str]:
+def timm_from_hf(model: Any) -> tuple[nn.Module, str]:
     """The timm ``VisionTransformer`` equivalent to a Hugging Face vision model, with its weights.
 
     Args:
@@ -383,7 +386,7 @@ def timm_from_hf(model: nn.Module) -> tuple[nn.Module, str]:
     return tm.eval(), head_kind
 
 
-def hooked_from_hf(model: nn.Module) -> HookedViT:
+def hooked_from_hf(model: Any) -> HookedViT:
     """Convert a Hugging Face ``transformers`` vision model into a :class:`HookedViT` (see the module docstring).
 
     Args:

@@ -145,7 +145,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         return hooked
 
     @classmethod
-    def from_hf(cls, model: nn.Module) -> "HookedViT":
+    def from_hf(cls, model: Any) -> "HookedViT":
         """Convert a Hugging Face ``transformers`` vision model (ViT, DeiT, CLIP, SigLIP, DINOv2) into a HookedViT.
 
         Maps the model to the equivalent timm architecture and converts that (:mod:`vit_patching.model.hf` lists
