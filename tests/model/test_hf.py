@@ -59,12 +59,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _check(hf: torch.nn.Module, config, reference) -> HookedViT:
+def _check(hf: torch.nn.Module, config, reference, batch: int = 2) -> HookedViT:
     """The converted model's output equals ``reference(hf_output)``, every block output equals hidden_states."""
-    x = _pixels(config)
+    x = _pixels(config, batch)
     out = hf(pixel_values=x, output_hidden_states=True)
     model = HookedViT.from_hf(hf)
-    got, cache = model.run_with_cache(x)
+    got, cache = model.run_with_cache(x, names_filter=lambda n: n == "blocks.0.hook_resid_pre" or
+                                      n.endswith("hook_resid_post"))
     ref = reference(out)
     assert got.shape == ref.shape
     assert _rel(got, ref) < REL_TOL
@@ -76,7 +77,7 @@ def _check(hf: torch.nn.Module, config, reference) -> HookedViT:
     return model
 
 
-# (class, config, reference output, prefix tokens, n_classes, head_kind)
+# (class, config, reference output, prefix tokens, n_classes); LayerNorm eps in EPS
 REAL = {
     "vit-b16-classifier": (T.ViTForImageClassification, lambda: T.ViTConfig(num_labels=1000),
                            lambda o: o.logits, ("CLS",), 1000),
@@ -91,12 +92,17 @@ REAL = {
 }
 
 
+# The transformers config defaults: 1e-12 (ViT, DeiT), 1e-5 (CLIP), 1e-6 (SigLIP, DINOv2); read off the modules.
+EPS = {"vit": 1e-12, "deit": 1e-12, "clip": 1e-5, "siglip": 1e-6, "dinov2": 1e-6}
+
+
 @pytest.mark.parametrize("case", sorted(REAL))
 def test_real_size_equals_hf_forward(case):
     cls, make_config, reference, prefix, n_classes = REAL[case]
     config = make_config()
-    model = _check(_random_hf(cls, config), config, reference)
+    model = _check(_random_hf(cls, config), config, reference, batch=1)  # one image: under 3 s per case on a CPU
     assert model.cfg.prefix_labels == prefix and model.cfg.n_classes == n_classes
+    assert model.cfg.eps == EPS[case.split("-")[0]]
     assert model.cfg.head_kind == ("projection" if cls is T.CLIPVisionModelWithProjection else "classifier")
     if cls is T.SiglipVisionModel:
         assert model.cfg.global_pool == "map" and model.cfg.pool_n_heads == 12
@@ -112,6 +118,8 @@ SMALL_CASES = {
                                 lambda: T.ViTConfig(intermediate_size=384, hidden_act="gelu_new", num_labels=7,
                                                     **{**SMALL, "image_size": [32, 48]}),
                                 lambda o: o.logits),
+    "deit-teacher-headless": (T.DeiTForImageClassificationWithTeacher,  # num_labels=0: mean of CLS and DIST
+                              lambda: T.DeiTConfig(intermediate_size=512, num_labels=0, **SMALL), lambda o: o.logits),
     "deit-model": (T.DeiTModel, lambda: T.DeiTConfig(intermediate_size=512, **SMALL),
                    lambda o: o.last_hidden_state[:, 0]),
     "deit-cls-head": (T.DeiTForImageClassification, lambda: T.DeiTConfig(intermediate_size=512, num_labels=7, **SMALL),
@@ -218,6 +226,7 @@ REFUSED = [
     (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1), "VisionTransformer"),
     (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, hidden_act="relu", **SMALL)), "hidden_act='relu'"),
     (lambda: T.Dinov2Model(T.Dinov2Config(**{**SMALL, "image_size": [32, 48]})), "image_size=[32, 48]"),
+    (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, **SMALL, head_dim=32)), "head_dim: num_attention_heads"),
     # A freshly built model is in training mode: with dropout its forward is random.
     (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, hidden_dropout_prob=0.1, **SMALL)), "hidden_dropout_prob=0.1"),
 ]
@@ -265,8 +274,8 @@ def _image(height: int = 300, width: int = 270) -> Image.Image:
 def test_preprocess_equals_the_reference_checkpoints_processor(family, make, processor):
     """Without a processor on disk, ``model.preprocess`` equals the reference checkpoint's (PIL-backend) processor.
 
-    The 300 x 270 image leaves even crop margins: for an odd margin torchvision's CenterCrop rounds the offset up
-    and Hugging Face's down (a one-pixel shift), which no timm data config can express.
+    The 300 x 270 image leaves even crop margins: for an odd margin torchvision's CenterCrop rounds the half margin
+    to even and Hugging Face's rounds it down (crops up to one pixel apart), which no timm data config can express.
     """
     model = HookedViT.from_hf(make().eval())
     assert {k: model.cfg.data_config[k] for k in HF_FAMILY_DATA[family]} == HF_FAMILY_DATA[family]

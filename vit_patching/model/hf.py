@@ -160,8 +160,8 @@ def _blocks(sd: dict[str, Tensor], layers: nn.ModuleList, names: dict[str, str],
         d = q.in_features
         if q.out_features != d or k.out_features != d or v.out_features != d:
             raise UnsupportedModelError(
-                f"layers.{i}: head_dim * num_attention_heads = {q.out_features} != hidden_size {d} (config "
-                "head_dim) is not supported: timm's Attention projects back from hidden_size"
+                f"head_dim: num_attention_heads * head_dim = {q.out_features} != hidden_size {d} (layers.{i}) is "
+                "not supported: timm's Attention splits hidden_size into the heads"
             )
         biases = [m.bias is not None for m in (q, k, v)]
         if len(set(biases)) != 1:
