@@ -222,7 +222,8 @@ def test_hidden_act_mapping_matches_transformers():
 
 REFUSED = [
     (lambda: T.ViTForMaskedImageModeling(T.ViTConfig(intermediate_size=512, **SMALL)), "ViTForMaskedImageModeling"),
-    (lambda: T.Dinov2ForImageClassification(T.Dinov2Config(**SMALL)), "Dinov2ForImageClassification"),
+    (lambda: T.Dinov2ForImageClassification(T.Dinov2Config(**SMALL)),
+     "Dinov2ForImageClassification .*HookedViT.from_hf(model.dinov2)"),
     (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1), "VisionTransformer"),
     (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, hidden_act="relu", **SMALL)), "hidden_act='relu'"),
     (lambda: T.Dinov2Model(T.Dinov2Config(**{**SMALL, "image_size": [32, 48]})), "image_size=[32, 48]"),
@@ -234,7 +235,8 @@ REFUSED = [
 
 @pytest.mark.parametrize("make,names", REFUSED, ids=[r[1] for r in REFUSED])
 def test_refused_naming_the_feature(make, names):
-    with pytest.raises(UnsupportedModelError, match=names.replace("[", r"\[").replace("]", r"\]")):
+    pattern = names.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(UnsupportedModelError, match=pattern):
         HookedViT.from_hf(make())
 
 
@@ -282,6 +284,13 @@ def test_preprocess_equals_the_reference_checkpoints_processor(family, make, pro
     ours = model.preprocess(_image())
     theirs = processor()(_image(), return_tensors="pt")["pixel_values"]
     assert torch.equal(ours, theirs)
+
+
+def test_the_backbone_of_a_refused_class_converts():
+    hf = T.ViTForMaskedImageModeling(T.ViTConfig(intermediate_size=512, **SMALL)).eval()
+    x = _pixels(hf.config)
+    with torch.no_grad():
+        assert _rel(HookedViT.from_hf(hf.vit)(x), hf.vit(pixel_values=x).last_hidden_state[:, 0]) < REL_TOL
 
 
 def test_a_processor_on_disk_is_used(tmp_path):

@@ -116,10 +116,12 @@ def _check_hf(model: Any) -> str:
     name = type(model).__name__
     family = HF_CLASSES.get(name)
     if family is None or not type(model).__module__.startswith("transformers."):
+        backbone = next((a for a in ("vit", "deit", "dinov2", "vision_model") if hasattr(model, a)), None)
+        hint = f"; convert its backbone instead (HookedViT.from_hf(model.{backbone}))" if backbone else ""
         raise UnsupportedModelError(
             f"model: expected one of the Hugging Face transformers classes {sorted(HF_CLASSES)}, got "
             f"{type(model).__module__}.{name} (masked-image-modelling decoders, Dinov2ForImageClassification's "
-            "CLS+mean-patch head and other classes have no timm equivalent)"
+            f"CLS+mean-patch head and other classes have no timm equivalent){hint}"
         )
     check_no_module_hooks(model, allow=_is_output_capture)
     config = model.config

@@ -72,7 +72,10 @@ def processor_data_config(processor: Any) -> dict[str, Any] | None:
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
     if not getattr(processor, "do_normalize", True):
         mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    interpolation = _RESAMPLE.get(int(getattr(processor, "resample", 3)))
+    try:  # a PIL resampling code; anything else (a torchvision InterpolationMode, ...) is not mapped
+        interpolation = _RESAMPLE.get(int(getattr(processor, "resample", 3)))
+    except (TypeError, ValueError):
+        interpolation = None
     if mean is None or std is None or interpolation is None or not getattr(processor, "do_resize", True):
         return None
     size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
