@@ -187,12 +187,13 @@ def test_clip_projection_head_has_zero_bias_and_the_projection_weight():
     assert tm.head.weight.data_ptr() != hf.visual_projection.weight.data_ptr()  # copies, never shared storage
 
 
+@pytest.mark.parametrize("cls,config_cls", [(T.Dinov2Model, T.Dinov2Config),
+                                              (T.Dinov2WithRegistersModel, T.Dinov2WithRegistersConfig)])
 @torch.no_grad()
-def test_dinov2_position_interpolation_is_the_identity_at_native_size():
-    config = T.Dinov2Config(**{**SMALL, "patch_size": 8})
-    hf = _random_hf(T.Dinov2Model, config)
-    emb = hf.embeddings
-    tokens = torch.zeros(1, 1 + 16, 128)
+def test_dinov2_position_interpolation_is_the_identity_at_native_size(cls, config_cls):
+    """DINOv2 calls interpolate_pos_encoding at every forward: at the native square size it returns the table."""
+    emb = _random_hf(cls, config_cls(**{**SMALL, "patch_size": 8})).embeddings
+    tokens = torch.zeros(1, 1 + 16, 128)  # CLS + the 4 x 4 patches
     assert emb.interpolate_pos_encoding(tokens, 32, 32) is emb.position_embeddings
 
 

@@ -204,7 +204,7 @@ def _blocks(sd: dict[str, Tensor], layers: nn.ModuleList, names: dict[str, str],
     return kw
 
 
-def _patch_embed(sd: dict[str, Tensor], conv: nn.Conv2d, what: str) -> None:
+def _patch_embed(sd: dict[str, Tensor], conv: nn.Module, what: str) -> None:
     if type(conv) is not nn.Conv2d or conv.stride != conv.kernel_size or conv.padding not in ((0, 0), 0, "valid"):
         raise UnsupportedModelError(f"{what}: expected a non-overlapping Conv2d patch embedding (stride == kernel)")
     if conv.dilation != (1, 1) or conv.groups != 1:
