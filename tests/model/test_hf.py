@@ -341,3 +341,13 @@ def test_patching_engine_on_a_converted_deit_matches_a_hooked_loop():
         hand = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch)])[:, 0]
         # Logits of about 2: largest difference seen 7.2e-7 (the engine restarts from a cached residual).
         assert torch.allclose(res.values[0, layer, pos], hand, atol=2e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_weight_processing_options_keep_the_output():
+    config = T.CLIPVisionConfig(intermediate_size=512, projection_dim=16, **SMALL)
+    hf = _random_hf(T.CLIPVisionModelWithProjection, config)
+    x = _pixels(config)
+    model = HookedViT.from_hf(hf, fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+    assert model.cfg.normalization_type == "LNPre" and model.cfg.head_kind == "projection"
+    assert _rel(model(x), hf(pixel_values=x).image_embeds) < REL_TOL  # observed 5.1e-7

@@ -388,7 +388,9 @@ def timm_from_hf(model: Any) -> tuple[nn.Module, str]:
     return tm.eval(), head_kind
 
 
-def hooked_from_hf(model: Any) -> HookedViT:
+def hooked_from_hf(
+    model: Any, *, fold_ln: bool = False, center_writing_weights: bool = False, fold_value_biases: bool = False
+) -> HookedViT:
     """Convert a Hugging Face ``transformers`` vision model into a :class:`HookedViT` (see the module docstring).
 
     Args:
@@ -396,6 +398,7 @@ def hooked_from_hf(model: Any) -> HookedViT:
             ``DeiTForImageClassificationWithTeacher``, ``CLIPVisionModel``, ``CLIPVisionModelWithProjection``,
             ``CLIPModel`` (its image tower), ``SiglipVisionModel``, ``SiglipModel`` (its image tower),
             ``Dinov2Model`` or ``Dinov2WithRegistersModel``; not modified.
+        fold_ln, center_writing_weights, fold_value_biases: Weight processing, as in :meth:`HookedViT.from_timm`.
 
     Returns:
         The HookedViT in eval mode: its forward equals the Hugging Face forward at the native image size
@@ -414,7 +417,8 @@ def hooked_from_hf(model: Any) -> HookedViT:
         ('projection', 16, True)
     """
     tm, head_kind = timm_from_hf(model)
-    hooked = HookedViT.from_timm(tm)
+    hooked = HookedViT.from_timm(tm, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                                 fold_value_biases=fold_value_biases)
     hooked.cfg.head_kind = head_kind
     hooked.cfg.data_config = hf_data_config(model, hooked.cfg.img_size, HF_CLASSES[type(model).__name__])
     return hooked
