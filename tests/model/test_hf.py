@@ -172,7 +172,8 @@ def test_full_clip_and_siglip_models_read_their_image_tower():
     vision = dict(intermediate_size=512, **SMALL)
     clip_cfg = T.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
     siglip_cfg = T.SiglipConfig(text_config=text, vision_config=vision)
-    for cls, config, kind, n in ((T.CLIPModel, clip_cfg, "projection", 32), (T.SiglipModel, siglip_cfg, "classifier", 0)):
+    cases = ((T.CLIPModel, clip_cfg, "projection", 32), (T.SiglipModel, siglip_cfg, "classifier", 0))
+    for cls, config, kind, n in cases:
         hf = _random_hf(cls, config)
         x = _pixels(config)
         ref = hf.get_image_features(pixel_values=x)
@@ -235,7 +236,8 @@ REFUSED = [
     (lambda: T.Dinov2Model(T.Dinov2Config(**{**SMALL, "image_size": [32, 48]})), "image_size=[32, 48]"),
     (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, **SMALL, head_dim=32)), "head_dim: num_attention_heads"),
     # A freshly built model is in training mode: with dropout its forward is random.
-    (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, hidden_dropout_prob=0.1, **SMALL)), "hidden_dropout_prob=0.1"),
+    (lambda: T.ViTModel(T.ViTConfig(intermediate_size=512, hidden_dropout_prob=0.1, **SMALL)),
+     "hidden_dropout_prob=0.1"),
 ]
 
 

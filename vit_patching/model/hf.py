@@ -305,7 +305,8 @@ def _siglip(model: nn.Module, sd: dict[str, Tensor], eps: set[float]) -> tuple[s
     _add_linear(sd, "attn_pool.mlp.fc1", head.mlp.fc1)
     _add_linear(sd, "attn_pool.mlp.fc2", head.mlp.fc2)
     if head.mlp.fc1.out_features != round(kw["mlp_ratio"] * d - 0.5):
-        raise UnsupportedModelError("head.mlp: a width other than the encoder MLP's (intermediate_size) is not supported")
+        raise UnsupportedModelError("head.mlp: a width other than the encoder MLP's (intermediate_size) is not "
+                                    "supported")
     kw["global_pool"] = "map"
     return "vit_base_patch16_224", kw
 
