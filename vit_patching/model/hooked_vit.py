@@ -144,6 +144,28 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
             )
         return hooked
 
+    @classmethod
+    def from_hf(
+        cls, model: Any, *, fold_ln: bool = False, center_writing_weights: bool = False, fold_value_biases: bool = False
+    ) -> "HookedViT":
+        """Convert a Hugging Face ``transformers`` vision model (ViT, DeiT, CLIP, SigLIP, DINOv2) into a HookedViT.
+
+        Maps the model to the equivalent timm architecture and converts that (:mod:`vit_patching.model.hf` lists
+        the classes, what the converted forward equals and what is refused); the weight-processing options are
+        those of :meth:`from_timm`.
+
+        Example:
+            >>> from transformers import ViTConfig, ViTForImageClassification
+            >>> hf = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            ...     intermediate_size=64, image_size=32, patch_size=8, num_labels=10)).eval()
+            >>> HookedViT.from_hf(hf).cfg.n_classes
+            10
+        """
+        from .hf import hooked_from_hf  # transformers is optional and heavy: imported only when used
+
+        return hooked_from_hf(model, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                              fold_value_biases=fold_value_biases)
+
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)

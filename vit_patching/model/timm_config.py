@@ -5,6 +5,7 @@ The architecture is never guessed from a model name: every field comes from the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -69,12 +70,20 @@ _HOOK_KINDS = (
 )
 
 
-def check_no_module_hooks(model: nn.Module, name: str = "model") -> None:
+def check_no_module_hooks(
+    model: nn.Module, name: str = "model", allow: Callable[[Callable], bool] | None = None
+) -> None:
     """Refuse a timm model that carries PyTorch hooks on any of its modules.
 
     A hook can change what timm computes, and the conversion copies weights only: the HookedViT would
     silently differ from the timm model the user ran. Remove the hooks (``handle.remove()``) first, or
     re-add their effect as a HookedViT hook.
+
+    Args:
+        model: The module tree to check.
+        name: The argument name used in the error.
+        allow: Hooks for which this returns True are accepted: hooks known to leave the forward unchanged (the
+            Hugging Face converter passes transformers' own output-capturing hooks, which only record outputs).
 
     Raises:
         UnsupportedModelError: naming the module path and the kind of hook.
@@ -90,11 +99,12 @@ def check_no_module_hooks(model: nn.Module, name: str = "model") -> None:
     """
     for path, module in model.named_modules():
         for attr, kind in _HOOK_KINDS:
-            if getattr(module, attr, None):
+            hooks = getattr(module, attr, None) or {}
+            if any(allow is None or not allow(h) for h in hooks.values()):
                 where = repr(path) if path else "the model itself"
                 raise UnsupportedModelError(
                     f"{name}: a {kind} is registered on {where}; the conversion copies weights only and would "
-                    "drop it, so the HookedViT would differ from the hooked timm model. Remove the hook first "
+                    "drop it, so the HookedViT would differ from the hooked model. Remove the hook first "
                     "(handle.remove()) and add its effect as a HookedViT hook instead"
                 )
 
