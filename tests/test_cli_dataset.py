@@ -152,6 +152,17 @@ def test_argparse_errors_are_one_line(tmp_path, capsys):
         _error_line(capsys, argv, expected)
 
 
+def test_benchmark_argparse_errors_are_one_line(capsys):
+    from vit_patching.benchmark.command import PROG, parse_args
+
+    for argv, expected in ((["--bogus"], "unrecognized arguments: --bogus"),
+                           (["--model-seed", "x"], "argument --model-seed: invalid int value: 'x'")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and lines == [f"{PROG}: error: {expected}"], lines
+
+
 def test_errors_are_one_line_with_status_2_in_a_real_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for argv, expected in (

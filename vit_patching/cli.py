@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vit_patching.checks import check_choice, check_window
+from vit_patching.checks import OneLineArgumentParser, check_choice, check_window
 from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
@@ -49,17 +49,6 @@ class _UsageError(Exception):
     def __init__(self, message: str, status: int = 2):
         super().__init__(message)
         self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``prog: error: message``), without the usage block.
-
-    The usage is shown by ``--help``; sub-command parsers are of this class too (``add_subparsers`` uses the
-    parent's class).
-    """
-
-    def error(self, message: str):  # noqa: D102 - argparse's hook
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 #: Library parameter names -> the CLI options that set them: errors raised by shared checks name parameters
@@ -147,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vit_patching.patching.caap import DEFAULT_DIRECTION, DIRECTIONS, NEUTRALS, READOUTS, SITES
     from vit_patching.zoo import DEFAULT_MODEL, available_datasets, available_models
 
-    parser = _Parser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
+    parser = OneLineArgumentParser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "caap",
