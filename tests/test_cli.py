@@ -400,3 +400,23 @@ def test_report_colour_sentence_matches_the_colours_drawn(tmp_path, monkeypatch,
             r, _, b = _figure_colour(fig, value)
             drawn = "red" if r > b else "blue"
             assert named[verb] == drawn, (title, verb, value, centre, sentence)
+
+
+def test_colour_legend_refuses_figures_that_disagree_and_follows_a_reversed_scale():
+    import plotly.graph_objects as go
+
+    from vit_patching.cli_report import colour_line, scale_colours
+    from vit_patching.patching.caap import caap
+    from vit_patching.zoo import load_dataset, load_model
+
+    def fig(scale: str, reverse: bool = False):
+        f = go.Figure(go.Heatmap(z=[[-1.0, 1.0]], coloraxis="coloraxis"))
+        return f.update_layout(coloraxis=dict(colorscale=scale, reversescale=reverse, cmin=-1.0, cmax=1.0))
+
+    assert scale_colours(fig("RdBu")) == {"above": "blue", "centre": "white", "below": "red"}
+    assert scale_colours(fig("RdBu", reverse=True)) == {"above": "red", "centre": "white", "below": "blue"}
+    assert scale_colours(fig("RdBu_r")) == scale_colours(fig("RdBu", reverse=True))
+    attr = caap(load_model("toy-shapes"), load_dataset("shapes", n=1).images, window=(0, 1))
+    assert colour_line(attr, {"a": fig("RdBu_r")}).startswith("Colours: red = this patch alone raises")
+    with pytest.raises(ValueError, match="figures: expected one colour for the values above the centre"):
+        colour_line(attr, {"a": fig("RdBu"), "b": fig("RdBu_r")})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vit_patching.model import HookedViT
@@ -88,21 +88,30 @@ def scale_colours(fig: Any) -> dict[str, str]:
             "below": colour_name(_sample(scale, 0.0))}
 
 
-def colour_line(attr: Attribution, figures: Sequence[Any]) -> str:
+def colour_line(attr: Attribution, figures: Mapping[str, Any]) -> str:
     """What the map's colours mean for the result's direction, as drawn by ``figures`` (one legend for all).
 
     The maps are centred on :meth:`Attribution.zmid`: the neutral context's score for denoising (a value above
     it: the patch raises the score), no drop for noising (a value above it: replacing the patch lowers the score).
 
+    Args:
+        attr: the CAAP result the figures show.
+        figures: where each figure is, in words (``"over the image"``) -> the figure.
+
     Raises:
         ValueError: if the figures draw values above (or below) their centre in different colours.
     """
-    colours = [scale_colours(f) for f in figures]
+    colours = {where: scale_colours(f) for where, f in figures.items()}
     for end in ("above", "below"):
-        if len({c[end] for c in colours}) != 1:
+        if len({c[end] for c in colours.values()}) != 1:
             raise ValueError(f"figures: expected one colour for the values {end} the centre, got {colours}")
-    above, below = colours[0]["above"], colours[0]["below"]
-    centre = " or ".join(dict.fromkeys(c["centre"] for c in colours))
+    first = next(iter(colours.values()))
+    above, below = first["above"], first["below"]
+    centres = {where: "no colour" if c["centre"] == "clear" else c["centre"] for where, c in colours.items()}
+    if len(set(centres.values())) == 1:
+        centre = next(iter(centres.values()))
+    else:
+        centre = ", ".join(f"{name} {where}" for where, name in centres.items())
     if attr.direction == "noising":
         return (f"Colours: {above} = replacing this patch with the neutral's lowers the explained class's score (the "
                 f"patch is needed: evidence for the class), {below} = it raises the score; {centre} = no change.")
@@ -163,7 +172,7 @@ def report_sections(
         f"predicted class: {class_label(pred, names)} with probability {float(probs[pred]):.3f}"
         + (f"; dataset label: {class_label(label, names)}." if label is not None else "."),
         direction_line(attr),
-        colour_line(attr, [overlay, grid]),  # read from the figures shown below
+        colour_line(attr, {"over the image": overlay, "on the patch grid": grid}),  # from the figures shown below
     ]
     n_pred = int(attr.neutral_prediction[0])
     lines.append(
