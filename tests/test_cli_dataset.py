@@ -121,6 +121,18 @@ def test_a_full_disk_is_one_line_with_status_1_and_keeps_finished_chunks(tmp_pat
     assert len(list((out / "chunks").glob("*.safetensors"))) == 2
 
 
+def test_a_rank_that_waits_in_vain_is_one_line_with_status_1_not_a_write_error(tmp_path, capsys, monkeypatch):
+    import vit_patching.runs.command as command
+
+    def no_peers(*args, **kwargs):  # what the runner raises when the other ranks' chunks never come
+        raise TimeoutError(f"rank 0 waited 1 s for the other ranks' chunks in {str(tmp_path / 'run')!r}")
+
+    monkeypatch.setattr(command, "run_caap_dataset", no_peers)
+    line = _error_line(capsys, ["caap", "--dataset", "shapes", "--n", "2", "--out", str(tmp_path / "run")],
+                       "vit-patching caap: error: rank 0 waited 1 s for the other ranks' chunks", status=1)
+    assert "could not write" not in line
+
+
 def test_library_parameter_names_become_option_names(tmp_path, capsys, no_model):
     folder = tmp_path / "imgs"
     folder.mkdir()

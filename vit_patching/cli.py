@@ -423,6 +423,8 @@ def _run_command(args: argparse.Namespace) -> Path | None:
         return run_dataset_command(args, _load_model)
     except ValueError as e:
         raise _UsageError(str(e)) from e
+    except TimeoutError as e:  # an OSError too, but no write failed: a rank waited in vain for its peers
+        raise _UsageError(str(e), status=1) from e
     except OSError as e:  # a full disk or an unwritable file inside --out while the run writes its results
         raise _write_error(e, "--out", args.out, " (finished chunks are kept: run the same command again to "
                            "resume)") from e
