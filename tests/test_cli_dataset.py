@@ -94,7 +94,14 @@ def test_bad_files_in_the_image_folder_are_one_line_before_any_model(tmp_path, c
         main([*run, "--n", "2"])
     (folder / "c.png").unlink()
     os.rename(folder / "b.png", os.fsencode(folder) + b"/b\xff.png")  # a Latin-1 name on a UTF-8 system
-    _error_line(capsys, run, "--images: file name is not valid UTF-8 (rename the file): ")
+    _error_line(capsys, run, f"--images: file name is not valid UTF-8 (rename it): '{folder}/b\\xff.png'")
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9"  # the same for a folder named so
+    os.rename(folder, latin1)
+    os.rename(latin1 + b"/b\xff.png", latin1 + b"/b.png")
+    _error_line(capsys, ["caap", "--images", os.fsdecode(latin1), "--out", str(tmp_path / "run")],
+                f"--images: folder name is not valid UTF-8 (rename it): '{tmp_path}/caf\\xe9'")
+    _error_line(capsys, ["caap", "--dataset", "shapes", "--n", "2", "--out", os.fsdecode(latin1 + b"/run")],
+                f"--out: folder name is not valid UTF-8 (rename it): '{tmp_path}/caf\\xe9/run'")
     assert not (tmp_path / "run").exists()
 
 

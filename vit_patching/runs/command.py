@@ -34,6 +34,13 @@ def _shown(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _check_utf8(path: Path, what: str) -> None:
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 (rename it): '{_shown(path)}'") from None
+
+
 def check_image_files(files: Sequence[Path], name: str = "--images") -> None:
     """Refuse, before any compute, a file whose name is not valid UTF-8 or whose header PIL cannot read.
 
@@ -53,10 +60,7 @@ def check_image_files(files: Sequence[Path], name: str = "--images") -> None:
     from PIL import Image, UnidentifiedImageError
 
     for p in files:
-        try:
-            os.fspath(p).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{name}: file name is not valid UTF-8 (rename the file): {_shown(p)!r}") from None
+        _check_utf8(p, f"{name}: file name")
         try:
             with Image.open(p):
                 pass
@@ -101,6 +105,9 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
     from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT
 
     args.out = check_output_dir(args.out, "--out", subfolders=("chunks",))
+    _check_utf8(args.out, "--out: folder name")  # safetensors opens UTF-8 paths only: its chunks could not be read
+    if args.images is not None:
+        _check_utf8(args.images, "--images: folder name")
     if args.target is not None:
         raise ValueError("--target: a dataset run explains each image's predicted class; drop --target")
     cfg = CAAPRunConfig(  # its checks name the parameters; the CLI turns them into option names
