@@ -184,15 +184,11 @@ def test_benchmark_argparse_errors_are_one_line(capsys):
 
 def test_errors_are_one_line_with_status_2_in_a_real_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for argv, expected in (
-        (["--dataset", "shapes", "--n", "0"], "vit-patching caap: error: --n: expected a positive int, got 0"),
-        (["--dataset", "shapes", "--n", "2", "--window", "1"], "vit-patching caap: error: argument --window:"),
-    ):
-        proc = subprocess.run([sys.executable, "-m", "vit_patching.cli", "caap", *argv, "--out", str(tmp_path / "r")],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and proc.stdout == ""
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
+    argv = ["caap", "--dataset", "shapes", "--n", "0", "--out", str(tmp_path / "r")]  # in-process: the other cases
+    proc = subprocess.run([sys.executable, "-m", "vit_patching.cli", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["vit-patching caap: error: --n: expected a positive int, got 0"], proc.stderr
 
 
 # ------------------------------------------------------------------------------------------ labels and classes
