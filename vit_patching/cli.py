@@ -385,7 +385,10 @@ def _run_caap(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vit-patching`` console script; returns the exit code (2 for usage errors).
+    """Entry point of the ``vit-patching`` console script; returns 0 on success.
+
+    Errors are one line on stderr and end the process: status 2 for a user error (a bad option, an unusable
+    path or file, named in the message), 1 for an I/O fault (a full disk) or a rank whose peers never came.
 
     Example:
         >>> main(["caap", "--sample", "0", "--out", "report.html"])  # doctest: +SKIP

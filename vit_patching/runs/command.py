@@ -100,7 +100,14 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
 
     Args:
         args: parsed ``vit-patching caap`` arguments (``--device`` already checked).
-        load_model: ``load_model(name, pretrained, device) -> (model, info)`` of the CLI.
+        load_model: ``load_model(name, pretrained, device) -> (model, info)`` of the CLI (``vit_patching.cli.main``
+            passes its own).
+
+    Example:
+        >>> from vit_patching.cli import build_parser
+        >>> args = build_parser().parse_args(["caap", "--dataset", "shapes", "--n", "4", "--out", "run/"])
+        >>> run_dataset_command(args, load_model).name   # doctest: +SKIP
+        'gallery.html'
     """
     from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT
 
