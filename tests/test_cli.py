@@ -270,7 +270,7 @@ def test_failed_write_keeps_the_old_report_and_leaves_no_temp_file(tmp_path, cap
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     err = capsys.readouterr().err
-    assert status == 2, err[-2000:]
+    assert status == 1, err[-2000:]  # an I/O fault (EFBIG, as a full disk), not a wrong option: status 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--out: could not write" in lines[0] and "File too large" in lines[0], lines
     assert out.read_text() == "OLD REPORT"
@@ -296,7 +296,7 @@ def test_report_shows_the_neutral_prediction_and_its_warning():
     # A neutral that is itself an image of the explained class: the report must say so, in the summary.
     import torch
 
-    from vit_patching.cli import _report_sections
+    from vit_patching.cli_report import report_sections
     from vit_patching.patching.caap import caap
     from vit_patching.zoo import get_spec, load_dataset, load_model
 
@@ -309,7 +309,7 @@ def test_report_shows_the_neutral_prediction_and_its_warning():
     assert attr.warnings
     info = {"class_names": list(get_spec("toy-shapes").class_names), "model": "toy-shapes", "weights": "shipped",
             "random": False}
-    summary = _report_sections(attr, model, info, "test", None, 5)[0].content
+    summary = report_sections(attr, model, info, "test", None, 5)[0].content
     assert f"WARNING: {attr.warnings[0]}" in summary
     assert f"probability {float(attr.neutral_target_prob[0]):.3f}" in summary
 
@@ -340,3 +340,83 @@ def test_dataset_run_with_noising_records_the_direction(tmp_path):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["caap"]["direction"] == "noising"
     assert "Direction: noising" in (out / "gallery.html").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ colour legend
+def _figure_colour(fig, value: float) -> tuple[float, float, float]:
+    """The RGB colour the figure's map draws for ``value``, read from the figure's own colour axis."""
+    import plotly.colors
+
+    heatmap = next(t for t in fig.data if t.type == "heatmap")
+    axis = fig.layout[heatmap.coloraxis]
+    scale = [(float(t), c) for t, c in axis.colorscale]
+    if axis.reversescale:
+        scale = [(1 - t, c) for t, c in reversed(scale)]
+    t = min(max((value - axis.cmin) / (axis.cmax - axis.cmin), 0.0), 1.0)
+    rgb = [c if c.startswith("rgb(") else "rgb(" + ",".join(c[5:].split(",")[:3]) + ")" for _, c in scale]
+    colour = plotly.colors.sample_colorscale([[s, c] for (s, _), c in zip(scale, rgb)], [t], colortype="tuple")[0]
+    return tuple(float(v) for v in colour)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_report_colour_sentence_matches_the_colours_drawn(tmp_path, monkeypatch, direction):
+    """The Summary's "Colours:" sentence names, for "raises" and "lowers", the colours the report's figures draw
+    for values above and below their centre; the centre is the neutral score (denoising) or no drop (noising)."""
+    import vit_patching.plotting as plotting
+
+    captured = {}
+    real = plotting.write_report
+
+    def capture(path, title, sections, settings):
+        captured["sections"] = sections
+        return real(path, title, sections, settings)
+
+    monkeypatch.setattr(plotting, "write_report", capture)
+    assert main(["caap", "--sample", "0", "--window", "0:2", "--direction", direction,
+                 "--out", str(tmp_path / "r.html")]) == 0
+    sections = {s.heading: s for s in captured["sections"]}
+    summary = sections["Summary"].content
+    sentence = next(line for line in summary.split("\n\n") if line.startswith("Colours:"))
+    # "<colour> = ... raises ..." and "<colour> = ... lowers ...": the word before " = " of each clause.
+    named = {verb: re.search(r"(\w+) = [^,;=]*\b" + verb, sentence) for verb in ("raises", "lowers")}
+    assert all(named.values()), sentence
+    named = {verb: m.group(1) for verb, m in named.items()}
+    scores = {row["quantity"]: row["value"] for row in sections["Scores"].content}
+    for title in ("Attribution over the image", "Patch-grid map"):
+        fig = sections[title].content
+        heatmap = next(t for t in fig.data if t.type == "heatmap")
+        axis = fig.layout[heatmap.coloraxis]
+        centre = (axis.cmin + axis.cmax) / 2
+        z = np.asarray(heatmap.z, dtype=float)
+        if direction == "denoising":  # values are patched scores, centred on the unpatched neutral's score
+            raises, lowers = np.nanmax(z), np.nanmin(z)
+            assert "above the neutral context" in sentence
+            assert centre == pytest.approx(scores["neutral logit (unpatched neutral context)"], abs=1e-6)
+        else:  # values are score drops (input minus patched run): a positive drop means the score was lowered
+            raises, lowers = np.nanmin(z), np.nanmax(z)
+            assert centre == 0.0 and "replacing this patch" in sentence
+        assert lowers != raises and (raises - centre) * (lowers - centre) < 0  # both signs occur in this map
+        for verb, value in (("raises", raises), ("lowers", lowers)):
+            r, _, b = _figure_colour(fig, value)
+            drawn = "red" if r > b else "blue"
+            assert named[verb] == drawn, (title, verb, value, centre, sentence)
+
+
+def test_colour_legend_refuses_figures_that_disagree_and_follows_a_reversed_scale():
+    import plotly.graph_objects as go
+
+    from vit_patching.cli_report import colour_line, scale_colours
+    from vit_patching.patching.caap import caap
+    from vit_patching.zoo import load_dataset, load_model
+
+    def fig(scale: str, reverse: bool = False):
+        f = go.Figure(go.Heatmap(z=[[-1.0, 1.0]], coloraxis="coloraxis"))
+        return f.update_layout(coloraxis=dict(colorscale=scale, reversescale=reverse, cmin=-1.0, cmax=1.0))
+
+    assert scale_colours(fig("RdBu")) == {"above": "blue", "centre": "white", "below": "red"}
+    assert scale_colours(fig("RdBu", reverse=True)) == {"above": "red", "centre": "white", "below": "blue"}
+    assert scale_colours(fig("RdBu_r")) == scale_colours(fig("RdBu", reverse=True))
+    attr = caap(load_model("toy-shapes"), load_dataset("shapes", n=1).images, window=(0, 1))
+    assert colour_line(attr, {"a": fig("RdBu_r")}).startswith("Colours: red = this patch alone raises")
+    with pytest.raises(ValueError, match="figures: expected one colour for the values above the centre"):
+        colour_line(attr, {"a": fig("RdBu"), "b": fig("RdBu_r")})

@@ -16,12 +16,13 @@ Example:
 """
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "NonFiniteError", "check_finite", "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
+    "NonFiniteError", "OneLineArgumentParser", "check_finite", "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
@@ -183,3 +184,21 @@ def check_finite(value: Any, what: str) -> Any:
     rows = (~finite).reshape(finite.shape[0], -1).any(dim=1) if finite.ndim else (~finite).reshape(1)
     indices = [int(i) for i in torch.nonzero(rows).flatten()]
     raise NonFiniteError(what, indices, f"{what}: expected finite values, got NaN or infinity in batch row(s) {indices}")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one line, ``prog: error: message``, exit status 2, no usage block.
+
+    The command-line tools' user errors are one line each; argparse's own (a bad value, a missing option) would
+    print the whole usage block first. ``--help`` still prints the usage. Sub-command parsers made with
+    ``add_subparsers`` are of this class too (argparse uses the parent's class).
+
+    Example:
+        >>> OneLineArgumentParser(prog="tool").parse_args(["--bogus"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+
+    def error(self, message: str):  # argparse's hook for every parsing error
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")

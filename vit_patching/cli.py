@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
@@ -28,19 +29,56 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vit_patching.checks import check_choice, check_window
+from vit_patching.checks import OneLineArgumentParser, check_choice, check_window
 from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_SAMPLE", "main", "build_parser", "check_device", "pretrained_weights_file"]
+__all__ = [
+    "IO_FAULTS", "MAX_SAMPLE", "OPTION_OF_PARAMETER", "build_parser", "check_device", "cli_message", "main",
+    "pretrained_weights_file",
+]
 
 #: ``--sample`` indices above this are refused (the chunk seeds before the sample are drawn one by one).
 MAX_SAMPLE = 10**9
 
 
 class _UsageError(Exception):
-    """A user error, reported as ``vit-patching caap: error: ...`` with exit code 2."""
+    """A user error, reported in one line as ``vit-patching caap: error: ...`` with exit code ``status``."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+#: Library parameter names -> the CLI options that set them: errors raised by shared checks name parameters
+#: (``chunk_size: expected a positive int``); the CLI reports them under the option the user typed.
+OPTION_OF_PARAMETER = {
+    "n": "--n", "chunk_size": "--chunk-size", "batch_size": "--batch-size", "seed": "--seed", "window": "--window",
+    "neutral": "--neutral", "site": "--site", "readout": "--readout", "upsample": "--upsample",
+    "direction": "--direction", "target": "--target", "include_prefix": "--include-prefix", "images": "--images",
+    "image": "--image", "top": "--top", "device": "--device",
+}
+
+#: errno values of an I/O fault (exit status 1) rather than a user's choice of path (status 2).
+IO_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def cli_message(text: str) -> str:
+    """``text`` in one line, its leading library parameter name (``chunk_size:``) replaced by the CLI option.
+
+    Example:
+        >>> cli_message("chunk_size: expected a positive int, got 0")
+        '--chunk-size: expected a positive int, got 0'
+    """
+    head, sep, rest = " ".join(str(text).split()).partition(": ")
+    return f"{OPTION_OF_PARAMETER.get(head, head)}{sep}{rest}"
+
+
+def _write_error(e: OSError, option: str, path: Path, note: str = "") -> _UsageError:
+    """One line for a failed write under ``path``: status 1 for an I/O fault (a full disk), else 2."""
+    status = 1 if e.errno in IO_FAULTS else 2
+    return _UsageError(f"{option}: could not write {str(path)!r}: {e.strerror or e}{note}", status)
 
 
 def _parse_window(text: str) -> tuple[int, int]:
@@ -96,9 +134,9 @@ def _parse_batch_size(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-patching`` (one sub-command per job)."""
     from vit_patching.patching.caap import DEFAULT_DIRECTION, DIRECTIONS, NEUTRALS, READOUTS, SITES
-    from vit_patching.zoo import DEFAULT_MODEL, available_models
+    from vit_patching.zoo import DEFAULT_MODEL, available_datasets, available_models
 
-    parser = argparse.ArgumentParser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
+    parser = OneLineArgumentParser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "caap",
@@ -117,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="explain sample N of the shipped dataset matching the shipped model (seed 0; only that "
                      "sample is generated)")
     src.add_argument("--images", type=Path, help="dataset run: every image of this folder (--out is then a folder)")
-    src.add_argument("--dataset", choices=["shapes", "conjunction"], help="dataset run: --n images of a shipped set")
+    src.add_argument("--dataset", choices=available_datasets(),
+                     help="dataset run: --n images of a shipped set (its labels must be classes of --model)")
     p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
                    help="dataset run: number of images (first N; --n-images under torchrun, which claims --n)")
     p.add_argument("--seed", type=int, default=0, help="dataset run with --dataset: generation seed (default 0)")
@@ -270,104 +309,16 @@ def _load_input(args: argparse.Namespace, model: Any, info: dict[str, Any], pil:
     return model.preprocess(pil), f"image file {args.image}", None
 
 
-def _class_label(k: int, names: Sequence[str] | None) -> str:
-    return f"{k} ({names[k]})" if names and 0 <= k < len(names) else str(k)
-
-
-# ------------------------------------------------------------------------------------------------- report
-def _report_sections(attr: Any, model: Any, info: dict[str, Any], source: str, label: int | None, top: int) -> list:
-    from vit_patching.plotting import ReportSection
-
-    names = info["class_names"]
-    t = int(attr.target[0])
-    probs = attr.source_logits[0].softmax(-1)
-    pred = int(probs.argmax())
-    s, e = attr.window
-    readout = attr.readout
-    lines = [
-        f"Input: {source}.",
-        f"Model: {info['model']} ({info['weights']} weights), {model.cfg.n_layers} layers, "
-        f"{model.cfg.grid_size[0]}x{model.cfg.grid_size[1]} patch grid.",
-        f"Explained class: {_class_label(t, names)} ({attr.options['target_source']}); "
-        f"predicted class: {_class_label(pred, names)} with probability {float(probs[pred]):.3f}"
-        + (f"; dataset label: {_class_label(label, names)}." if label is not None else "."),
-        _direction_line(attr, s, e),
-        _colour_line(attr),
-    ]
-    n_pred = int(attr.neutral_prediction[0])
-    lines.append(
-        f"The neutral context alone is classified {_class_label(n_pred, names)} with probability "
-        f"{float(attr.neutral_prediction_prob[0]):.3f}; it gives the explained class probability "
-        f"{float(attr.neutral_target_prob[0]):.3f} ({readout} {float(attr.neutral_target_score[0]):.3f})."
-    )
-    lines += [f"WARNING: {w}" for w in attr.warnings]  # e.g. the neutral context already predicts the class
-    if info["random"]:
-        lines.insert(0, "WARNING: this model has random (untrained) weights, so the map says nothing about a "
-                        "trained network. Pass --pretrained to load timm's weights.")
-    gh, gw = attr.map.shape[-2:]
-    ph, pw = model.cfg.patch_size
-    top_rows = [
-        {"rank": r + 1, "row": row, "col": col, "pixels (y, x)": f"{row * ph}:{(row + 1) * ph}, {col * pw}:{(col + 1) * pw}",
-         attr.value_label: value}
-        for r, (row, col, value) in enumerate(attr.top_patches(0, k=top))
-    ]
-    m = attr.map[0]
-    scores = [
-        {"quantity": "direction", "value": attr.direction},
-        {"quantity": f"source {readout} (unpatched input)", "value": float(attr.source_score[0])},
-        {"quantity": f"neutral {readout} (unpatched neutral context)", "value": float(attr.neutral_score[0])},
-        {"quantity": "neutral context: probability of the explained class", "value": float(attr.neutral_target_prob[0])},
-        {"quantity": "map maximum", "value": float(m.max())},
-        {"quantity": "map mean", "value": float(m.mean())},
-        {"quantity": "map minimum", "value": float(m.min())},
-    ]
-    top_classes = [
-        {"class": _class_label(int(k), names), "probability": float(probs[k]), "logit": float(attr.source_logits[0, k])}
-        for k in probs.argsort(descending=True)[: min(5, probs.numel())]
-    ]
-    return [
-        ReportSection.text("Summary", "\n\n".join(lines)),
-        ReportSection.figure("Attribution over the image", attr.overlay(0, title=f"CAAP ({attr.direction}) window [{s}, {e})"),
-                             caption=f"Patch map upsampled with '{attr.options['upsample']}'; hover for values."),
-        ReportSection.figure("Patch-grid map", attr.plot(0, title=f"CAAP {attr.value_label}, {gh}x{gw} patches")),
-        ReportSection.table(f"Top {len(top_rows)} patches", top_rows),
-        ReportSection.table("Scores", scores),
-        ReportSection.table("Model prediction on the input", top_classes),
-        ReportSection.images("Input", {"input image": attr.pixels[0]}),
-    ]
-
-
-def _direction_line(attr: Any, s: int, e: int) -> str:
-    """What was patched where, in the result's direction."""
-    site, neutral, readout = attr.options["site"], attr.options["neutral"], attr.readout
-    if attr.direction == "noising":
-        return (f"Direction: noising. Each patch's {site} activations from the '{neutral}' neutral context were "
-                f"written into the run on the input at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
-                f"drop of the explained class's {readout.removeprefix('delta_')}: input minus patched run.")
-    return (f"Direction: denoising. Each patch's {site} activations from the input were pinned into the "
-            f"'{neutral}' neutral context at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
-            f"{readout} of the explained class in that patched run.")
-
-
-def _colour_line(attr: Any) -> str:
-    """What the map's colours mean for the result's direction (the scale is centred on :meth:`Attribution.zmid`)."""
-    if attr.direction == "noising":
-        return ("Colours: red = replacing this patch with the neutral's lowers the explained class's score (the "
-                "patch is needed: evidence for the class), blue = it raises the score; white = no change.")
-    return ("Colours: red = this patch alone raises the explained class's score above the neutral context's "
-            "(evidence for the class), blue = it lowers it; white = as the neutral context.")
-
-
 def _run_caap(args: argparse.Namespace) -> Path:
     import torch
 
     from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, caap, default_window
+    from vit_patching.cli_report import report_sections
     from vit_patching.plotting import write_report
 
     # Every argument that can be checked without the model is checked first, so that no error waits for compute.
     try:
         args.out = check_output_file(args.out, "--out")
-        device = check_device(args.device)
     except ValueError as e:
         raise _UsageError(str(e)) from None
     if args.top < 1:
@@ -390,7 +341,7 @@ def _run_caap(args: argparse.Namespace) -> Path:
             raise _UsageError(f"--sample needs a shipped model (it picks a sample of that model's dataset); "
                               f"{args.model!r} is a timm model: use --image")
     pil = None if args.image is None else _read_image(args.image)
-    model, info = _load_model(args.model, args.pretrained, str(device))
+    model, info = _load_model(args.model, args.pretrained, args.device)
     info["model"] = args.model
     if args.target is not None and args.target >= model.cfg.n_classes:
         raise _UsageError(f"--target: expected a class index in [0, {model.cfg.n_classes}) for {args.model!r}, "
@@ -426,15 +377,18 @@ def _run_caap(args: argparse.Namespace) -> Path:
         "batch size": args.batch_size, "device": args.device, "patched forward passes": attr.n_forwards,
     }
     title = args.title or f"CAAP report: {args.model}"
-    sections = _report_sections(attr, model, info, source, label, args.top)
+    sections = report_sections(attr, model, info, source, label, args.top)
     try:
         return write_report(args.out, title, sections, settings)  # atomic: a failed write keeps the old report
     except OSError as e:
-        raise _UsageError(f"--out: could not write {str(args.out)!r}: {e}") from e
+        raise _write_error(e, "--out", args.out) from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vit-patching`` console script; returns the exit code (2 for usage errors).
+    """Entry point of the ``vit-patching`` console script; returns 0 on success.
+
+    Errors are one line on stderr and end the process: status 2 for a user error (a bad option, an unusable
+    path or file, named in the message), 1 for an I/O fault (a full disk) or a rank whose peers never came.
 
     Example:
         >>> main(["caap", "--sample", "0", "--out", "report.html"])  # doctest: +SKIP
@@ -445,29 +399,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="vit-patching: %(levelname)s: %(message)s")
     try:
-        if args.command == "caap":  # checked here, before either mode, so that the error is one line
-            from vit_patching.patching.caap import DIRECTIONS
-
-            try:
-                check_choice(args.direction, DIRECTIONS, "--direction")
-            except ValueError as e:
-                raise _UsageError(str(e)) from None
-        if args.command == "caap" and (args.images is not None or args.dataset is not None):
-            from vit_patching.runs.command import run_dataset_command
-
-            try:
-                path = run_dataset_command(args, _load_model)
-            except ValueError as e:
-                raise _UsageError(str(e)) from e
-            if path is None:  # a rank other than 0 of a sharded run
-                return 0
-        elif args.command == "caap":
-            path = _run_caap(args)
-    except _UsageError as e:
-        message = " ".join(str(e).splitlines())  # one line, whatever a library put in its message
-        parser.exit(2, f"vit-patching {args.command}: error: {message}\n")
+        path = _run_command(args)
+    except _UsageError as e:  # one line, whatever a library put in its message, naming CLI options
+        parser.exit(e.status, f"vit-patching {args.command}: error: {cli_message(str(e))}\n")
+    if path is None:  # a rank other than 0 of a sharded run
+        return 0
     print(f"wrote {path}", file=sys.stdout)
     return 0
+
+
+def _run_command(args: argparse.Namespace) -> Path | None:
+    """Run the parsed command; every user error is raised as a :class:`_UsageError`."""
+    from vit_patching.patching.caap import DIRECTIONS
+
+    # Checked here, before either mode (single image or dataset run), so that these errors come before any model.
+    try:
+        check_choice(args.direction, DIRECTIONS, "--direction")
+        args.device = str(check_device(args.device))
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    if args.images is None and args.dataset is None:
+        return _run_caap(args)
+    from vit_patching.runs.command import run_dataset_command
+
+    try:
+        return run_dataset_command(args, _load_model)
+    except ValueError as e:
+        raise _UsageError(str(e)) from e
+    except TimeoutError as e:  # an OSError too, but no write failed: a rank waited in vain for its peers
+        raise _UsageError(str(e), status=1) from e
+    except OSError as e:  # a full disk or an unwritable file inside --out while the run writes its results
+        raise _write_error(e, "--out", args.out, " (finished chunks are kept: run the same command again to "
+                           "resume)") from e
 
 
 if __name__ == "__main__":  # pragma: no cover

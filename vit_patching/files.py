@@ -33,7 +33,8 @@ from vit_patching.checks import check_positive_int
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 __all__ = [
-    "atomic_open", "atomic_write_bytes", "atomic_write_text", "check_output_file", "list_image_files", "load_image",
+    "atomic_open", "atomic_write_bytes", "atomic_write_text", "check_output_dir", "check_output_file", "list_image_files",
+    "load_image",
     "load_mask",
 ]
 
@@ -124,6 +125,48 @@ def check_output_file(path: PathLike, name: str) -> Path:
         raise ValueError(f"{name}: cannot write {text!r}: the folder {str(parent)!r} is not writable")
     if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
         raise ValueError(f"{name}: cannot overwrite {text!r}: permission denied")
+    return p
+
+
+def check_output_dir(path: PathLike, name: str, subfolders: tuple[str, ...] = ()) -> Path:
+    """Check, before any work is done, that a folder of results can be written at ``path`` (created if missing).
+
+    Args:
+        path: the output folder.
+        name: the argument named in error messages (``"--out"``).
+        subfolders: folders the run creates inside ``path`` (e.g. ``("chunks",)``); an existing file or
+            read-only folder of that name is refused too.
+
+    Raises:
+        ValueError: for an empty path, an existing file, a parent that is a file, or a folder that cannot be
+            written; the message names ``name``.
+
+    Example:
+        >>> check_output_dir("", "--out")
+        Traceback (most recent call last):
+        ...
+        ValueError: --out: expected a folder path, got ''
+    """
+    text = os.fspath(path)
+    if not text or not text.strip():
+        raise ValueError(f"{name}: expected a folder path, got {text!r}")
+    p = Path(text)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: expected a folder for a dataset run, got the file {text!r}")
+    existing = p
+    while not existing.exists() and existing != existing.parent:  # the first existing ancestor is created in
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name}: cannot create {text!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == p else f"cannot write {text!r}: the folder "
+        raise ValueError(f"{name}: {what}{str(existing)!r} is not writable")
+    for sub in subfolders:
+        q = p / sub
+        if q.exists() and not q.is_dir():
+            raise ValueError(f"{name}: {str(q)!r} is not a folder (a run writes its {sub} there): move it away")
+        if q.is_dir() and not os.access(q, os.W_OK | os.X_OK):
+            raise ValueError(f"{name}: {str(q)!r} is not writable")
     return p
 
 

@@ -46,6 +46,7 @@ from vit_patching.benchmark.data import folder_data, zoo_data
 from vit_patching.benchmark.report import figures, markdown_report, update_docs, write_csv
 from vit_patching.benchmark.runner import merge, run_shard
 from vit_patching.benchmark.stats import DEFAULT_SELECTION_FRACTION, selection_split
+from vit_patching.checks import OneLineArgumentParser
 from vit_patching.cli import check_device, pretrained_weights_file
 from vit_patching.files import atomic_write_text, check_output_file
 from vit_patching.images import BASELINES
@@ -62,7 +63,7 @@ class UsageError(Exception):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-shapes", help="zoo model (toy-shapes, toy-conjunction, toy-relation) or a timm ViT name")
     p.add_argument("--pretrained", action="store_true", help="timm models: load timm's pretrained weights")
     p.add_argument("--model-kwargs", default="{}", help="timm models: create_model kwargs as JSON, e.g. {\"img_size\": 384}")
