@@ -137,6 +137,21 @@ def test_openai_and_laion_configs_at_real_width(name):
     assert_equal_to_open_clip(model, hooked, images(1, *hooked.cfg.img_size))
 
 
+@pytest.mark.parametrize("final_ln_after_pool", [False, True])
+def test_output_tokens_are_in_the_cache(final_ln_after_pool):
+    """``output_tokens=True``: encode_image also returns the patch tokens, ``ln_post`` applied unless it runs after
+    the pool; the HookedViT has them as the last block's residual (through ``model.ln_final``)."""
+    model = make_clip({**SMALL, "output_tokens": True, "final_ln_after_pool": final_ln_after_pool})
+    hooked = HookedViT.from_open_clip(model)
+    x = images(2, 32, 32)
+    with torch.no_grad():
+        _, tokens = model.encode_image(x)
+        _, cache = hooked.run_with_cache(x, names_filter="blocks.1.hook_resid_post")
+        resid = cache["blocks.1.hook_resid_post"]
+        ours = resid if final_ln_after_pool else hooked.ln_final(resid)
+    assert _rel(ours[:, 1:], tokens) <= REL
+
+
 def make_timm_clip(name: str, monkeypatch, depth: int = 2) -> CustomTextCLIP:
     """An open_clip config's TimmModel tower at its real width, heads, input size, pooling and head, ``depth`` blocks.
 

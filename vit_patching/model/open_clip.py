@@ -17,7 +17,6 @@ equals open_clip's own transform.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -25,11 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_bool
 from .config import UnsupportedModelError
 from .hooked_vit import HookedViT
 from .timm_config import check_no_module_hooks
-
-logger = logging.getLogger(__name__)
 
 # open_clip PreprocessCfg.resize_mode -> timm create_transform crop_mode (crop_pct 1.0): the same eval transform.
 _CROP_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
@@ -76,6 +74,9 @@ def from_open_clip(
     visual = getattr(model, "visual", model)
     if not isinstance(visual, nn.Module):
         raise TypeError(f"model: expected an open_clip model or image tower (nn.Module), got {type(model).__name__}")
+    for flag, name in ((fold_ln, "fold_ln"), (center_writing_weights, "center_writing_weights"),
+                       (fold_value_biases, "fold_value_biases")):
+        check_bool(flag, name)
     check_no_module_hooks(visual, "model.visual" if visual is not model else "model")
     _check_no_training_dropout(visual)
     data_config = data_config_from_open_clip(model)  # its refusals come before any conversion work
@@ -104,6 +105,7 @@ def data_config_from_open_clip(model: nn.Module) -> dict[str, Any]:
     bicubic, resize the shortest side); the size defaults to the tower's ``image_size``. The model is not modified.
 
     Example:
+        >>> import open_clip
         >>> data_config_from_open_clip(open_clip.create_model("ViT-B-32"))["mean"]
         [0.48145466, 0.4578275, 0.40821073]
     """
