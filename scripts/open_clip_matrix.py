@@ -128,8 +128,8 @@ def main() -> None:
         "Towers whose constructor takes no depth are built full size on the meta device and only converted. "
         "What maps to what: [families.md](families.md#open_clip).",
         "",
-        f"**Total {len(rows)}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("exact", "refused", "WRONG", "not built"))
-        + "**",
+        f"**Total {len(rows)}: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("exact", "refused", "WRONG", "not built")) + "**",
         "",
         "| config | image tower | status | max rel diff | built with | head / reason |",
         "|---|---|---|---|---|---|",

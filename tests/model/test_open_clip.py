@@ -101,7 +101,8 @@ VARIANTS = {
     ),
     "custom_block": (dict(block_type="custom"), False, dict(qk_norm=False, attn_norm=False, mlp_norm=False)),
     "qk_norm_inner_fc": (
-        dict(qk_norm=True, scale_attn_inner=True, scale_fc=True), False, dict(qk_norm=True, attn_norm=True, mlp_norm=True),
+        dict(qk_norm=True, scale_attn_inner=True, scale_fc=True), False,
+        dict(qk_norm=True, attn_norm=True, mlp_norm=True),
     ),
     "sin_cos_pos_embed": (dict(pos_embed_type="sin_cos_2d"), False, dict(has_pos_embed=True)),
     "gelu_tanh_eps": (dict(act_kwargs={"approximate": "tanh"}, norm_kwargs={"eps": 1e-6}), False,

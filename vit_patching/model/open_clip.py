@@ -294,18 +294,19 @@ def _from_vision_transformer(v: nn.Module) -> HookedViT:
     fc_norm = avg and bool(v.final_ln_after_pool)
     proj = v.proj
     n_out = 0 if proj is None else int(proj.shape[1])
-    timm_model = VisionTransformer(
-        img_size=tuple(v.image_size), patch_size=tuple(v.patch_size), in_chans=conv.in_channels, num_classes=n_out,
-        global_pool="avg" if avg else "token", embed_dim=width, depth=len(blocks), num_heads=f0["heads"],
-        # int(width * ratio) must give the hidden width back: aim at its middle, not at a float rounding edge.
-        mlp_ratio=(f0["hidden"] + 0.5) / width, qkv_bias=f0["qkv_bias"], qk_norm=f0["qk_norm"],
-        scale_attn_norm=f0["scale_attn_norm"], scale_mlp_norm=f0["scale_mlp_norm"],
-        init_values=1.0 if f0["layer_scale"] else None, class_token=True, pre_norm=eps_pre is not None,
-        # timm's final_norm builds fc_norm instead of norm when fc_norm is set.
-        final_norm=True, fc_norm=fc_norm, norm_layer=partial(nn.LayerNorm, eps=eps.pop()),
-        # On the meta device: no initialisation work, every tensor is then assigned from open_clip's.
-        act_layer=f0["act_layer"], weight_init="skip", device="meta",
-    ).eval()
+    # On the meta device: no initialisation work, every tensor is then assigned from open_clip's.
+    with torch.device("meta"):
+        timm_model = VisionTransformer(
+            img_size=tuple(v.image_size), patch_size=tuple(v.patch_size), in_chans=conv.in_channels, num_classes=n_out,
+            global_pool="avg" if avg else "token", embed_dim=width, depth=len(blocks), num_heads=f0["heads"],
+            # int(width * ratio) must give the hidden width back: aim at its middle, not at a float rounding edge.
+            mlp_ratio=(f0["hidden"] + 0.5) / width, qkv_bias=f0["qkv_bias"], qk_norm=f0["qk_norm"],
+            scale_attn_norm=f0["scale_attn_norm"], scale_mlp_norm=f0["scale_mlp_norm"],
+            init_values=1.0 if f0["layer_scale"] else None, class_token=True, pre_norm=eps_pre is not None,
+            # timm's final_norm builds fc_norm instead of norm when fc_norm is set.
+            final_norm=True, fc_norm=fc_norm, norm_layer=partial(nn.LayerNorm, eps=eps.pop()),
+            act_layer=f0["act_layer"],
+        ).eval()
     timm_model.load_state_dict(_timm_state_dict(v, timm_model, fc_norm), strict=True, assign=True)
     if any(t.is_meta for t in timm_model.buffers()):
         raise UnsupportedModelError("internal: a timm buffer was not filled from the open_clip tower")
