@@ -265,6 +265,9 @@ def test_refusals_training_dropout_resnet_mlp_head_and_hooks():
         HookedViT.from_open_clip(resnet)
     with pytest.raises(UnsupportedModelError, match="timm_proj='mlp'"):
         HookedViT.from_open_clip(make_tower("mlp"))
+    for pool in ("abs_attn", "rot_attn"):  # named before the (CNN) trunk is looked at
+        with pytest.raises(UnsupportedModelError, match=f"timm_pool='{pool}'"):
+            HookedViT.from_open_clip(TimmModel("resnet10t", embed_dim=24, image_size=64, pool=pool, proj=""))
     with pytest.raises(UnsupportedModelError, match="timm VisionTransformer or Eva"):
         HookedViT.from_open_clip(TimmModel("test_convnext", embed_dim=24, image_size=64))
     hooked_model = make_clip(SMALL)

@@ -361,11 +361,10 @@ def _timm_state_dict(v: nn.Module, timm_model: nn.Module, fc_norm: bool) -> dict
 # ---------------------------------------------------------------------------------------------- TimmModel
 def _from_timm_tower(t: nn.Module) -> HookedViT:
     """open_clip ``TimmModel``: the timm trunk through :meth:`HookedViT.from_timm`, then open_clip's head."""
-    hooked = HookedViT.from_timm(t.trunk)
     layers = dict(t.head.named_children())
     if "pool" in layers:
         raise UnsupportedModelError(
-            f"timm_pool={'abs_attn' if 'Abs' in type(layers['pool']).__name__ else 'rot_attn'!r} "
+            f"timm_pool={'rot_attn' if 'Rot' in type(layers['pool']).__name__ else 'abs_attn'!r} "
             f"({type(layers['pool']).__name__} on the trunk's feature map) is not supported"
         )
     if "mlp" in layers:
@@ -376,12 +375,13 @@ def _from_timm_tower(t: nn.Module) -> HookedViT:
     if unknown:
         raise UnsupportedModelError(f"TimmModel.head: unsupported layers {unknown}")
     proj = layers.get("proj")
+    if proj is not None and type(proj) is not nn.Linear:
+        raise UnsupportedModelError(f"TimmModel.head.proj is {type(proj).__name__}; only nn.Linear is supported")
+    hooked = HookedViT.from_timm(t.trunk)  # after the head checks: its refusals come before the conversion work
     if proj is None:
         if hooked.cfg.n_classes:  # timm_proj none/null: the trunk's own head is the projection (EVA-CLIP, PE)
             hooked.cfg.head_kind = "projection"
         return hooked
-    if type(proj) is not nn.Linear:
-        raise UnsupportedModelError(f"TimmModel.head.proj is {type(proj).__name__}; only nn.Linear is supported")
     if hooked.cfg.n_classes:
         raise UnsupportedModelError("TimmModel: a trunk with its own head followed by timm_proj='linear' (two linear "
                                     "heads in a row) is not supported")
