@@ -277,6 +277,13 @@ def test_refusals_training_dropout_resnet_mlp_head_and_hooks():
             HookedViT.from_open_clip(hooked_model)
     finally:
         handle.remove()
+    mixed_eps = make_clip(SMALL)
+    mixed_eps.visual.ln_post = torch.nn.LayerNorm(64, eps=1e-6)
+    with pytest.raises(UnsupportedModelError, match=r"share one eps .*got \[1e-06, 1e-05\]"):
+        HookedViT.from_open_clip(mixed_eps)
+    fp32_norms = CLIP(24, SMALL, TEXT, cast_dtype=torch.float16).half()  # LayerNormFp32, half weights
+    with pytest.raises(UnsupportedModelError, match="LayerNormFp32 with torch.float16 weights"):
+        HookedViT.from_open_clip(fp32_norms)
     with pytest.raises(TypeError, match="model: expected an open_clip model"):
         HookedViT.from_open_clip("ViT-B-32")
 
