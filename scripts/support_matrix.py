@@ -168,6 +168,9 @@ def render(rows: list[dict], atol: float, seconds: float) -> str:
         " `attn_pool.*` hooks; their logits are not linear in the residual stream, so linear logit attribution is"
         " refused for them.",
         "",
+        "open_clip image towers (`HookedViT.from_open_clip`): every open_clip model config in"
+        " [open_clip_matrix.md](open_clip_matrix.md).",
+        "",
         f"**Total {len(rows)}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("exact", "refused", "WRONG", "not built"))
         + "**",
         "",

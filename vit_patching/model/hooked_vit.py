@@ -166,6 +166,20 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         return hooked_from_hf(model, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                               fold_value_biases=fold_value_biases)
 
+    @classmethod
+    def from_open_clip(cls, model: object, **kwargs: Any) -> "HookedViT":
+        """Convert an open_clip model's image tower; see :func:`vit_patching.model.open_clip.from_open_clip`.
+
+        Example:
+            >>> import open_clip
+            >>> model = HookedViT.from_open_clip(open_clip.create_model("ViT-B-32", pretrained=None))
+            >>> model.cfg.head_kind, model.cfg.n_classes  # CLIP's proj: the 512-d image embedding
+            ('projection', 512)
+        """
+        from .open_clip import from_open_clip  # open_clip is an optional dependency
+
+        return from_open_clip(model, **kwargs)
+
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)
