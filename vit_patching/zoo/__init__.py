@@ -58,7 +58,7 @@ def available_datasets() -> list[str]:
 
     Example:
         >>> available_datasets()
-        ['conjunction', 'relation', 'shapes']
+        ['captions', 'conjunction', 'relation', 'shapes']
     """
     return sorted(TASKS)
 
@@ -70,7 +70,7 @@ def load_dataset(name: str, n: int, seed: int = 0, *, progress: bool = False) ->
     images of small seeds (their training seeds are 62-bit random draws), so any seed gives held-out data.
 
     Args:
-        name: ``"shapes"``, ``"conjunction"`` or ``"relation"`` (see ``available_datasets()``).
+        name: ``"shapes"``, ``"conjunction"``, ``"relation"`` or ``"captions"`` (see ``available_datasets()``).
         n: number of images (positive).
         seed: non-negative random seed.
         progress: show a tqdm bar.
