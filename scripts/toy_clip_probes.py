@@ -130,7 +130,7 @@ def measure(weights: Path) -> dict:
 
 
 
-def write_card(record: dict, weights: Path) -> str:
+def write_card(record: dict) -> str:
     """The model card (markdown) of ``record`` (the json written beside the weights)."""
     cfg, r = record["config"], record["recipe"]
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
@@ -181,7 +181,7 @@ its classes are not a head but the {n_cap} caption embeddings of the text tower.
   shape right: {record['shape_acc']:.4f}.
 - **Neutral contexts**: the largest zero-shot probability of any caption on an empty scene or CAAP's neutrals of
   it is **{worst_empty:.3f}** (1/{n_cap} = {1 / n_cap:.4f} is undecided; table below).
-- **Training**: seed {record['seed']}; {r['steps']} steps x batch {r['batch_size']} of freshly generated images
+- **Training**: {'fine-tuned from ' + record['init'] + '; ' if record.get('init') else ''}seed {record['seed']}; {r['steps']} steps x batch {r['batch_size']} of freshly generated images
   ({r['steps'] * r['batch_size']:,} images, no repeats) with their captions; symmetric contrastive loss over the closed
   caption set (image -> the {n_cap} captions; each caption present -> the batch's images, every image of that caption
   a positive; `scripts/train_toy_clip.py`), learnt temperature (CLIP's init 1/0.07, clamped at 100);
@@ -201,7 +201,9 @@ its classes are not a head but the {n_cap} caption embeddings of the text tower.
 ## Cue probes (counterfactual edits of {PROBE_N} fresh scenes, seed {record['probe_seed']})
 
 The object is edited and the scene re-rendered (`batch_from_scenes`); the fraction of images whose best caption
-is the stated one.
+is the stated one. The caption follows the object: recolouring it moves the caption's colour and keeps its shape,
+reshaping it moves the caption's shape and keeps its colour. Drawn grey, the object's shape is read at about
+chance: the model finds the object by its class hue (grey objects of every shape are distractors).
 
 | edit | fraction |
 |---|---:|

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vit_patching.images import baseline_images
-from vit_patching.zoo.clip import TOY_CLIP_CONFIG, build_open_clip_model, clip_captions, tokenize_captions
+from vit_patching.zoo.clip import TOY_CLIP_CONFIG, build_open_clip_model, clip_captions, clip_tokenizer
 from vit_patching.zoo.datasets import CHUNK, batch_from_scenes, render_scenes, sample_scenes
 from vit_patching.zoo.registry import NORM_MEAN, NORM_STD
 
@@ -112,12 +112,14 @@ def contrastive_loss(logits: torch.Tensor, labels: torch.Tensor, n_images: int) 
     return (image_to_text + text_to_image) / 2
 
 
-def train(seed: int, r: Recipe) -> tuple[torch.nn.Module, dict]:
+def train(seed: int, r: Recipe, init: Path | None = None) -> tuple[torch.nn.Module, dict]:
     if r.pool_size % CHUNK or r.pool_size % r.batch_size:
         raise ValueError(f"pool_size: expected a multiple of {CHUNK} and of batch_size, got {r.pool_size}")
     torch.manual_seed(seed)
     model = build_open_clip_model(TOY_CLIP_CONFIG).train()
-    tokens = tokenize_captions(clip_captions(NAME))
+    if init is not None:  # fine-tune: start from existing weights instead of the seeded initialisation
+        model.load_state_dict(load_file(str(init)), strict=True)
+    tokens = clip_tokenizer(NAME)(list(clip_captions(NAME)))
     opt = torch.optim.AdamW(param_groups(model, r.weight_decay), lr=r.lr, betas=(0.9, 0.98), eps=1e-6)
     data_seeds = torch.Generator().manual_seed(seed)  # draws the seed of every training pool
     eval_seed = seed + 12_345  # monitoring only; the card uses its own held-out seeds
@@ -183,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps (quick trials)")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="fine-tune: start from the weights file INIT instead of a fresh initialisation")
+    parser.add_argument("--init-label", default=None, help="how the card names the --init weights")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--recard", action="store_true",
                         help="do not train: re-measure the weights in --out and rewrite the card and json")
@@ -193,15 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.out / f"{NAME}.safetensors"
     if args.recard:
         record = json.loads((args.out / f"{NAME}.json").read_text())
-        training = {k: record[k] for k in ("seed", "recipe", "history", "train_wall_s", "threads", "machine", "command")}
+        keys = ("seed", "recipe", "init", "history", "train_wall_s", "threads", "machine", "command")
+        training = {k: record.get(k) for k in keys}
     else:
-        overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+        overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup_steps))
+                     if v is not None}
         recipe = replace(Recipe(), **overrides)
-        model, info = train(args.seed, recipe)
+        model, info = train(args.seed, recipe, args.init)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         write_atomic(weights, lambda p: save_file(state, str(p), metadata={"name": NAME, "seed": str(args.seed)}))
         cmd = [f"--seed {args.seed}", "--out vit_patching/zoo/weights"]
-        cmd += [f"--{k} {v}" for k, v in overrides.items()] + ([f"--threads {args.threads}"] if args.threads != 1 else [])
+        cmd += [f"--{k.replace('_', '-')} {v}" for k, v in overrides.items()]
+        cmd += ([f"--threads {args.threads}"] if args.threads != 1 else [])
+        if args.init is not None:
+            cmd.append("--init <the weights fine-tuned from>")
+        info["init"] = None if args.init is None else args.init_label or str(args.init)
         training = {"seed": args.seed, "recipe": asdict(recipe), **info, "threads": args.threads,
                     "machine": f"{platform.machine()}, {platform.system()}, torch {torch.__version__}",
                     "command": "python scripts/train_toy_clip.py " + " ".join(cmd)}
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {"name": NAME, "config": TOY_CLIP_CONFIG, **training, **measure(weights)}
     write_atomic(args.out / f"{NAME}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
-    write_atomic(args.out / f"{NAME}.md", lambda p: p.write_text(write_card(record, weights)))
+    write_atomic(args.out / f"{NAME}.md", lambda p: p.write_text(write_card(record)))
     logger.info("%s: zero-shot accuracy %.4f", NAME, record["zero_shot_acc"])
     return 0
 

@@ -44,7 +44,6 @@ __all__ = [
     "clip_captions",
     "clip_tokenizer",
     "load_open_clip_model",
-    "tokenize_captions",
     "zero_shot_logits",
 ]
 
@@ -143,19 +142,6 @@ def clip_tokenizer(name: str = "toy-clip") -> Any:
     return open_clip.get_tokenizer(TOY_CLIP_TOKENIZER, context_length=TOY_CLIP_CONFIG["text_cfg"]["context_length"])
 
 
-def tokenize_captions(captions: tuple[str, ...] | list[str], config: dict[str, Any] = TOY_CLIP_CONFIG) -> Tensor:
-    """Token ids ``[n, context_length]`` of ``captions`` with the bundled CLIP tokenizer (offline).
-
-    Example:
-        >>> tokenize_captions(["a red circle"])[0, :5].tolist()  # start, "a", "red", "circle", end
-        [49406, 320, 736, 7117, 49407]
-    """
-    import open_clip
-
-    tokenizer = open_clip.get_tokenizer(TOY_CLIP_TOKENIZER)
-    return tokenizer(list(captions), context_length=config["text_cfg"]["context_length"])
-
-
 def caption_embeddings(model: "CLIP", captions: tuple[str, ...] | list[str]) -> Float[Tensor, "n_captions embed"]:
     """Unit-norm text embeddings of ``captions`` (``model.encode_text(tokens, normalize=True)``).
 
@@ -164,8 +150,10 @@ def caption_embeddings(model: "CLIP", captions: tuple[str, ...] | list[str]) -> 
         >>> caption_embeddings(m, clip_captions()).shape
         torch.Size([16, 64])
     """
-    config = {"text_cfg": {"context_length": model.context_length}}
-    return model.encode_text(tokenize_captions(captions, config), normalize=True)
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(TOY_CLIP_TOKENIZER, context_length=model.context_length)
+    return model.encode_text(tokenizer(list(captions)), normalize=True)
 
 
 def zero_shot_logits(
