@@ -1,6 +1,7 @@
 """The shipped zero-shot model toy-clip: loads offline, is what its card says, and its scores are CLIP's."""
 import json
 import re
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -134,3 +135,41 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(clip, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0, result
+
+
+@pytest.fixture()
+def train_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "scripts"))
+    import train_toy_clip
+
+    return train_toy_clip
+
+
+def test_training_loss_is_open_clips_clip_loss_with_one_image_per_caption(train_script):
+    from open_clip.loss import ClipLoss
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=1)
+    labels = torch.randperm(16, generator=gen)  # image i shows caption labels[i]
+    scale = torch.tensor(14.0)
+    ours = train_script.contrastive_loss(scale * image @ text.T, labels, n_images=16)
+    theirs = ClipLoss()(image, text[labels], scale)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_training_loss_with_repeated_captions_and_neutral_rows_by_hand(train_script):
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 4, generator=gen) * 3  # 5 images, 2 neutral rows, 4 captions
+    labels = torch.tensor([2, 0, 2, 2, 3])
+    image_to_text = []
+    for row in range(7):
+        logp = logits[row].log_softmax(0)
+        image_to_text.append(-logp[labels[row]] if row < 5 else -logp.mean())  # neutral rows: uniform target
+    text_to_image = []
+    for caption in (0, 2, 3):  # the captions present; every row (neutral ones too) competes
+        logp = logits[:, caption].log_softmax(0)
+        rows = [i for i in range(5) if labels[i] == caption]
+        text_to_image.append(-sum(logp[i] for i in rows) / len(rows))
+    expected = (torch.stack(image_to_text).mean() + torch.stack(text_to_image).mean()) / 2
+    torch.testing.assert_close(train_script.contrastive_loss(logits, labels, n_images=5), expected, rtol=0, atol=1e-6)
