@@ -122,8 +122,10 @@ def test_card_states_the_json_numbers():
 def test_listing_keeps_the_timm_models_apart_and_names_are_checked():
     assert zero_shot_models() == ["toy-clip"]
     assert "toy-clip" not in available_models()  # load_model / the CLI take timm-backed models only (for now)
-    with pytest.raises(ValueError, match=r"name: expected one of the zoo's zero-shot models \['toy-clip'\], got 'x'"):
+    with pytest.raises(ValueError, match=r"name: expected one of \['toy-clip'\], got 'x'"):
         load_open_clip_model("x")
+    with pytest.raises(ValueError, match=r"captions: expected a non-empty sequence of non-empty strings, got \(\)"):
+        zero_shot_logits(load_open_clip_model(), torch.zeros(1, 3, 64, 64), ())
     with pytest.raises(ValueError, match=r"name: expected one of the zoo models .*'toy-clip'.*got 'x'"):
         model_card("x")
 

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_patching.checks import check_choice
 from vit_patching.zoo.datasets import CAPTION_CLASS_NAMES, IMAGE_SIZE
 from vit_patching.zoo.registry import NORM_MEAN, NORM_STD, WEIGHTS_DIR
 
@@ -89,8 +90,13 @@ PREPROCESS_CFG: dict[str, Any] = {
 
 
 def _check_name(name: str) -> None:
-    if name not in CLIP_MODELS:
-        raise ValueError(f"name: expected one of the zoo's zero-shot models {sorted(CLIP_MODELS)}, got {name!r}")
+    check_choice(name, sorted(CLIP_MODELS), "name")
+
+
+def _check_captions(captions: Any) -> tuple[str, ...]:
+    if isinstance(captions, str) or not captions or not all(isinstance(c, str) and c for c in captions):
+        raise ValueError(f"captions: expected a non-empty sequence of non-empty strings, got {captions!r}")
+    return tuple(captions)
 
 
 def clip_captions(name: str = "toy-clip") -> tuple[str, ...]:
@@ -152,6 +158,7 @@ def caption_embeddings(model: "CLIP", captions: tuple[str, ...] | list[str]) -> 
     """
     import open_clip
 
+    captions = _check_captions(captions)
     tokenizer = open_clip.get_tokenizer(TOY_CLIP_TOKENIZER, context_length=model.context_length)
     return model.encode_text(tokenizer(list(captions)), normalize=True)
 
