@@ -6,6 +6,7 @@ import torch
 
 from vit_patching.zoo import available_datasets, load_dataset
 from vit_patching.zoo.datasets import (
+    CAPTION_CLASS_NAMES,
     CLASS_HUES,
     CONJUNCTION_CLASS_NAMES,
     DISTRACTOR_HUES,
@@ -17,6 +18,7 @@ from vit_patching.zoo.datasets import (
     SHAPES_CLASS_NAMES,
     ToyDataset,
     batch_from_scenes,
+    caption_label,
     conjunction_label,
     evidence_masks,
     generate,
@@ -29,7 +31,7 @@ from vit_patching.zoo.datasets import (
 )
 from vit_patching.zoo.render import cat_scenes, select_scenes
 
-TASKS = ["shapes", "conjunction", "relation"]
+TASKS = ["shapes", "conjunction", "relation", "captions"]
 
 
 def naive_footprint(shape: str, x0: int, y0: int, size: int, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -79,7 +81,8 @@ def test_batch_contents(task):
     assert b.pixels.shape == (64, 3, 64, 64) and 0.0 <= float(b.pixels.min()) and float(b.pixels.max()) <= 1.0
     assert torch.allclose(b.images, (b.pixels - 0.5) / 0.5)
     assert b.labels.dtype == torch.int64 and b.masks.dtype == torch.bool and b.masks.shape == (64, 64, 64)
-    names = {"shapes": SHAPES_CLASS_NAMES, "conjunction": CONJUNCTION_CLASS_NAMES, "relation": RELATION_CLASS_NAMES}
+    names = {"shapes": SHAPES_CLASS_NAMES, "conjunction": CONJUNCTION_CLASS_NAMES, "relation": RELATION_CLASS_NAMES,
+             "captions": CAPTION_CLASS_NAMES}
     assert b.class_names == names[task]
     assert b.masks.flatten(1).any(1).all()  # every image has evidence
     sub = b[3]
@@ -156,6 +159,30 @@ def test_shapes_labels_follow_the_evidence_object_and_distractors_never_carry_a_
         assert (s.shape[sel, 0] == SHAPE_NAMES.index(shape)).all()
         assert (s.colour[sel, 0] - torch.tensor(CLASS_HUES[hue])).abs().max() <= HUE_JITTER + 1e-6
     _check_distractors(s)
+
+
+def test_captions_label_is_the_objects_colour_and_shape_as_its_caption_says():
+    s = sample_scenes("captions", 3200, seed=8)
+    b = batch_from_scenes(s)
+    assert torch.equal(b.labels, s.labels) and b.class_names == CAPTION_CLASS_NAMES
+    assert s.evidence[:, 0].all() and not s.evidence[:, 1:].any()
+    assert len(CAPTION_CLASS_NAMES) == len(set(CAPTION_CLASS_NAMES)) == 16
+    # the caption, read word by word, names the evidence object's drawn hue and shape
+    for k, caption in enumerate(CAPTION_CLASS_NAMES):
+        article, hue, shape = caption.split()
+        sel = s.labels == k
+        assert article == "a" and hue in CLASS_HUES and shape in SHAPE_NAMES[:4]
+        assert (s.shape[sel, 0] == SHAPE_NAMES.index(shape)).all()
+        assert (s.part_type[sel, 0] == list(CLASS_HUES).index(hue)).all()
+        assert (s.colour[sel, 0] - torch.tensor(CLASS_HUES[hue])).abs().max() <= HUE_JITTER + 1e-6
+    assert torch.equal(caption_label(s.part_type[:, 0], s.shape[:, 0]), s.labels)
+    # every caption occurs, hue and shape independent: 3200 / 16 = 200 per caption
+    counts = s.labels.bincount(minlength=16)
+    assert counts.min() > 150 and counts.max() < 250
+    assert (16 <= s.size[:, 0]).all() and (s.size[:, 0] <= 24).all()
+    _check_distractors(s)  # no distractor is drawn in a class hue: the object is the only class-hued one
+    with pytest.raises(ValueError, match="hue, shape: expected indices in 0..3"):
+        caption_label(torch.tensor([4]), torch.tensor([0]))
 
 
 def _check_distractors(s):
@@ -260,8 +287,8 @@ def test_torch_dataset():
 
 
 def test_unknown_names_and_bad_arguments():
-    assert available_datasets() == ["conjunction", "relation", "shapes"]
-    with pytest.raises(ValueError, match=r"name.*conjunction.*relation.*shapes.*'nope'"):
+    assert available_datasets() == ["captions", "conjunction", "relation", "shapes"]
+    with pytest.raises(ValueError, match=r"name.*captions.*conjunction.*relation.*shapes.*'nope'"):
         load_dataset("nope", 4, 0)
     with pytest.raises(ValueError, match="n: expected a positive int, got 0"):
         load_dataset("shapes", 0, 0)

@@ -11,6 +11,12 @@ Models (``available_models()``):
 * ``toy-relation``: deeper ViT (8 blocks, LayerScale, CLS token) telling whether the two marked (class-hued)
   objects share a shape (one marked object alone is uninformative).
 
+Zero-shot models (``zero_shot_models()``; open_clip, the ``foundation`` extra):
+
+* ``toy-clip``: a small open_clip ``CLIP`` (ViT image tower, 2-layer text tower) trained contrastively on the
+  ``captions`` scenes; its classes are the 16 captions ``"a red circle"`` ... ``"a yellow plus"``. Load it with
+  ``vit_patching.zoo.clip.load_open_clip_model("toy-clip")``; ``model_card("toy-clip")`` gives its card.
+
 Example:
     >>> from vit_patching.zoo import load_dataset, load_timm_model
     >>> batch = load_dataset("shapes", n=16, seed=0)
@@ -23,7 +29,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vit_patching.zoo.datasets import TASKS, ToyBatch, ToyDataset, generate
-from vit_patching.zoo.registry import DEFAULT_MODEL, MODEL_SPECS, ModelSpec, get_spec
+from vit_patching.zoo.clip import CLIP_MODELS
+from vit_patching.zoo.registry import DEFAULT_MODEL, MODEL_SPECS, WEIGHTS_DIR, ModelSpec, get_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from timm.models.vision_transformer import VisionTransformer
@@ -40,6 +47,7 @@ __all__ = [
     "load_model",
     "load_timm_model",
     "model_card",
+    "zero_shot_models",
 ]
 
 
@@ -53,12 +61,22 @@ def available_models() -> list[str]:
     return sorted(MODEL_SPECS)
 
 
+def zero_shot_models() -> list[str]:
+    """Names of the zoo's zero-shot (image-text) models, loaded with ``vit_patching.zoo.clip.load_open_clip_model``.
+
+    Example:
+        >>> zero_shot_models()
+        ['toy-clip']
+    """
+    return sorted(CLIP_MODELS)
+
+
 def available_datasets() -> list[str]:
     """Names accepted by ``load_dataset``.
 
     Example:
         >>> available_datasets()
-        ['conjunction', 'relation', 'shapes']
+        ['captions', 'conjunction', 'relation', 'shapes']
     """
     return sorted(TASKS)
 
@@ -70,7 +88,7 @@ def load_dataset(name: str, n: int, seed: int = 0, *, progress: bool = False) ->
     images of small seeds (their training seeds are 62-bit random draws), so any seed gives held-out data.
 
     Args:
-        name: ``"shapes"``, ``"conjunction"`` or ``"relation"`` (see ``available_datasets()``).
+        name: ``"shapes"``, ``"conjunction"``, ``"relation"`` or ``"captions"`` (see ``available_datasets()``).
         n: number of images (positive).
         seed: non-negative random seed.
         progress: show a tqdm bar.
@@ -154,7 +172,7 @@ def model_card(name: str = DEFAULT_MODEL) -> str:
     """The shipped model card (markdown) of zoo model ``name``.
 
     Args:
-        name: a zoo model (see ``available_models()``).
+        name: a zoo model (see ``available_models()`` and ``zero_shot_models()``).
 
     Returns:
         The card text.
@@ -163,4 +181,8 @@ def model_card(name: str = DEFAULT_MODEL) -> str:
         >>> model_card("toy-shapes").startswith("# toy-shapes")
         True
     """
+    if name in CLIP_MODELS:
+        return (WEIGHTS_DIR / f"{name}.md").read_text()
+    if name not in MODEL_SPECS:
+        raise ValueError(f"name: expected one of the zoo models {sorted([*MODEL_SPECS, *CLIP_MODELS])}, got {name!r}")
     return get_spec(name).card_path.read_text()

@@ -21,6 +21,11 @@ non-overlapping objects; the objects are either class-defining *evidence* or *di
   two distant objects. (A first design asked whether they share a *shape*; the 8-block model stayed at chance
   for the 300 steps of a trial run, too slow for the CPU budget, so the shipped task compares hues; see the
   toy-relation card.) Marked objects are 16-22 px, distractors as in ``shapes``. The mask marks both.
+* ``captions`` (16 classes, the captions of the zero-shot model ``toy-clip``): one evidence object, a class hue
+  (red, green, blue, yellow) times an evidence shape (circle, square, triangle, plus), both uniform and
+  independent; its caption ``"a <colour> <shape>"`` is the class (``CAPTION_CLASS_NAMES``, label ``4 * colour +
+  shape``, ``caption_label``). Unlike ``shapes``, colour and shape each carry half of the label. Evidence 16-24 px
+  (a little larger than in ``shapes``, so the shape is legible on 8-px patches), distractors as in ``shapes``.
 
 Objects never overlap (boxes keep a gap of ``GAP`` pixels), and are drawn with hard edges: every pixel whose
 centre lies inside an object's shape takes the object colour, so ``masks`` is exactly the drawn evidence
@@ -72,6 +77,7 @@ from vit_patching.zoo.render import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CAPTION_CLASS_NAMES",
     "CHUNK",
     "generate_sample",
     "CLASS_HUES",
@@ -90,6 +96,7 @@ __all__ = [
     "ToyDataset",
     "ToyScenes",
     "batch_from_scenes",
+    "caption_label",
     "conjunction_label",
     "relation_label",
     "evidence_masks",
@@ -114,6 +121,8 @@ CONJUNCTION_CLASS_NAMES: tuple[str, ...] = (
 )
 #: ``relation`` classes: whether the two marked objects share a hue.
 RELATION_CLASS_NAMES: tuple[str, ...] = ("different colours", "same colour")
+#: ``captions`` class ``4 * c + s``: ``"a <colour c of CLASS_HUES> <shape s of SHAPE_NAMES>"``.
+CAPTION_CLASS_NAMES: tuple[str, ...] = tuple(f"a {c} {s}" for c in CLASS_HUES for s in SHAPE_NAMES[:4])
 _CLASS_RGB = torch.tensor(list(CLASS_HUES.values()))
 _DISTRACTOR_RGB = torch.tensor(list(DISTRACTOR_HUES.values()))
 
@@ -133,6 +142,7 @@ _SPECS: dict[str, _TaskSpec] = {
     "conjunction": _TaskSpec(2, (12, 18), (2, 3), (10, 16), CONJUNCTION_CLASS_NAMES),
     # big marked objects (16-22 px: two to three patches wide) so that their shape is legible on 8-px patches
     "relation": _TaskSpec(2, (16, 22), (1, 3), (10, 16), RELATION_CLASS_NAMES),
+    "captions": _TaskSpec(1, (16, 24), (2, 4), (10, 18), CAPTION_CLASS_NAMES),
 }
 TASKS: tuple[str, ...] = tuple(_SPECS)
 
@@ -210,6 +220,18 @@ def conjunction_label(type_a: Int64[Tensor, " batch"], type_b: Int64[Tensor, " b
     return table[lo, hi]
 
 
+def caption_label(hue: Int64[Tensor, " batch"], shape: Int64[Tensor, " batch"]) -> Int64[Tensor, " batch"]:
+    """Class of a ``captions`` image (index into ``CAPTION_CLASS_NAMES``) from its object's hue and shape indices.
+
+    Example:
+        >>> CAPTION_CLASS_NAMES[int(caption_label(torch.tensor([2]), torch.tensor([1]))[0])]
+        'a blue square'
+    """
+    if bool(((hue < 0) | (hue > 3) | (shape < 0) | (shape > 3)).any()):
+        raise ValueError("hue, shape: expected indices in 0..3 (class hues, evidence shapes)")
+    return 4 * hue + shape
+
+
 def relation_label(type_a: Int64[Tensor, " batch"], type_b: Int64[Tensor, " batch"]) -> Int64[Tensor, " batch"]:
     """Class of a ``relation`` image from the hues (part types) of its two marked objects: 1 (same) or 0.
 
@@ -265,6 +287,11 @@ def _sample_chunk(task: str, n: int, gen: torch.Generator, image_size: int) -> T
         labels = torch.randint(0, len(SHAPES_CLASS_NAMES), (n,), generator=gen)
         shape[:, 0] = labels
         colour[:, 0] = (_CLASS_RGB[labels] + jitter[:, 0]).clamp(0.0, 1.0)
+    elif task == "captions":
+        part_type[:, 0] = torch.randint(0, 4, (n,), generator=gen)  # the hue; the shape is drawn independently
+        shape[:, 0] = torch.randint(0, 4, (n,), generator=gen)
+        labels = caption_label(part_type[:, 0], shape[:, 0])
+        colour[:, 0] = (_CLASS_RGB[part_type[:, 0]] + jitter[:, 0]).clamp(0.0, 1.0)
     elif task == "relation":
         # two marked objects, each in a class hue (the mark); the class is whether the two hues are equal. Hue a is
         # uniform, hue b is a (label 1) or uniform over the three others (label 0), so each object's hue alone is
@@ -309,7 +336,7 @@ def sample_scenes(
     """Sample the parameters of ``n`` scenes of ``task`` (deterministic in ``seed``, prefix-stable in ``n``).
 
     Args:
-        task: ``"shapes"``, ``"conjunction"`` or ``"relation"``.
+        task: ``"shapes"``, ``"conjunction"``, ``"relation"`` or ``"captions"``.
         n: number of scenes.
         seed: non-negative random seed.
         image_size: side of the square canvas in pixels (the zoo models use 64).
@@ -369,7 +396,7 @@ def generate(
     """Generate ``n`` images of ``task`` with labels and evidence masks (deterministic in ``seed``).
 
     Args:
-        task: ``"shapes"``, ``"conjunction"`` or ``"relation"``.
+        task: ``"shapes"``, ``"conjunction"``, ``"relation"`` or ``"captions"``.
         n: number of images.
         seed: non-negative random seed; the first ``k`` images do not depend on ``n``.
         image_size: side of the square images (the zoo models use 64).
@@ -425,7 +452,7 @@ class ToyDataset(Dataset):
     Items are ``(image, label)`` or, with ``with_masks=True``, ``(image, label, mask)``.
 
     Args:
-        task: ``"shapes"``, ``"conjunction"`` or ``"relation"``.
+        task: ``"shapes"``, ``"conjunction"``, ``"relation"`` or ``"captions"``.
         n: number of images.
         seed: non-negative random seed.
         with_masks: also return the evidence mask.

@@ -85,7 +85,8 @@ class ToyScenes:
         size: side of each object's box in pixels.
         present: whether the object is drawn.
         evidence: whether the object is class-defining.
-        part_type: for ``conjunction`` and ``relation`` evidence, index into ``PART_HUES`` (its hue); -1 elsewhere.
+        part_type: for ``conjunction``, ``relation`` and ``captions`` evidence, index into ``PART_HUES`` (its hue); -1
+            elsewhere.
         labels: class index per image.
         background: background image in [0, 1] before objects and pixel noise.
         noise: additive pixel noise, applied after composition (then clamped to [0, 1]).
