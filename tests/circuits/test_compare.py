@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vit_patching.circuits import (
-    MIB_SHARES, EdgeScores, FaithfulnessCurve, Graph, cmd, compare_scorers, cpr, edge_auroc, eap,
+    MIB_SHARES, EdgeScores, atp_heads, atp_layer_sweep, atp_node_edges, FaithfulnessCurve, Graph, cmd, compare_scorers, cpr, edge_auroc, eap,
     evaluate_circuit, faithfulness_by_size, select_circuit,
 )
 from vit_patching.zoo.known_circuit import KNOWN_EDGES, known_circuit_model, known_circuit_pairs
@@ -177,13 +177,16 @@ def test_compare_scorers_eap_and_eap_ig_on_the_known_circuit(model):
     p = known_circuit_pairs(8, seed=0)
     res = compare_scorers(model, p.clean, p.corrupted, p.metric(), known_edges=KNOWN_EDGES)
     t = res.table.set_index("scorer")
-    assert list(t.index) == ["eap", "eap-ig"]
+    assert list(t.index) == ["eap", "eap-ig", "atp-nodes"]
     assert t.loc["eap", "auroc"] == pytest.approx(0.976, abs=5e-4)
     assert t.loc["eap-ig", "auroc"] == pytest.approx(0.988, abs=5e-4)
     assert t.loc["eap", "cpr"] == pytest.approx(0.850, abs=5e-4) and t.loc["eap", "cmd"] == pytest.approx(0.149, abs=5e-4)
     assert t.loc["eap-ig", "cpr"] == pytest.approx(0.925, abs=5e-4)
     assert t.loc["eap-ig", "cmd"] == pytest.approx(0.074, abs=5e-4)
-    assert [tr.name for tr in res.figure.data] == ["eap", "eap-ig"]
+    assert t.loc["atp-nodes", "auroc"] == pytest.approx(0.932, abs=5e-4)
+    assert t.loc["atp-nodes", "cpr"] == pytest.approx(0.850, abs=5e-4)
+    assert t.loc["atp-nodes", "cmd"] == pytest.approx(0.149, abs=5e-4)
+    assert [tr.name for tr in res.figure.data] == ["eap", "eap-ig", "atp-nodes"]
 
 
 def test_compare_scorers_errors(model, pairs):
@@ -196,3 +199,28 @@ def test_compare_scorers_errors(model, pairs):
         compare_scorers(model, c, x, shares=[0.1, 1.5])
     with pytest.raises(TypeError, match=r"scorers\['bad'\]: expected a function returning EdgeScores"):
         compare_scorers(model, c, x, scorers={"bad": lambda *a: 1.0})
+
+
+# ---------------------------------------------------------------- node-level AtP as edge scores
+
+
+def test_atp_node_edges_are_node_atp_and_the_min_rule(model, pairs):
+    c, x, metric = pairs.clean, pairs.corrupted, pairs.metric()
+    s = atp_node_edges(model, c, x, metric)
+    node = s.options["node_scores"]
+    heads = atp_heads(model, c, x, metric, sites="z")  # [site, layer, head, batch]
+    sweep = atp_layer_sweep(model, c, x, metric, sites=("resid_pre", "mlp_out"))  # [site, layer, pos, batch]
+    head_est = (heads.values - heads.target_score)[0].mean(-1)
+    sweep_est = (sweep.values - sweep.target_score).sum(2).mean(-1)  # all positions at once: the sum (linear)
+    for l in range(2):
+        assert node[f"MLP{l}"] == pytest.approx(float(sweep_est[1, l]), abs=2e-5)
+        for h in range(4):
+            assert node[f"L{l}H{h}"] == pytest.approx(float(head_est[l, h]), abs=2e-5)
+    assert node["embed"] == pytest.approx(float(sweep_est[0, 0]), abs=2e-5)
+    assert max(abs(v) for v in node.values()) > 1  # the comparisons above are not all of zeros
+    g = s.graph
+    at = lambda u, v: float(s.scores[g.senders.index(u), g.receivers.index(v)])  # noqa: E731
+    assert at("L0H0", "MLP1") == min(abs(node["L0H0"]), abs(node["MLP1"]))
+    assert at("L1H0", "logits") == abs(node["L1H0"])
+    assert at("embed", "L0H1.k") == min(abs(node["embed"]), abs(node["L0H1"]))
+    assert torch.isnan(s.scores[~g.mask]).all() and (s.scores[g.mask] >= 0).all()

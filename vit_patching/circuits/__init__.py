@@ -20,11 +20,12 @@ from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .known import edge_auroc
+from .node_edges import atp_node_edges
 from .plot import circuit_figure, faithfulness_figure
 
 __all__ = [
     "MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
-    "default_scorers", "edge_auroc", "faithfulness_by_size",
+    "atp_node_edges", "default_scorers", "edge_auroc", "faithfulness_by_size",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",

@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_bool, check_fraction, is_int
+from vit_patching.checks import check_bool, check_fraction, check_positive_int, is_int
 from vit_patching.model import HookedViT
 
 from .common import Metric
@@ -45,6 +45,7 @@ from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit
 from .graph import EdgeScores, Graph, select_circuit
 from .known import edge_auroc
+from .node_edges import atp_node_edges
 
 __all__ = ["MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
            "default_scorers", "faithfulness_by_size"]
@@ -241,13 +242,16 @@ class ScorerComparison:
 
 
 def default_scorers(ig_steps: int = 5) -> dict[str, Scorer]:
-    """The package's edge scorers: ``{"eap": eap, "eap-ig": eap_ig with ig_steps}``.
+    """The package's edge scorers: EAP, EAP-IG with ``ig_steps`` steps, and node-level AtP's edges
+    (:func:`~vit_patching.circuits.node_edges.atp_node_edges`).
 
     Example:
-        >>> sorted(default_scorers())
-        ['eap', 'eap-ig']
+        >>> list(default_scorers())
+        ['eap', 'eap-ig', 'atp-nodes']
     """
-    return {"eap": eap, "eap-ig": lambda m, c, x, metric: eap_ig(m, c, x, metric, steps=ig_steps)}
+    check_positive_int(ig_steps, "ig_steps")
+    return {"eap": eap, "eap-ig": lambda m, c, x, metric: eap_ig(m, c, x, metric, steps=ig_steps),
+            "atp-nodes": atp_node_edges}
 
 
 def compare_scorers(
@@ -271,8 +275,8 @@ def compare_scorers(
         clean: Clean images ``[batch, C, H, W]``.
         corrupted: Corrupted images, same shape.
         metric: A metric callable or ``"logit_diff"`` / ``"logit"`` / ``"prob"`` (used by scorers and evaluation).
-        scorers: ``name -> fn(model, clean, corrupted, metric) -> EdgeScores`` (default: EAP and EAP-IG with 5
-            steps, :func:`default_scorers`).
+        scorers: ``name -> fn(model, clean, corrupted, metric) -> EdgeScores`` (default: EAP, EAP-IG with 5
+            steps and node-level AtP, :func:`default_scorers`).
         known_edges: The known circuit; adds an ``auroc`` column (:func:`~vit_patching.circuits.known.edge_auroc`).
         shares: Size grid as shares of edges (default :data:`MIB_SHARES`).
         counts: Size grid as edge counts instead.
