@@ -187,6 +187,14 @@ def test_compare_scorers_eap_and_eap_ig_on_the_known_circuit(model):
     assert t.loc["atp-nodes", "cpr"] == pytest.approx(0.850, abs=5e-4)
     assert t.loc["atp-nodes", "cmd"] == pytest.approx(0.149, abs=5e-4)
     assert [tr.name for tr in res.figure.data] == ["eap", "eap-ig", "atp-nodes"]
+    # where each curve reaches the clean run: EAP-IG at 11 edges (share 0.1), EAP and node-level AtP at 22 (0.2)
+    first_one = {k: next(i for i, f in enumerate(c.faithfulness.tolist()) if abs(f - 1) < 3e-7)
+                 for k, c in res.curves.items()}
+    assert first_one == {"eap": 7, "eap-ig": 6, "atp-nodes": 7}
+    assert all((c.faithfulness[first_one[k]:] - 1).abs().max() < 3e-7 for k, c in res.curves.items())
+    # node-level AtP's largest node score is the distractor MLP0's
+    node = res.scores["atp-nodes"].options["node_scores"]
+    assert max(node, key=lambda n: abs(node[n])) == "MLP0"
 
 
 def test_compare_scorers_errors(model, pairs):
