@@ -62,7 +62,7 @@ def test_copy_heads_attend_to_one_token_exactly(model, pairs):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_known_circuit_claim(seed):
-    """(a) the known circuit alone, and the full graph less any one other edge, give faithfulness 1;
+    """(a) the known circuit alone, and (seed 0) the full graph less any one other edge, give faithfulness 1;
     (b) the known circuit less any one of its edges gives faithfulness 0. Observed: within 2e-7 of 1 and of 0
     (float32 rounding)."""
     model, p = known_circuit_model(seed), known_circuit_pairs(4, seed=seed)
@@ -70,14 +70,15 @@ def test_known_circuit_claim(seed):
     known = Circuit.from_edges(g, KNOWN_EDGES)
     minus_known = [Circuit.from_edges(g, [e for e in KNOWN_EDGES if e != k]) for k in KNOWN_EDGES]
     others = [e for e in g.edges if e not in KNOWN_EDGES]
-    full_minus_other = [Circuit(g, g.mask & ~g.index([e])) for e in others]
+    full_minus_other = [Circuit(g, g.mask & ~g.index([e])) for e in others] if seed == 0 else []
     assert len(g.edges) == 110 and len(others) == 106
     ev = evaluate_circuit(model, [known] + minus_known + full_minus_other, p.clean, p.corrupted, p.metric())
     f = ev.faithfulness
     assert ev.clean_score.min() > 10 and ev.corrupted_score.max() < -10  # a real effect to be faithful to
     assert abs(float(f[0]) - 1) < 3e-7
     assert f[1:5].abs().max() < 3e-7
-    assert (f[5:] - 1).abs().max() < 3e-7
+    if seed == 0:
+        assert len(f) == 111 and (f[5:] - 1).abs().max() < 3e-7
 
 
 def test_claim_holds_to_float64_rounding():
@@ -98,3 +99,11 @@ def test_bad_arguments():
         known_circuit_model(dtype=torch.float16)
     with pytest.raises(ValueError, match="seed"):
         known_circuit_timm(seed=-1)
+
+
+def test_exported_from_the_zoo():
+    import vit_patching.zoo as zoo
+
+    assert zoo.known_circuit_model is known_circuit_model and zoo.KNOWN_EDGES == KNOWN_EDGES
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        zoo.nope  # noqa: B018

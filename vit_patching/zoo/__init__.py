@@ -11,6 +11,9 @@ Models (``available_models()``):
 * ``toy-relation``: deeper ViT (8 blocks, LayerScale, CLS token) telling whether the two marked (class-hued)
   objects share a shape (one marked object alone is uninformative).
 
+Built in code, not trained: ``known_circuit_model()`` (:mod:`vit_patching.zoo.known_circuit`), a ViT whose task
+provably flows through the four edges ``KNOWN_EDGES``, with ``known_circuit_pairs(n)``; loaded lazily.
+
 Example:
     >>> from vit_patching.zoo import load_dataset, load_timm_model
     >>> batch = load_dataset("shapes", n=16, seed=0)
@@ -29,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from timm.models.vision_transformer import VisionTransformer
 
 __all__ = [
+    "KNOWN_EDGES",
+    "known_circuit_model",
+    "known_circuit_pairs",
     "DEFAULT_MODEL",
     "ModelSpec",
     "ToyBatch",
@@ -164,3 +170,15 @@ def model_card(name: str = DEFAULT_MODEL) -> str:
         True
     """
     return get_spec(name).card_path.read_text()
+
+
+# The known-circuit model imports the HookedViT: loaded on first use so ``import vit_patching.zoo`` stays cheap.
+_LAZY = {"KNOWN_EDGES", "known_circuit_model", "known_circuit_pairs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module("vit_patching.zoo.known_circuit"), name)
+    raise AttributeError(f"module 'vit_patching.zoo' has no attribute {name!r}")
