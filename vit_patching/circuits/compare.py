@@ -82,7 +82,8 @@ class FaithfulnessCurve:
     evaluation: CircuitEvaluation | None = None
 
     @classmethod
-    def from_values(cls, share: Sequence[float], faithfulness: Sequence[float], scorer: str = "") -> "FaithfulnessCurve":
+    def from_values(cls, share: Sequence[float], faithfulness: Sequence[float],
+                    scorer: str = "") -> "FaithfulnessCurve":
         """A curve from numbers (e.g. another tool's), for :func:`cpr` / :func:`cmd`; shares increasing in [0, 1].
 
         Example:
@@ -92,7 +93,8 @@ class FaithfulnessCurve:
         share = _check_shares(share, "share")
         f = torch.as_tensor(list(faithfulness), dtype=torch.float64)
         if f.ndim != 1 or f.numel() != len(share) or not torch.isfinite(f).all():
-            raise ValueError(f"faithfulness: expected {len(share)} finite numbers (one per share), got {list(faithfulness)!r}")
+            raise ValueError(f"faithfulness: expected {len(share)} finite numbers (one per share), "
+                             f"got {list(faithfulness)!r}")
         return cls(share, [], [], f, 0, scorer)
 
     def to_dataframe(self):
@@ -335,11 +337,11 @@ def curves_figure(curves: Mapping[str, FaithfulnessCurve], *, title: str = "fait
 
     fig = go.Figure()
     for name, c in curves.items():
+        sizes = "<br>top %{customdata[0]} edges, %{customdata[1]} after pruning" if c.top_n else ""
         fig.add_trace(go.Scatter(
             x=c.share, y=c.faithfulness.tolist(), mode="lines+markers", name=html.escape(str(name)),
             customdata=list(zip(c.top_n, c.kept)) if c.top_n else None,
-            hovertemplate="share %{x}<br>faithfulness %{y:.3f}" + (
-                "<br>top %{customdata[0]} edges, %{customdata[1]} after pruning" if c.top_n else "") + "<extra></extra>",
+            hovertemplate="share %{x}<br>faithfulness %{y:.3f}" + sizes + "<extra></extra>",
         ))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean run")
     fig.add_hline(y=0.0, line_dash="dot", annotation_text="empty circuit")

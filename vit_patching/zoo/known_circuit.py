@@ -159,8 +159,9 @@ def known_circuit_timm(seed: int = 0, dtype: torch.dtype = torch.float32):
     hidden = int(_D * 4)
     for l in range(2):
         b = f"blocks.{l}"
-        sd[f"{b}.norm1.weight"], sd[f"{b}.norm1.bias"] = torch.ones(_D, dtype=torch.float64), torch.zeros(_D, dtype=torch.float64)
-        sd[f"{b}.norm2.weight"], sd[f"{b}.norm2.bias"] = torch.ones(_D, dtype=torch.float64), torch.zeros(_D, dtype=torch.float64)
+        for norm in ("norm1", "norm2"):  # weight 1, bias 0: LayerNorm only centres and scales
+            sd[f"{b}.{norm}.weight"] = torch.ones(_D, dtype=torch.float64)
+            sd[f"{b}.{norm}.bias"] = torch.zeros(_D, dtype=torch.float64)
         sd[f"{b}.attn.qkv.weight"] = reads_inv(rand(3 * _D, _D, scale=_D**-0.5))
         sd[f"{b}.attn.qkv.bias"] = rand(3 * _D, scale=0.3)
         sd[f"{b}.attn.proj.weight"] = writes_inv(rand(_D, _D, scale=_D**-0.5))
