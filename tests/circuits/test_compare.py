@@ -206,6 +206,15 @@ def test_compare_scorers_errors(model, pairs):
         compare_scorers(model, c, x, known_edges=[("embed", "MLP7")])
     with pytest.raises(ValueError, match="shares: expected a number in"):
         compare_scorers(model, c, x, shares=[0.1, 1.5])
+    calls = []
+    spy = {"spy": lambda *a: calls.append(1)}
+    with pytest.raises(ValueError, match="ablation: expected one of"):
+        compare_scorers(model, c, x, scorers=spy, ablation="zero")
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        compare_scorers(model, c, x, scorers=spy, batch_size=0)
+    with pytest.raises(ValueError, match=r"corrupted: expected clean's shape \(4, 3, 32, 32\)"):
+        compare_scorers(model, c, x[:2], scorers=spy)
+    assert calls == []  # every check ran before any scorer
     with pytest.raises(TypeError, match=r"scorers\['bad'\]: expected a function returning EdgeScores"):
         compare_scorers(model, c, x, scorers={"bad": lambda *a: 1.0})
 

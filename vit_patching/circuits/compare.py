@@ -37,12 +37,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_bool, check_fraction, check_positive_int, is_int
+from vit_patching.checks import check_batch_size, check_bool, check_choice, check_fraction, check_positive_int, is_int
 from vit_patching.model import HookedViT
 
-from .common import Metric
+from .common import Metric, check_pair
 from .eap import eap, eap_ig
-from .evaluate import CircuitEvaluation, evaluate_circuit
+from .evaluate import ABLATIONS, CircuitEvaluation, evaluate_circuit
 from .graph import EdgeScores, Graph, select_circuit
 from .known import edge_auroc
 from .node_edges import atp_node_edges
@@ -290,7 +290,8 @@ def compare_scorers(
         :class:`ScorerComparison`.
 
     Raises:
-        ValueError: an empty ``scorers``, bad known edges or sizes (before any scorer runs).
+        ValueError: an empty ``scorers``, mismatched images, bad known edges, sizes, ablation or batch size
+            (before any scorer runs).
         TypeError: a scorer that is not callable or does not return ``EdgeScores``.
 
     Example:
@@ -302,6 +303,9 @@ def compare_scorers(
     scorers = default_scorers() if scorers is None else dict(scorers)
     if not scorers or not all(isinstance(k, str) and callable(v) for k, v in scorers.items()):
         raise ValueError(f"scorers: expected a non-empty mapping of names to callables, got {scorers!r}")
+    check_pair(model, clean, corrupted)
+    check_choice(ablation, ABLATIONS, "ablation")
+    check_batch_size(batch_size)
     graph = Graph.of(model)
     n_edges = int(graph.mask.sum())
     if known_edges is not None:
