@@ -88,8 +88,8 @@ def test_claim_holds_to_float64_rounding():
         Circuit.from_edges(g, [e for e in KNOWN_EDGES if e != k]) for k in KNOWN_EDGES]
     f = evaluate_circuit(model, circuits, p.clean, p.corrupted, p.metric()).faithfulness
     assert f.dtype == torch.float64
-    assert abs(float(f[0]) - 1) < 1e-14
-    assert f[1:].abs().max() < 1e-14
+    assert abs(float(f[0]) - 1) < 1e-15
+    assert f[1:].abs().max() < 1e-15
 
 
 def test_bad_arguments():

@@ -30,7 +30,7 @@ distractors' and the direct paths' flips are read by no one, and the only depend
 the image's label runs ``embed -> L0H0.v``, ``L0H0 -> L1H0.v``, ``L1H0 -> MLP1``, ``MLP1 -> logits``.
 Flipping any one of them flips everything downstream: the circuit with that edge ablated is the corrupted
 run (faithfulness 0), and the circuit of the four edges with every other edge ablated is the clean run
-(faithfulness 1); ``tests/circuits/test_known_circuit.py`` checks both to 3e-7 (1e-14 in float64).
+(faithfulness 1); ``tests/circuits/test_known_circuit.py`` checks both to 3e-7 (1e-15 in float64).
 
 Example:
     >>> model = known_circuit_model()
