@@ -331,7 +331,8 @@ def compare_scorers(
 
 
 def curves_figure(curves: Mapping[str, FaithfulnessCurve], *, title: str = "faithfulness vs circuit size"):
-    """Faithfulness against the share of edges (log axis), one line per scorer (Plotly; names and title escaped).
+    """Faithfulness against the share of edges (log axis: a share of 0 is not drawn), one line per scorer
+    (Plotly; names and title escaped).
 
     Example:
         >>> curves_figure({"eap": curve}).data[0].name
