@@ -10,10 +10,13 @@ the time of EAP / EAP-IG over the full edge graph.
   over every layer and ``--vits-positions`` positions (CLS + the first patches; every position takes minutes on
   a CPU) and exact z/q/k/v/pattern head patching, against AtP, which estimates *every* cell in the same time.
 * EAP and EAP-IG (``--ig-steps``) over the full graph of each model.
+* MIB-style comparison (``compare_scorers``): EAP, EAP-IG and node-level AtP on the model whose circuit is known
+  (``vit_patching.zoo.known_circuit``, ``--known-batch`` pairs, with the AUROC of each scorer for the known
+  edges) and on the shipped models: CPR, CMD (MIB's share grid, corrupted-run ablation) and the scorer's time.
 
 Usage:
     python scripts/bench_circuits.py [--batch 4] [--vits-batch 1] [--vits-positions 24] [--ig-steps 5]
-        [--vits-head-sites z,q,k,v,pattern] [--threads 2] [--skip-vits]
+        [--vits-head-sites z,q,k,v,pattern] [--threads 2] [--skip-vits] [--known-batch 8] [--only-mib]
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import pandas as pd
 import timm
 import torch
 
-from vit_patching.circuits import atp_heads, atp_layer_sweep, eap, eap_ig
+from vit_patching.circuits import atp_heads, atp_layer_sweep, compare_scorers, default_scorers, eap, eap_ig
 from vit_patching.model import HookedViT
 from vit_patching.patching import layer_sweep, logit_diff, patch_heads, target_logit
 from vit_patching.zoo import load_model
+from vit_patching.zoo.known_circuit import KNOWN_EDGES, known_circuit_model, known_circuit_pairs
 from vit_patching.zoo.datasets import (
     CLASS_HUES, PART_HUES, batch_from_scenes, conjunction_label, sample_scenes,
 )
@@ -94,6 +98,25 @@ def compare(rows: list, model_name: str, what: str, exact, est, t_exact: float, 
                      "spearman_all": round(spearman(e[k], a[k]), 3)})
 
 
+def mib_rows(ig_steps: int, batch: int, known_batch: int) -> list[dict]:
+    """CPR / CMD / AUROC / time of every default scorer on the known-circuit model and the shipped models."""
+    rows = []
+    scorers = default_scorers(ig_steps)
+    pairs = known_circuit_pairs(known_batch, seed=0)
+    model = known_circuit_model()
+    compare_scorers(model, pairs.clean[:1], pairs.corrupted[:1], pairs.metric(), scorers=scorers)  # warm-up
+    res = compare_scorers(model, pairs.clean, pairs.corrupted, pairs.metric(), scorers=scorers,
+                          known_edges=KNOWN_EDGES)
+    rows += [{"model": "known-circuit", "images": known_batch, **r} for r in res.table.to_dict("records")]
+    for name, make in (("toy-shapes", shapes_pair), ("toy-conjunction", conjunction_pair)):
+        model = load_model(name)
+        clean, corrupted = make(batch)
+        metric = logit_diff(clean.labels, corrupted.labels)
+        res = compare_scorers(model, clean.images, corrupted.images, metric, scorers=scorers)
+        rows += [{"model": name, "images": batch, **r} for r in res.table.to_dict("records")]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4, help="image pairs for the shipped models")
@@ -103,8 +126,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vits-head-sites", default="z,q,k,v,pattern", help="sites of the exact ViT-S head patching")
     ap.add_argument("--skip-vits", action="store_true")
+    ap.add_argument("--known-batch", type=int, default=8, help="image pairs for the known-circuit model")
+    ap.add_argument("--only-mib", action="store_true", help="only the MIB-style table (CPR, CMD, AUROC)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    mib = pd.DataFrame(mib_rows(args.ig_steps, args.batch, args.known_batch)).round(4)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(mib.astype(object).fillna("").to_string(index=False), flush=True)
+    if args.only_mib:
+        return
     rows: list[dict] = []
     edge_rows: list[dict] = []
 

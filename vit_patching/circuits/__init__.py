@@ -1,6 +1,6 @@
 """Circuit discovery on ViTs: attribution patching (AtP/AtP*), a first-order CAAP estimate, edge attribution
 patching (EAP, EAP-IG) over the head/MLP graph, circuit selection and faithfulness evaluation through the
-patching engine, and figures.
+patching engine, MIB-style scorer comparison (CPR / CMD, AUROC against a known circuit), and figures.
 
 Example:
     >>> from vit_patching.circuits import eap_ig, evaluate_circuit, select_circuit
@@ -12,12 +12,20 @@ Example:
 from .atp import atp_heads, atp_layer_sweep
 from .caap_estimate import CAAPEstimate, caap_estimate
 from .common import Verification
+from .compare import (
+    MIB_SHARES, FaithfulnessCurve, ScorerComparison, cmd, compare_scorers, cpr, curves_figure, default_scorers,
+    faithfulness_by_size,
+)
 from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
+from .known import edge_auroc
+from .node_edges import atp_node_edges
 from .plot import circuit_figure, faithfulness_figure
 
 __all__ = [
+    "MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
+    "atp_node_edges", "default_scorers", "edge_auroc", "faithfulness_by_size",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",

@@ -9,13 +9,16 @@ Models (``available_models()``):
 * ``toy-conjunction``: ViT with 4 register tokens and average pooling, classifies which pair of coloured parts
   is present (one part alone is uninformative).
 * ``toy-relation``: deeper ViT (8 blocks, LayerScale, CLS token) telling whether the two marked (class-hued)
-  objects share a shape (one marked object alone is uninformative).
+  objects have the same colour (one marked object alone is uninformative).
 
 Zero-shot models (``zero_shot_models()``; open_clip, the ``foundation`` extra):
 
 * ``toy-clip``: a small open_clip ``CLIP`` (ViT image tower, 2-layer text tower) trained contrastively on the
   ``captions`` scenes; its classes are the 16 captions ``"a red circle"`` ... ``"a yellow plus"``. Load it with
   ``vit_patching.zoo.clip.load_open_clip_model("toy-clip")``; ``model_card("toy-clip")`` gives its card.
+
+Built in code, not trained: ``known_circuit_model()`` (:mod:`vit_patching.zoo.known_circuit`), a ViT whose task
+provably flows through the four edges ``KNOWN_EDGES``, with ``known_circuit_pairs(n)``; loaded lazily.
 
 Example:
     >>> from vit_patching.zoo import load_dataset, load_timm_model
@@ -36,6 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from timm.models.vision_transformer import VisionTransformer
 
 __all__ = [
+    "KNOWN_EDGES",
+    "known_circuit_model",
+    "known_circuit_pairs",
     "DEFAULT_MODEL",
     "ModelSpec",
     "ToyBatch",
@@ -186,3 +192,15 @@ def model_card(name: str = DEFAULT_MODEL) -> str:
     if name not in MODEL_SPECS:
         raise ValueError(f"name: expected one of the zoo models {sorted([*MODEL_SPECS, *CLIP_MODELS])}, got {name!r}")
     return get_spec(name).card_path.read_text()
+
+
+# The known-circuit model imports the HookedViT: loaded on first use so ``import vit_patching.zoo`` stays cheap.
+_LAZY = {"KNOWN_EDGES", "known_circuit_model", "known_circuit_pairs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module("vit_patching.zoo.known_circuit"), name)
+    raise AttributeError(f"module 'vit_patching.zoo' has no attribute {name!r}")
