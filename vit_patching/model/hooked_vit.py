@@ -35,6 +35,15 @@ _GATES = (
     ("use_hook_mlp_in", ("hook_mlp_in",), "set_use_hook_mlp_in"),
 )
 
+# Plain PyTorch hook tables (kind, attribute): on each module, and torch's global ones (torch.nn.modules.module).
+# The ``*_with_kwargs`` / ``*_always_called`` tables only flag hooks that are also in these.
+_MODULE_HOOKS = (("forward", "_forward_hooks"), ("forward-pre", "_forward_pre_hooks"),
+                 ("backward", "_backward_hooks"), ("backward-pre", "_backward_pre_hooks"))
+_GLOBAL_HOOKS = (("forward", "_global_forward_hooks", "register_module_forward_hook"),
+                 ("forward-pre", "_global_forward_pre_hooks", "register_module_forward_pre_hook"),
+                 ("backward", "_global_backward_hooks", "register_module_(full_)backward_hook"),
+                 ("backward-pre", "_global_backward_pre_hooks", "register_module_full_backward_pre_hook"))
+
 
 class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
     """A timm Vision Transformer with TransformerLens hook points, weights and caches.
@@ -235,8 +244,9 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
                 projection and the MLP. Same logits to float32 rounding, about ``1 / n_layers`` less compute; the
                 patching engine turns it on when its hooks allow. Refused (``ValueError`` naming the reason, see
                 :meth:`readout_only_blockers`) when the head reads every token, the last block is a parallel
-                block, split q/k/v inputs are on, or a hook after ``blocks.{L-1}.hook_resid_pre`` would see the
-                pruned tokens.
+                block, split q/k/v inputs are on, or a hook would see the pruned tokens: a hook point after
+                ``blocks.{L-1}.hook_resid_pre``, or a plain PyTorch hook (forward, pre, backward; global too) on
+                the last block, one of its modules, the final norm, the pooling or the head.
 
         Returns:
             Logits ``[batch, n_classes]`` (pooled features ``[batch, d_model]`` if the model has no head),
@@ -296,13 +306,19 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
 
         Args:
             hooks: Hook names the caller is about to add (e.g. a ``run_with_hooks`` list); hooks already attached
-                to the model are counted too.
+                to the model are counted too, and so are plain PyTorch module hooks (``register_forward_hook``,
+                ``register_forward_pre_hook``, ``register_full_backward_hook``, ... and torch's global
+                ``register_module_*_hook``) on the last block, its modules, ``ln_final``, the pooling, ``fc_norm``
+                and the head.
 
         Example:
             >>> model.readout_only_blockers(["blocks.11.hook_resid_pre"])
             []
             >>> model.readout_only_blockers(["blocks.11.hook_resid_post"])
             ["hook 'blocks.11.hook_resid_post' reads every token of the last block"]
+            >>> handle = model.blocks[11].attn.register_forward_hook(lambda mod, args, out: out)
+            >>> model.readout_only_blockers()
+            ["a forward hook on module 'blocks.11.attn' would see only the head's tokens"]
         """
         cfg = self.cfg
         reasons = []
@@ -319,6 +335,31 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         for n in sorted(after):
             if n in named or is_hooked(self.hook_dict[n]):
                 reasons.append(f"hook {n!r} reads every token of the last block")
+        return reasons + self._module_hook_blockers()
+
+    def _module_hook_blockers(self) -> list[str]:
+        """Plain PyTorch hooks (``register_forward_hook`` & co., on a module or global) that would run on the
+        pruned part: the last block after its ``hook_resid_pre`` and everything after it.
+
+        Such a hook sees, and may mix, the tokens of the last block's modules; pruned, it sees only the head's
+        tokens and can change the logits. Hook points are left to :meth:`readout_only_blockers`' name rules
+        (a hook on ``hook_pooled`` or ``hook_logits`` sees the same values either way).
+        """
+        reasons = []
+        for kind, table, register in _GLOBAL_HOOKS:
+            if getattr(torch.nn.modules.module, table, None):
+                reasons.append(f"a global {kind} hook (torch.nn.modules.module.{register}) would see only the "
+                               f"head's tokens in the last block's modules")
+        L = self.cfg.n_layers
+        last, before = f"blocks.{L - 1}", ("embed", "pos_embed", "hook_embed", "hook_pos_embed", "ln_pre", "blocks")
+        for name, module in self.named_modules():
+            top = name.split(".", 1)[0]
+            in_last = name == last or name.startswith(last + ".")
+            if not name or isinstance(module, HookPoint) or (top in before and not in_last):
+                continue  # the root sees only images and logits; hook points are named above
+            for kind, table in _MODULE_HOOKS:
+                if getattr(module, table, None):
+                    reasons.append(f"a {kind} hook on module {name!r} would see only the head's tokens")
         return reasons
 
     # ------------------------------------------------------------------ hooks and caches
