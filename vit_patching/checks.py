@@ -91,6 +91,20 @@ def check_positive_number(value: Any, name: str, *, allow_zero: bool = False) ->
     return float(value)
 
 
+def check_finite_number(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (any sign), else raise a ValueError naming ``name``.
+
+    Example:
+        >>> check_finite_number(float("nan"), "threshold")
+        Traceback (most recent call last):
+        ...
+        ValueError: threshold: expected a finite number, got nan
+    """
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def check_fraction(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
     """Return ``value`` as a float if it lies in [0, 1] (ends excluded when asked), else raise a ValueError."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)

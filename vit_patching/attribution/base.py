@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 # check_choice and check_positive_int are re-exported here for modules that import them from this one
 # (vit_patching.attribution.benchmark, vit_patching.attribution.caap); new code imports vit_patching.checks.
-from vit_patching.checks import check_batch_size, check_bool, check_choice, check_positive_int
+from vit_patching.checks import check_batch_size, check_bool, check_choice, check_finite, check_positive_int
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
 from vit_patching.model import HookedViT, check_classifier
 
@@ -242,7 +242,7 @@ class AttributionMethod:
                 chunk = images[s : s + per_chunk]
                 parts.append(self._attribute(chunk, tgt[s : s + per_chunk], bs).detach().float().cpu())
                 bar.update(chunk.shape[0])
-        native = torch.cat(parts)
+        native = check_finite(torch.cat(parts), f"{self.name} map")  # rows are images: the error names them
         patch, pixel = self._both_resolutions(native, images)
         seconds = time.perf_counter() - start
         logger.debug("%s: %d images in %.3f s", self.name, images.shape[0], seconds)
@@ -274,8 +274,9 @@ class AttributionMethod:
         batch = images.shape[0]
         if target is None:
             with torch.no_grad():
-                preds = [self.model(images[i : i + batch_size]).argmax(dim=-1) for i in range(0, batch, batch_size)]
-            return torch.cat(preds).to(images.device)
+                logits = torch.cat([self.model(images[i : i + batch_size]) for i in range(0, batch, batch_size)])
+            # the argmax of NaN logits is an arbitrary class: refuse it rather than explain it
+            return check_finite(logits, "logits (of the images, for the target class)").argmax(dim=-1).to(images.device)
         return self.model.check_target(target, batch).to(images.device)
 
     def _both_resolutions(self, native: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
