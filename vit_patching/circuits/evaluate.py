@@ -85,9 +85,10 @@ class CircuitEvaluation:
 
     def plot(self, title: str = "faithfulness vs circuit size"):
         """Faithfulness against the number of edges (Plotly figure)."""
-        from .plot import faithfulness_figure
+        from vit_patching.plotting.curves import faithfulness_vs_size  # plotly: loaded on the first figure
 
-        return faithfulness_figure(self, title=title)
+        return faithfulness_vs_size(self.sizes, self.faithfulness.tolist(), ablation=self.ablation,
+                                    metric=self.metric, title=title)
 
     def __repr__(self) -> str:
         f = ", ".join(f"{v:.3f}" for v in self.faithfulness.tolist()[:6])

@@ -21,7 +21,8 @@ from .config import UnsupportedModelError, ViTConfig
 from .convert import convert_timm_state_dict
 from .inputs import ImageInputs, check_layer
 from .parallel import ParallelBlock
-from .processing import WeightProcessing
+from .processing import head_norm, process_weights
+from .torch_hooks import global_hooks, module_hook_kinds
 from .timm_config import config_from_timm
 from .weights import WeightViews
 
@@ -35,17 +36,8 @@ _GATES = (
     ("use_hook_mlp_in", ("hook_mlp_in",), "set_use_hook_mlp_in"),
 )
 
-# Plain PyTorch hook tables (kind, attribute): on each module, and torch's global ones (torch.nn.modules.module).
-# The ``*_with_kwargs`` / ``*_always_called`` tables only flag hooks that are also in these.
-_MODULE_HOOKS = (("forward", "_forward_hooks"), ("forward-pre", "_forward_pre_hooks"),
-                 ("backward", "_backward_hooks"), ("backward-pre", "_backward_pre_hooks"))
-_GLOBAL_HOOKS = (("forward", "_global_forward_hooks", "register_module_forward_hook"),
-                 ("forward-pre", "_global_forward_pre_hooks", "register_module_forward_pre_hook"),
-                 ("backward", "_global_backward_hooks", "register_module_(full_)backward_hook"),
-                 ("backward-pre", "_global_backward_pre_hooks", "register_module_full_backward_pre_hook"))
 
-
-class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
+class HookedViT(ImageInputs, WeightViews, HookedRootModule):
     """A timm Vision Transformer with TransformerLens hook points, weights and caches.
 
     Build it with :meth:`from_timm`. Without hooks the forward pass runs timm's own parameters and kernels and
@@ -56,7 +48,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
 
     Input checks and layouts come from :class:`~vit_patching.model.inputs.ImageInputs`, the ``W_*``/``b_*``
     weight views from :class:`~vit_patching.model.weights.WeightViews` and ``process_weights_`` from
-    :class:`~vit_patching.model.processing.WeightProcessing`.
+    :func:`~vit_patching.model.processing.process_weights`.
 
     Example:
         >>> import timm, torch
@@ -90,7 +82,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
             self.head = Head(cfg)
             self.hook_logits = HookPoint()
         if cfg.normalization_type in ("LNPre", "RMSPre"):  # the config of a processed model: its folded norms have no affine
-            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [self._head_norm()]:
+            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [head_norm(self)]:
                 if ln is not None:
                     ln.remove_affine()
         self.setup()
@@ -152,6 +144,25 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
                 fold_ln=fold_ln, center_writing_weights=center_writing_weights, fold_value_biases=fold_value_biases
             )
         return hooked
+
+    def process_weights_(
+        self,
+        *,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        fold_value_biases: bool = False,
+        fold_layer_scale: bool = False,
+    ) -> "HookedViT":
+        """TransformerLens-style weight processing in place (logits unchanged); returns ``self``. The options
+        are those of :func:`~vit_patching.model.processing.process_weights`.
+
+        Example:
+            >>> model.process_weights_(fold_layer_scale=True).cfg.layer_scale
+            False
+        """
+        process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                        fold_value_biases=fold_value_biases, fold_layer_scale=fold_layer_scale)
+        return self
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
@@ -345,21 +356,15 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         tokens and can change the logits. Hook points are left to :meth:`readout_only_blockers`' name rules
         (a hook on ``hook_pooled`` or ``hook_logits`` sees the same values either way).
         """
-        reasons = []
-        for kind, table, register in _GLOBAL_HOOKS:
-            if getattr(torch.nn.modules.module, table, None):
-                reasons.append(f"a global {kind} hook (torch.nn.modules.module.{register}) would see only the "
-                               f"head's tokens in the last block's modules")
-        L = self.cfg.n_layers
-        last, before = f"blocks.{L - 1}", ("embed", "pos_embed", "hook_embed", "hook_pos_embed", "ln_pre", "blocks")
+        reasons = [f"{g} would see only the head's tokens in the last block's modules" for g in global_hooks()]
+        last, before = f"blocks.{self.cfg.n_layers - 1}", ("embed", "pos_embed", "hook_embed", "hook_pos_embed",
+                                                           "ln_pre", "blocks")
         for name, module in self.named_modules():
-            top = name.split(".", 1)[0]
             in_last = name == last or name.startswith(last + ".")
-            if not name or isinstance(module, HookPoint) or (top in before and not in_last):
+            if not name or isinstance(module, HookPoint) or (name.split(".", 1)[0] in before and not in_last):
                 continue  # the root sees only images and logits; hook points are named above
-            for kind, table in _MODULE_HOOKS:
-                if getattr(module, table, None):
-                    reasons.append(f"a {kind} hook on module {name!r} would see only the head's tokens")
+            reasons += [f"a {kind} hook on module {name!r} would see only the head's tokens"
+                        for kind in module_hook_kinds(module)]
         return reasons
 
     # ------------------------------------------------------------------ hooks and caches
