@@ -183,11 +183,19 @@ def _mix(t):
     return t + t.mean(1, keepdim=True)
 
 
-PLAIN_HOOKS = {
-    "forward": lambda mod: mod.register_forward_hook(lambda m, args, out: _mix(out)),
-    "forward-pre": lambda mod: mod.register_forward_pre_hook(lambda m, args: (_mix(args[0]), *args[1:])),
-    "backward": lambda mod: mod.register_full_backward_hook(lambda m, gin, gout: None),
-    "backward-pre": lambda mod: mod.register_full_backward_pre_hook(lambda m, gout: None),
+PLAIN_HOOKS = {  # name: (the kind the message names, register on a module)
+    "forward": ("forward", lambda mod: mod.register_forward_hook(lambda m, args, out: _mix(out))),
+    "forward_with_kwargs": ("forward", lambda mod: mod.register_forward_hook(
+        lambda m, args, kwargs, out: _mix(out), with_kwargs=True)),
+    "forward_always_called": ("forward", lambda mod: mod.register_forward_hook(
+        lambda m, args, out: _mix(out), always_call=True)),
+    "forward_pre": ("forward-pre", lambda mod: mod.register_forward_pre_hook(
+        lambda m, args: (_mix(args[0]), *args[1:]))),
+    "forward_pre_with_kwargs": ("forward-pre", lambda mod: mod.register_forward_pre_hook(
+        lambda m, args, kwargs: ((_mix(args[0]), *args[1:]), kwargs), with_kwargs=True)),
+    "full_backward": ("backward", lambda mod: mod.register_full_backward_hook(lambda m, gin, gout: None)),
+    "legacy_backward": ("backward", lambda mod: mod.register_backward_hook(lambda m, gin, gout: None)),
+    "full_backward_pre": ("backward-pre", lambda mod: mod.register_full_backward_pre_hook(lambda m, gout: None)),
 }
 # Every module the pruned part runs (fc_norm on a model that has one), and hooks that do not block.
 LATE_MODULES = ["blocks.1", "blocks.1.attn", "blocks.1.attn.q_norm", "blocks.1.attn.k_norm", "blocks.1.mlp",
@@ -212,16 +220,17 @@ def _full_block_run(model, resid):
     assert model.readout_only_blockers == blockers
 
 
-@pytest.mark.parametrize("kind", list(PLAIN_HOOKS))
+@pytest.mark.parametrize("hook", list(PLAIN_HOOKS))
 @pytest.mark.parametrize("name", LATE_MODULES)
-def test_a_plain_module_hook_on_the_pruned_part_turns_readout_only_off(kind, name):
+def test_a_plain_module_hook_on_the_pruned_part_turns_readout_only_off(hook, name):
     fc_norm = name == "fc_norm"  # timm: fc_norm=True with CLS pooling moves the final norm after the pooling
     _, model = make_pair(fc_norm=True, qk_norm=True) if fc_norm else make_pair(qk_norm=True)
     x = images(3)
     with torch.no_grad():
         resid = model(x, stop_at_layer=1)
     assert model.readout_only_blockers() == []
-    handle = PLAIN_HOOKS[kind](model.get_submodule(name))
+    kind, register = PLAIN_HOOKS[hook]
+    handle = register(model.get_submodule(name))
     try:
         assert model.readout_only_blockers() == [f"a {kind} hook on module {name!r} would see only the head's tokens"]
         with pytest.raises(ValueError, match=f"readout_only: .*a {kind} hook on module {name!r}"):
@@ -261,15 +270,15 @@ def test_a_global_module_hook_turns_readout_only_off(kind):
     assert model.readout_only_blockers() == []
 
 
-@pytest.mark.parametrize("kind", list(PLAIN_HOOKS))
-def test_a_plain_hook_before_the_pruned_part_keeps_readout_only_on(kind):
+@pytest.mark.parametrize("hook", list(PLAIN_HOOKS))
+def test_a_plain_hook_before_the_pruned_part_keeps_readout_only_on(hook):
     _, model = make_pair()
     x = images(3)
     with torch.no_grad():
         resid = model(x, stop_at_layer=1)
         plain = _engine_run(model, resid)
     seen = []  # tokens the earlier hooks see: all of them, the pruning starts after
-    handles = [PLAIN_HOOKS[kind](model.get_submodule(n)) for n in ("blocks.0", "blocks.0.mlp", "embed")]
+    handles = [PLAIN_HOOKS[hook][1](model.get_submodule(n)) for n in ("blocks.0", "blocks.0.mlp", "embed")]
     handles += [model.blocks[1].hook_resid_pre.register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))]
     try:
         assert model.readout_only_blockers() == []
