@@ -12,6 +12,7 @@ from vit_patching.checks import NonFiniteError
 from vit_patching.circuits import (
     atp_heads, atp_layer_sweep, caap_estimate, eap, eap_ig, evaluate_circuit, select_circuit,
 )
+from vit_patching.circuits.evaluate import run_circuits
 from vit_patching.patching import direct_path_patch, layer_sweep, patch_heads, path_patch, select_window
 from vit_patching.patching.caap import caap
 
@@ -104,3 +105,26 @@ def test_a_non_finite_attribution_map_names_its_image_across_chunks():
     with pytest.raises(NonFiniteError, match=r"nan_for_image_2 map: .* \[2\]") as err:
         method.attribute(images, target=0, batch_size=1)  # one image per chunk: the chunk index is not the row
     assert err.value.indices == [2]
+
+
+def test_non_finite_circuit_scores_name_the_image():
+    masks = CIRCUIT.mask[None]
+
+    def nan_for_image_1(logits, image_index):  # run_circuits calls the metric on the ablated runs only
+        return torch.where(image_index == 1, torch.tensor(float("nan")), logits[:, 0])
+
+    with pytest.raises(NonFiniteError, match=r"circuit scores .* batch row\(s\) \[1\]") as err:
+        run_circuits(MODEL, masks, CLEAN, CORRUPTED, nan_for_image_1)
+    assert err.value.indices == [1]
+    values, *_ = run_circuits(MODEL, masks, CLEAN, CORRUPTED, lambda logits, ids: logits[:, 0])  # the control
+    assert torch.isfinite(values).all()
+
+
+def test_a_non_finite_metric_gradient_names_the_image():
+    def nan_gradient_for_image_1(logits, image_index):
+        # sqrt(x^2 * 0) = 0 is a finite score for row 1, but its gradient is inf * 0 = NaN; other rows: |x|
+        return torch.sqrt(logits[:, 0] ** 2 * (image_index != 1))
+
+    with pytest.raises(NonFiniteError, match=r"metric gradient at 'blocks\.\d\.hook_resid_pre'.* \[1\]") as err:
+        atp_layer_sweep(MODEL, CLEAN, CORRUPTED, nan_gradient_for_image_1, sites="resid_pre")
+    assert err.value.indices == [1]

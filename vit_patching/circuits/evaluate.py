@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_choice, is_int
+from vit_patching.checks import check_batch_size, check_choice, check_finite, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import Intervention, run_interventions
@@ -181,6 +181,7 @@ def run_circuits(
             logits, _ = run_interventions(model, cc[prefix[L - 1]][img], ivs, start_layer=L - 1)
             n_forwards += 1
             values[cid, img.cpu()] = metric(logits, img).float().cpu()
+    check_finite(values.T, "circuit scores (the clean run with the edges outside the circuit ablated)")  # per image
     return values, clean_logits, corr_logits, n_forwards
 
 
