@@ -357,14 +357,15 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         (a hook on ``hook_pooled`` or ``hook_logits`` sees the same values either way).
         """
         reasons = [f"{g} would see only the head's tokens in the last block's modules" for g in global_hooks()]
-        last, before = f"blocks.{self.cfg.n_layers - 1}", ("embed", "pos_embed", "hook_embed", "hook_pos_embed",
-                                                           "ln_pre", "blocks")
-        for name, module in self.named_modules():
-            in_last = name == last or name.startswith(last + ".")
-            if not name or isinstance(module, HookPoint) or (name.split(".", 1)[0] in before and not in_last):
-                continue  # the root sees only images and logits; hook points are named above
-            reasons += [f"a {kind} hook on module {name!r} would see only the head's tokens"
-                        for kind in module_hook_kinds(module)]
+        L = self.cfg.n_layers
+        modules = list(self.blocks[L - 1].named_modules(prefix=f"blocks.{L - 1}"))
+        for name, child in self.named_children():  # what runs after the blocks: final norm, pooling, head
+            if name not in ("embed", "pos_embed", "hook_embed", "hook_pos_embed", "ln_pre", "blocks"):
+                modules += list(child.named_modules(prefix=name))
+        for name, module in modules:
+            if not isinstance(module, HookPoint):  # hook points are named by the rules above
+                reasons += [f"a {kind} hook on module {name!r} would see only the head's tokens"
+                            for kind in module_hook_kinds(module)]
         return reasons
 
     # ------------------------------------------------------------------ hooks and caches
