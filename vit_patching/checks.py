@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "NonFiniteError", "check_finite", "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
+    "NonFiniteError", "check_finite", "check_finite_number", "check_bool", "check_batch_size", "check_choice", "check_fraction",
+    "check_indices", "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
