@@ -1,7 +1,6 @@
 """The attribution benchmark: statistics, resume, sharding (in-process and with 2 real processes), outputs."""
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -239,15 +238,6 @@ def test_saturation_note_known_answers():
     assert "starts saturated" in note and "mean probability of 0.970" in note
     assert _result_with_insertion_starts([0.5, 1.0]).notes() == []  # mean 0.75
     assert _result_with_insertion_starts([0.9, 0.9]).notes() == []  # exactly 0.9 is not above it
-
-
-def test_deprecated_module_path_warns_and_re_exports():
-    sys.modules.pop("vit_patching.attribution.benchmark", None)
-    with pytest.warns(DeprecationWarning, match="vit_patching.attribution.benchmark is deprecated"):
-        old = importlib.import_module("vit_patching.attribution.benchmark")
-    import vit_patching.benchmark as new
-
-    assert old.__all__ == new.__all__ and all(getattr(old, n) is getattr(new, n) for n in new.__all__)
 
 
 # ------------------------------------------------------------------------------------- partial-file validation

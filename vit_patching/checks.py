@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "NonFiniteError", "OneLineArgumentParser", "check_finite", "check_bool", "check_batch_size", "check_choice", "check_fraction", "check_indices", "check_names",
+    "NonFiniteError", "OneLineArgumentParser", "check_finite", "check_finite_number", "check_bool", "check_batch_size",
+    "check_choice", "check_fraction", "check_indices", "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
@@ -89,6 +90,20 @@ def check_positive_number(value: Any, name: str, *, allow_zero: bool = False) ->
     if not ok or not (value >= 0 if allow_zero else value > 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_finite_number(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (any sign), else raise a ValueError naming ``name``.
+
+    Example:
+        >>> check_finite_number(float("nan"), "threshold")
+        Traceback (most recent call last):
+        ...
+        ValueError: threshold: expected a finite number, got nan
+    """
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return float(value)
 
 

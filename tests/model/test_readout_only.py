@@ -1,11 +1,14 @@
 """``HookedViT.forward(readout_only=True)``: the last block computes only the tokens the head reads.
 
 Every family of ``test_families`` either gives timm's logits (to float32 rounding) or is refused with the reason;
-hooks that would see the pruned tokens refuse it; the patching engine turns it on exactly when its hooks allow.
+hooks that would see the pruned tokens refuse it (hook points, and plain PyTorch module and global hooks on
+the pruned part, naming the module); the patching engine turns it on exactly when its hooks allow.
 """
 import pytest
 import torch
+import torch.nn.modules.module as torch_module
 
+import vit_patching as vp
 from model_helpers import images, make_pair
 from test_families import EVA, FAMILIES, _pair
 from vit_patching.patching.engine import Intervention, run_interventions
@@ -114,13 +117,16 @@ def test_refusals_of_the_argument_itself():
 
 
 def _last_mlp_tokens(model, fn):
-    """Token counts the last block's MLP saw during ``fn()`` (a plain torch hook: not a HookPoint, no blocker)."""
+    """Token counts the last block's MLP saw during ``fn()``: its ``forward`` is wrapped for the call (a hook,
+    plain or HookPoint, would itself turn the pruning off)."""
     seen = []
-    handle = model.blocks[-1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    mlp = model.blocks[-1].mlp
+    forward = mlp.forward
+    mlp.forward = lambda x: (seen.append(x.shape[1]), forward(x))[1]
     try:
         fn()
     finally:
-        handle.remove()
+        del mlp.forward
     return seen
 
 
@@ -169,3 +175,141 @@ def test_readout_only_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
+
+
+# Plain PyTorch hooks: (kind in the message, register on a module). Forward and pre hooks mix the tokens, so a
+# pruned last block under them would change the logits.
+def _mix(t):
+    return t + t.mean(1, keepdim=True)
+
+
+PLAIN_HOOKS = {  # name: (the kind the message names, register on a module)
+    "forward": ("forward", lambda mod: mod.register_forward_hook(lambda m, args, out: _mix(out))),
+    "forward_with_kwargs": ("forward", lambda mod: mod.register_forward_hook(
+        lambda m, args, kwargs, out: _mix(out), with_kwargs=True)),
+    "forward_always_called": ("forward", lambda mod: mod.register_forward_hook(
+        lambda m, args, out: _mix(out), always_call=True)),
+    "forward_pre": ("forward-pre", lambda mod: mod.register_forward_pre_hook(
+        lambda m, args: (_mix(args[0]), *args[1:]))),
+    "forward_pre_with_kwargs": ("forward-pre", lambda mod: mod.register_forward_pre_hook(
+        lambda m, args, kwargs: ((_mix(args[0]), *args[1:]), kwargs), with_kwargs=True)),
+    "full_backward": ("backward", lambda mod: mod.register_full_backward_hook(lambda m, gin, gout: None)),
+    "legacy_backward": ("backward", lambda mod: mod.register_backward_hook(lambda m, gin, gout: None)),
+    "full_backward_pre": ("backward-pre", lambda mod: mod.register_full_backward_pre_hook(lambda m, gout: None)),
+}
+# Every module the pruned part runs (fc_norm on a model that has one), and hooks that do not block.
+LATE_MODULES = ["blocks.1", "blocks.1.attn", "blocks.1.attn.q_norm", "blocks.1.attn.k_norm", "blocks.1.mlp",
+                "blocks.1.ln1", "blocks.1.ln2", "ln_final", "fc_norm", "head"]
+
+
+def _engine_run(model, resid):
+    """One engine run from block 1 with a write at ``blocks.1.hook_resid_pre`` (before the pruned part)."""
+    iv = Intervention("blocks.1.hook_resid_pre", torch.tensor([0, 2]), (torch.tensor([5, 5]),),
+                      torch.full((2, model.cfg.d_model), 3.0))
+    return run_interventions(model, resid, [iv], start_layer=1)[0]
+
+
+def _full_block_run(model, resid):
+    """:func:`_engine_run` with the full last block (a blocker forced), whatever hooks are attached."""
+    blockers = model.readout_only_blockers
+    model.readout_only_blockers = lambda hooks=(): ["forced by the test"]
+    try:
+        return _engine_run(model, resid)
+    finally:
+        del model.readout_only_blockers
+    assert model.readout_only_blockers == blockers
+
+
+@pytest.mark.parametrize("hook", list(PLAIN_HOOKS))
+@pytest.mark.parametrize("name", LATE_MODULES)
+def test_a_plain_module_hook_on_the_pruned_part_turns_readout_only_off(hook, name):
+    fc_norm = name == "fc_norm"  # timm: fc_norm=True with CLS pooling moves the final norm after the pooling
+    _, model = make_pair(fc_norm=True, qk_norm=True) if fc_norm else make_pair(qk_norm=True)
+    x = images(3)
+    with torch.no_grad():
+        resid = model(x, stop_at_layer=1)
+    assert model.readout_only_blockers() == []
+    kind, register = PLAIN_HOOKS[hook]
+    handle = register(model.get_submodule(name))
+    try:
+        assert model.readout_only_blockers() == [f"a {kind} hook on module {name!r} would see only the head's tokens"]
+        with pytest.raises(ValueError, match=f"readout_only: .*a {kind} hook on module {name!r}"):
+            model(x, readout_only=True)
+        out = []
+        seen = _last_mlp_tokens(model, lambda: out.append(_engine_run(model, resid)))
+        assert seen == [model.cfg.n_pos]  # the engine ran the full last block
+        torch.testing.assert_close(out[0], _full_block_run(model, resid), atol=0, rtol=0)
+    finally:
+        handle.remove()
+    assert model.readout_only_blockers() == []
+
+
+GLOBAL_HOOKS = {
+    "forward": lambda: torch_module.register_module_forward_hook(lambda m, args, out: None),
+    "forward-pre": lambda: torch_module.register_module_forward_pre_hook(lambda m, args: None),
+    "backward": lambda: torch_module.register_module_full_backward_hook(lambda m, gin, gout: None),
+    "backward-pre": lambda: torch_module.register_module_full_backward_pre_hook(lambda m, gout: None),
+}
+
+
+@pytest.mark.parametrize("kind", list(GLOBAL_HOOKS))
+def test_a_global_module_hook_turns_readout_only_off(kind):
+    _, model = make_pair()
+    x = images(3)
+    with torch.no_grad():
+        resid = model(x, stop_at_layer=1)
+    handle = GLOBAL_HOOKS[kind]()
+    try:
+        (reason,) = model.readout_only_blockers()
+        assert reason.startswith(f"a global {kind} hook (torch.nn.modules.module.register_module_")
+        with pytest.raises(ValueError, match=f"readout_only: .*a global {kind} hook"):
+            model(x, readout_only=True)
+        assert _last_mlp_tokens(model, lambda: _engine_run(model, resid)) == [model.cfg.n_pos]
+    finally:
+        handle.remove()
+    assert model.readout_only_blockers() == []
+
+
+@pytest.mark.parametrize("hook", list(PLAIN_HOOKS))
+def test_a_plain_hook_before_the_pruned_part_keeps_readout_only_on(hook):
+    _, model = make_pair()
+    x = images(3)
+    with torch.no_grad():
+        resid = model(x, stop_at_layer=1)
+        plain = _engine_run(model, resid)
+    seen = []  # tokens the earlier hooks see: all of them, the pruning starts after
+    handles = [PLAIN_HOOKS[hook][1](model.get_submodule(n)) for n in ("blocks.0", "blocks.0.mlp", "embed")]
+    handles += [model.blocks[1].hook_resid_pre.register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))]
+    try:
+        assert model.readout_only_blockers() == []
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, readout_only=True), model(x), atol=ATOL, rtol=RTOL)
+        out = []
+        assert _last_mlp_tokens(model, lambda: out.append(_engine_run(model, resid))) == [1]  # pruned
+        assert seen[-1] == model.cfg.n_pos
+        # a hook on the residual entering block 1 (the engine's start): the engine run is unchanged by it
+        torch.testing.assert_close(out[0], plain, atol=0, rtol=0)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_caap_under_a_token_mixing_hook_on_the_last_block_equals_the_full_last_block():
+    # The issue's reproduction: pruned under this hook, the logits moved by 2.57 and the CAAP map by 0.47.
+    model = vp.load_model("toy-shapes")
+    x = vp.load_dataset("shapes", n=2, seed=1).images
+    handle = model.blocks[-1].register_forward_hook(lambda m, args, out: _mix(out))
+    try:
+        with torch.no_grad(), pytest.raises(ValueError, match="a forward hook on module 'blocks.3'"):
+            model(x, readout_only=True)
+        got = vp.caap(model, x, window=(0, 2)).patch_map
+        model.readout_only_blockers = lambda hooks=(): ["forced by the test"]
+        try:
+            full = vp.caap(model, x, window=(0, 2)).patch_map
+        finally:
+            del model.readout_only_blockers
+    finally:
+        handle.remove()
+    plain = vp.caap(model, x, window=(0, 2)).patch_map
+    assert (plain - full).abs().max() > 0.1  # the hook matters
+    torch.testing.assert_close(got, full, atol=0, rtol=0)

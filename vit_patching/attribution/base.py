@@ -24,19 +24,16 @@ import importlib
 import inspect
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-# check_choice and check_positive_int are re-exported here for modules that import them from this one
-# (vit_patching.attribution.benchmark, vit_patching.attribution.caap); new code imports vit_patching.checks.
-from vit_patching.checks import check_batch_size, check_bool, check_choice, check_positive_int
+from vit_patching.checks import check_batch_size, check_bool, check_choice, check_finite
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
+from vit_patching.maps import AttributionMaps  # the result type lives below patching/ and attribution/
 from vit_patching.model import HookedViT, check_classifier
 
 logger = logging.getLogger(__name__)
@@ -53,70 +50,6 @@ __all__ = [
 
 # Shapes of targets are checked by hand (``[batch]``), so the error names the argument.
 Target = int | Tensor | None
-
-
-# ------------------------------------------------------------------------------------------------------ result
-@dataclass
-class AttributionMaps:
-    """Attribution maps of one method for a batch of images.
-
-    Attributes:
-        patch_map: one value per patch ``[batch, grid_h, grid_w]``; higher = more evidence for ``target``.
-        pixel_map: one value per pixel ``[batch, height, width]``.
-        target: the class explained for each image ``[batch]``.
-        method: registry name of the method.
-        settings: everything needed to reproduce the maps (options, native resolution, upsampling, ...).
-        seconds: wall-clock seconds spent in :meth:`AttributionMethod.attribute` (including target resolution).
-
-    Example:
-        >>> maps = get_method("raw_attention", model).attribute(images)
-        >>> len(maps), maps.method
-        (2, 'raw_attention')
-    """
-
-    patch_map: Float[Tensor, "batch grid_h grid_w"]
-    pixel_map: Float[Tensor, "batch height width"]
-    target: Int[Tensor, "batch"]
-    method: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        b = self.patch_map.shape[0]
-        if self.pixel_map.shape[0] != b or self.target.shape[0] != b:
-            raise ValueError(
-                f"patch_map, pixel_map, target: expected the same batch size, got {tuple(self.patch_map.shape)}, "
-                f"{tuple(self.pixel_map.shape)}, {tuple(self.target.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return self.patch_map.shape[0]
-
-    @property
-    def seconds_per_image(self) -> float:
-        """``seconds`` divided by the number of images."""
-        return self.seconds / len(self)
-
-    @classmethod
-    def cat(cls, parts: Sequence["AttributionMaps"]) -> "AttributionMaps":
-        """Concatenate batches of the same method (seconds add up).
-
-        Example:
-            >>> both = AttributionMaps.cat([method.attribute(x[:2]), method.attribute(x[2:])])
-        """
-        if not parts:
-            raise ValueError("parts: expected at least one AttributionMaps, got an empty sequence")
-        names = {p.method for p in parts}
-        if len(names) != 1:
-            raise ValueError(f"parts: expected maps of one method, got methods {sorted(names)}")
-        return cls(
-            patch_map=torch.cat([p.patch_map for p in parts]),
-            pixel_map=torch.cat([p.pixel_map for p in parts]),
-            target=torch.cat([p.target for p in parts]),
-            method=parts[0].method,
-            settings=dict(parts[0].settings),
-            seconds=sum(p.seconds for p in parts),
-        )
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -242,7 +175,7 @@ class AttributionMethod:
                 chunk = images[s : s + per_chunk]
                 parts.append(self._attribute(chunk, tgt[s : s + per_chunk], bs).detach().float().cpu())
                 bar.update(chunk.shape[0])
-        native = torch.cat(parts)
+        native = check_finite(torch.cat(parts), f"{self.name} map")  # rows are images: the error names them
         patch, pixel = self._both_resolutions(native, images)
         seconds = time.perf_counter() - start
         logger.debug("%s: %d images in %.3f s", self.name, images.shape[0], seconds)
@@ -274,8 +207,9 @@ class AttributionMethod:
         batch = images.shape[0]
         if target is None:
             with torch.no_grad():
-                preds = [self.model(images[i : i + batch_size]).argmax(dim=-1) for i in range(0, batch, batch_size)]
-            return torch.cat(preds).to(images.device)
+                logits = torch.cat([self.model(images[i : i + batch_size]) for i in range(0, batch, batch_size)])
+            # the argmax of NaN logits is an arbitrary class: refuse it rather than explain it
+            return check_finite(logits, "logits (of the images, for the target class)").argmax(dim=-1).to(images.device)
         return self.model.check_target(target, batch).to(images.device)
 
     def _both_resolutions(self, native: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_choice, check_window, is_int
+from vit_patching.checks import check_batch_size, check_choice, check_finite, check_window, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching.caap import caap, default_window
@@ -135,6 +135,7 @@ def caap_estimate(
     hooks = [get_act_name("resid_pre", l) for l in range(*window)]
     with torch.no_grad():
         src_logits, src = model.run_with_cache(images, names_filter=lambda n: n in hooks, return_cache_object=False)
+    check_finite(src_logits, "source logits (the images' own run)")  # before its argmax becomes the target
     tgt = (given if given is not None else src_logits.argmax(-1).cpu()).to(images.device)
 
     def score(logits: Tensor, image_index: Tensor) -> Tensor:

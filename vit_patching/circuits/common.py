@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_patching.checks import check_finite
 from vit_patching.model import HookedViT
 from vit_patching.patching.experiment import DIRECTIONS, METRIC_NAMES, resolve_metric, source_target
 from vit_patching.patching.experiment import check_inputs as check_pair  # the experiments' own check of a pair
@@ -62,12 +63,15 @@ def forward_backward(
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep) for n in names]):
         logits = model(x) if start_layer is None else model(x, start_at_layer=start_layer)
+        check_finite(logits.detach(), "logits of the gradient run")  # rows are images: the error names them
         total = metric(logits, torch.arange(x.shape[0], device=logits.device)).sum()
         missing = [n for n in names if n not in acts]
         if missing:
             raise RuntimeError(f"hooks never fired: {missing}")
         grads = torch.autograd.grad(total, [acts[n] for n in names], allow_unused=True)
     out_grads = {n: torch.zeros_like(acts[n]) if g is None else g.detach() for n, g in zip(names, grads)}
+    for n, g in out_grads.items():  # finite logits can still give a non-finite gradient (e.g. a saturated softmax)
+        check_finite(g, f"metric gradient at {n!r}")
     return logits.detach(), {n: a.detach() for n, a in acts.items()}, out_grads
 
 

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_choice, is_int
+from vit_patching.checks import check_batch_size, check_choice, check_finite, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import Intervention, run_interventions
@@ -91,9 +91,10 @@ class CircuitEvaluation:
 
     def plot(self, title: str = "faithfulness vs circuit size"):
         """Faithfulness against the number of edges (Plotly figure)."""
-        from .plot import faithfulness_figure
+        from vit_patching.plotting.curves import faithfulness_vs_size  # plotly: loaded on the first figure
 
-        return faithfulness_figure(self, title=title)
+        return faithfulness_vs_size(self.sizes, self.faithfulness.tolist(), ablation=self.ablation,
+                                    metric=self.metric, title=title)
 
     def __repr__(self) -> str:
         f = ", ".join(f"{v:.3f}" for v in self.faithfulness.tolist()[:6])
@@ -188,6 +189,7 @@ def run_circuits(
             logits, _ = run_interventions(model, cc[prefix[L - 1]][img], ivs, start_layer=L - 1)
             n_forwards += 1
             values[cid, img.cpu()] = metric(logits, img).to(values.dtype).cpu()
+    check_finite(values.T, "circuit scores (the clean run with the edges outside the circuit ablated)")  # per image
     return values, clean_logits, corr_logits, n_forwards
 
 

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vit_patching.checks import check_bool, check_positive_number, is_int
+from vit_patching.checks import check_bool, check_finite_number, check_positive_number, is_int
 from vit_patching.model import HookedViT
 from vit_patching.patching import Node, all_senders
 
@@ -268,7 +268,8 @@ def select_circuit(
         mask[order] = True
         mask = mask.view_as(vals) & graph.mask
     else:
-        t = check_positive_number(threshold, "threshold", allow_zero=True) if absolute else float(threshold)
+        t = check_positive_number(threshold, "threshold", allow_zero=True) if absolute else \
+            check_finite_number(threshold, "threshold")  # NaN would keep no edge, silently
         mask = (vals >= t) & graph.mask
     circuit = Circuit(graph, mask, scores.scores)
     return circuit.pruned() if prune else circuit

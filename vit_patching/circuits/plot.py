@@ -8,7 +8,7 @@ Every user-supplied string (titles) is HTML-escaped before it reaches the figure
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -17,10 +17,8 @@ from torch import Tensor
 from vit_patching.checks import check_positive_int, check_positive_number
 from vit_patching.patching import Node
 
+from .evaluate import CircuitEvaluation
 from .graph import Circuit, component
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .evaluate import CircuitEvaluation
 
 __all__ = ["circuit_figure", "faithfulness_figure", "node_position"]
 
@@ -170,23 +168,14 @@ def circuit_figure(
     return fig
 
 
-def faithfulness_figure(evaluation: "CircuitEvaluation", *, title: str = "faithfulness vs circuit size"):
-    """Faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges.
+def faithfulness_figure(evaluation: CircuitEvaluation, *, title: str = "faithfulness vs circuit size"):
+    """Faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges
+    (:meth:`CircuitEvaluation.plot`).
 
     Example:
         >>> fig = faithfulness_figure(faithfulness_curve(model, scores, clean, corrupted))
     """
-    import plotly.graph_objects as go
-
-    sizes = evaluation.sizes
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    f = evaluation.faithfulness.tolist()
-    fig = go.Figure(go.Scatter(
-        x=[sizes[i] for i in order], y=[f[i] for i in order], mode="lines+markers", name="circuit",
-        hovertemplate="%{x} edges: faithfulness %{y:.3f}<extra></extra>",
-    ))
-    fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
-    fig.add_hline(y=0.0, line_dash="dot", annotation_text=html.escape(f"empty ({evaluation.ablation})"))
-    fig.update_layout(title=html.escape(str(title)), template="plotly_white", xaxis_type="log",
-                      xaxis_title="edges in circuit", yaxis_title=f"faithfulness ({html.escape(evaluation.metric)})")
-    return fig
+    if not isinstance(evaluation, CircuitEvaluation):
+        raise TypeError(f"evaluation: expected a CircuitEvaluation (from evaluate_circuit / faithfulness_curve), "
+                        f"got {type(evaluation).__name__}")
+    return evaluation.plot(title=title)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
-from vit_patching.checks import check_positive_int
+from vit_patching.checks import check_fraction, check_positive_int
 
 __all__ = ["mean_ci", "paired_ci", "t_quantile"]
 
@@ -78,7 +78,9 @@ def t_quantile(p: float, df: int) -> float:
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
-    """``(mean, half-width of the Student-t interval, n)`` over the finite values (half-width NaN if n < 2)."""
+    """``(mean, half-width of the Student-t interval, n)`` over the finite values (half-width NaN if n < 2);
+    ``level`` (the coverage) in (0, 1)."""
+    check_fraction(level, "level", open_low=True, open_high=True)
     v = [x for x in values if math.isfinite(x)]
     n = len(v)
     if n == 0:
@@ -95,18 +97,19 @@ def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tu
 
     Args:
         a, b: Scores of two settings on the same items, in the same order.
-        level: Coverage of the interval.
+        level: Coverage of the interval, in (0, 1).
 
     Returns:
         ``(mean difference, half-width, n)``.
 
     Raises:
-        ValueError: ``a`` and ``b`` differ in length.
+        ValueError: ``a`` and ``b`` differ in length, or ``level`` is not in (0, 1).
 
     Example:
         >>> paired_ci([1.0, 2.0], [1.0, 1.0])[0]
         0.5
     """
+    check_fraction(level, "level", open_low=True, open_high=True)
     if len(a) != len(b):
         raise ValueError(f"b: expected as many values as a ({len(a)}), got {len(b)}")
     diffs = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]

@@ -1,7 +1,7 @@
 """ViT configuration: the :class:`ViTConfig` dataclass and its vocabularies.
 
 Reading a config off a timm module (never guessing it from a model name) lives in
-:mod:`vit_patching.model.timm_config`; ``config_from_timm`` and ``check_no_module_hooks`` stay importable from here.
+:mod:`vit_patching.model.timm_config` (``vit_patching.model.config_from_timm``), which imports this module.
 """
 
 from __future__ import annotations
@@ -131,12 +131,3 @@ class ViTConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def __getattr__(name: str) -> Any:
-    # Backward compatibility: the timm conversion moved to timm_config.py, which imports this module, so it
-    # cannot be re-exported at the top here without an import cycle.
-    if name in ("config_from_timm", "check_no_module_hooks"):
-        from . import timm_config
-
-        return getattr(timm_config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,8 @@ from .config import UnsupportedModelError, ViTConfig
 from .convert import convert_timm_state_dict
 from .inputs import ImageInputs, check_layer
 from .parallel import ParallelBlock
-from .processing import WeightProcessing
+from .processing import head_norm, process_weights
+from .torch_hooks import global_hooks, module_hook_kinds
 from .timm_config import config_from_timm
 from .weights import WeightViews
 
@@ -36,7 +37,7 @@ _GATES = (
 )
 
 
-class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
+class HookedViT(ImageInputs, WeightViews, HookedRootModule):
     """A timm Vision Transformer with TransformerLens hook points, weights and caches.
 
     Build it with :meth:`from_timm`. Without hooks the forward pass runs timm's own parameters and kernels and
@@ -47,7 +48,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
 
     Input checks and layouts come from :class:`~vit_patching.model.inputs.ImageInputs`, the ``W_*``/``b_*``
     weight views from :class:`~vit_patching.model.weights.WeightViews` and ``process_weights_`` from
-    :class:`~vit_patching.model.processing.WeightProcessing`.
+    :func:`~vit_patching.model.processing.process_weights`.
 
     Example:
         >>> import timm, torch
@@ -81,7 +82,7 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
             self.head = Head(cfg)
             self.hook_logits = HookPoint()
         if cfg.normalization_type in ("LNPre", "RMSPre"):  # the config of a processed model: its folded norms have no affine
-            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [self._head_norm()]:
+            for ln in [n for b in self.blocks for n in (b.ln1, getattr(b, "ln2", None))] + [head_norm(self)]:
                 if ln is not None:
                     ln.remove_affine()
         self.setup()
@@ -180,6 +181,25 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
 
         return from_open_clip(model, **kwargs)
 
+    def process_weights_(
+        self,
+        *,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        fold_value_biases: bool = False,
+        fold_layer_scale: bool = False,
+    ) -> "HookedViT":
+        """TransformerLens-style weight processing in place (logits unchanged); returns ``self``. The options
+        are those of :func:`~vit_patching.model.processing.process_weights`.
+
+        Example:
+            >>> model.process_weights_(fold_layer_scale=True).cfg.layer_scale
+            False
+        """
+        process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                        fold_value_biases=fold_value_biases, fold_layer_scale=fold_layer_scale)
+        return self
+
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "HookedViT":
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)
@@ -271,8 +291,9 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
                 projection and the MLP. Same logits to float32 rounding, about ``1 / n_layers`` less compute; the
                 patching engine turns it on when its hooks allow. Refused (``ValueError`` naming the reason, see
                 :meth:`readout_only_blockers`) when the head reads every token, the last block is a parallel
-                block, split q/k/v inputs are on, or a hook after ``blocks.{L-1}.hook_resid_pre`` would see the
-                pruned tokens.
+                block, split q/k/v inputs are on, or a hook would see the pruned tokens: a hook point after
+                ``blocks.{L-1}.hook_resid_pre``, or a plain PyTorch hook (forward, pre, backward; global too) on
+                the last block, one of its modules, the final norm, the pooling or the head.
 
         Returns:
             Logits ``[batch, n_classes]`` (pooled features ``[batch, d_model]`` if the model has no head),
@@ -332,13 +353,19 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
 
         Args:
             hooks: Hook names the caller is about to add (e.g. a ``run_with_hooks`` list); hooks already attached
-                to the model are counted too.
+                to the model are counted too, and so are plain PyTorch module hooks (``register_forward_hook``,
+                ``register_forward_pre_hook``, ``register_full_backward_hook``, ... and torch's global
+                ``register_module_*_hook``) on the last block, its modules, ``ln_final``, the pooling, ``fc_norm``
+                and the head.
 
         Example:
             >>> model.readout_only_blockers(["blocks.11.hook_resid_pre"])
             []
             >>> model.readout_only_blockers(["blocks.11.hook_resid_post"])
             ["hook 'blocks.11.hook_resid_post' reads every token of the last block"]
+            >>> handle = model.blocks[11].attn.register_forward_hook(lambda mod, args, out: out)
+            >>> model.readout_only_blockers()
+            ["a forward hook on module 'blocks.11.attn' would see only the head's tokens"]
         """
         cfg = self.cfg
         reasons = []
@@ -355,6 +382,26 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         for n in sorted(after):
             if n in named or is_hooked(self.hook_dict[n]):
                 reasons.append(f"hook {n!r} reads every token of the last block")
+        return reasons + self._module_hook_blockers()
+
+    def _module_hook_blockers(self) -> list[str]:
+        """Plain PyTorch hooks (``register_forward_hook`` & co., on a module or global) that would run on the
+        pruned part: the last block after its ``hook_resid_pre`` and everything after it.
+
+        Such a hook sees, and may mix, the tokens of the last block's modules; pruned, it sees only the head's
+        tokens and can change the logits. Hook points are left to :meth:`readout_only_blockers`' name rules
+        (a hook on ``hook_pooled`` or ``hook_logits`` sees the same values either way).
+        """
+        reasons = [f"{g} would see only the head's tokens in the last block's modules" for g in global_hooks()]
+        L = self.cfg.n_layers
+        modules = list(self.blocks[L - 1].named_modules(prefix=f"blocks.{L - 1}"))
+        for name, child in self.named_children():  # what runs after the blocks: final norm, pooling, head
+            if name not in ("embed", "pos_embed", "hook_embed", "hook_pos_embed", "ln_pre", "blocks"):
+                modules += list(child.named_modules(prefix=name))
+        for name, module in modules:
+            if not isinstance(module, HookPoint):  # hook points are named by the rules above
+                reasons += [f"a {kind} hook on module {name!r} would see only the head's tokens"
+                            for kind in module_hook_kinds(module)]
         return reasons
 
     # ------------------------------------------------------------------ hooks and caches

@@ -64,7 +64,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_patching import checks, images as image_ops
-from vit_patching.checks import check_batch_size, check_bool, check_choice, check_positive_number
+from vit_patching.checks import check_batch_size, check_bool, check_choice, check_finite, check_positive_number
 from vit_patching.hook_names import get_act_name
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, baseline_images, upsample_map
 from vit_patching.model import HookedViT, check_classifier
@@ -173,6 +173,9 @@ def caap_from_context(
     spec = caap_spec(model, images, (start, end), ctx.site, include_prefix)
     b = ctx.batch
     logits0 = ctx.neutral_logits[start].expand(b, -1)
+    # Named in CAAP's words before the engine's own check (which says target/source, here neutral/images).
+    check_finite(ctx.source_logits, "source logits (the images' own run)")
+    check_finite(logits0, "neutral logits (the unpatched neutral run)")
     keep_all = lambda logits, image_index: logits  # noqa: E731  keep every class: maps for all classes from N runs
     start_hook = get_act_name("resid_pre", start)
     if noising:  # the neutral's values written into the source run: one engine, the roles swapped
@@ -194,7 +197,7 @@ def caap_from_context(
     source_logits = ctx.source_logits.float().cpu()
     tgt = ctx.target
     values = caap_map_values(run.values, tgt, readout, neutral_logits, source_logits, ctx.direction)  # [N, batch]
-    amap = values.transpose(0, 1).reshape(b, gh, gw)
+    amap = check_finite(values.transpose(0, 1).reshape(b, gh, gw), "CAAP map")  # e.g. a prob readout's 0 * inf
     options = dict(ctx.options)
     options.update(readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size, warn_share=warn_share)
     # The diagnosis: what the unpatched neutral run says (its own prediction, the explained class's score).

@@ -1,7 +1,7 @@
 """CAAP results: :class:`Attribution` (maps, patched logits, the neutral-context diagnosis) and
 :func:`compare_attributions`. The run itself lives in :mod:`vit_patching.patching.caap`.
 
-:class:`Attribution` is an :class:`~vit_patching.attribution.base.AttributionMaps` (the one attribution-maps
+:class:`Attribution` is an :class:`~vit_patching.maps.AttributionMaps` (the one attribution-maps
 result type of the package): ``patch_map``/``pixel_map``/``target``/``method``/``settings`` as for every method,
 plus CAAP's extras. ``map`` and ``options`` are CAAP's historical names for ``patch_map`` and ``settings``.
 Both types bring patch maps to pixels with :data:`vit_patching.images.DEFAULT_UPSAMPLE` (bilinear) unless told
@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vit_patching.attribution.base import AttributionMaps
+from vit_patching.maps import AttributionMaps
 from vit_patching.checks import check_choice
 
 __all__ = [
@@ -165,7 +165,7 @@ class Attribution(AttributionMaps):
     """CAAP maps for a batch of images, with the patched logits of every class, the settings used and a
     diagnosis of the neutral context.
 
-    A subclass of :class:`~vit_patching.attribution.base.AttributionMaps` (``patch_map``, ``pixel_map``,
+    A subclass of :class:`~vit_patching.maps.AttributionMaps` (``patch_map``, ``pixel_map``,
     ``target``, ``method="caap"``, ``settings``, ``seconds``); ``map`` is ``patch_map`` and ``options`` is
     ``settings``. ``pixel_map`` is upsampled with ``options["upsample"]``, by default
     :data:`vit_patching.images.DEFAULT_UPSAMPLE` (bilinear), the rule of every other method and metric.

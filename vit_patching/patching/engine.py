@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_patching.checks import check_batch_size
+from vit_patching.checks import check_batch_size, check_finite
 from vit_patching.hook_names import get_act_name, hook_layer, site_suffix
 from vit_patching.model import HookedViT, check_classifier
 
@@ -304,9 +304,12 @@ def run_patch_spec(
     if target is not None and source is not None and target.shape[-2:] != source.shape[-2:]:
         raise ValueError(f"source: expected the target's image size {tuple(target.shape)}, got {tuple(source.shape)}")
 
+    # A NaN weight or input poisons every patched run: refuse it once, here, naming the images (batch rows).
+    check_finite(target_logits, "target logits (the unpatched run patched into)")
+    check_finite(source_logits, "source logits (the unpatched run patched from)")
     image_ids = torch.arange(batch, device=target_logits.device)
-    target_score = metric(target_logits, image_ids)
-    source_score = metric(source_logits, image_ids)
+    target_score = check_finite(metric(target_logits, image_ids), "target scores (the metric of the target run)")
+    source_score = check_finite(metric(source_logits, image_ids), "source scores (the metric of the source run)")
 
     n_rows = len(spec.variants) * batch
     n_chunks = math.ceil(n_rows / batch_size)
@@ -333,8 +336,10 @@ def run_patch_spec(
         chunks.append(metric(logits, img_ids.to(logits.device)).to(dtype))
     values = torch.cat(chunks).cpu()
     values = torch.empty_like(values).index_copy_(0, row_order, values)  # back to variant-major row order
+    values = values.view(len(spec.variants), batch, *values.shape[1:])
+    check_finite(values.transpose(0, 1), "patched scores")  # batch first: the error names images, not rows
     return PatchRun(
-        values=values.view(len(spec.variants), batch, *values.shape[1:]),
+        values=values,
         target_score=target_score.to(dtype).cpu(),
         source_score=source_score.to(dtype).cpu(),
         n_forwards=n_chunks,

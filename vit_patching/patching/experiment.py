@@ -10,19 +10,21 @@ target run and 1 = the unpatched source run.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from vit_patching.checks import check_choice
+from vit_patching.checks import check_choice, check_finite
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT, TokenLayout, check_classifier
 
 from .engine import PatchRun, PatchSpec, Site, cache_for, check_image_batch, run_patch_spec, spec_memory
 from .memory import resolve_batch_size
-from .metrics import Metric, logit_diff, target_logit, target_prob
+from .metrics import RECOVERY_EPS, Metric, logit_diff, target_logit, target_prob
 from .results import PatchingResult
 
 DIRECTIONS = ("denoising", "noising")
@@ -61,16 +63,58 @@ def resolve_metric(metric: Metric | str, clean_logits: Tensor, corrupted_logits:
 
     ``"logit"`` / ``"prob"``: logit / probability of the clean prediction. ``"logit_diff"``: clean prediction's
     logit minus the corrupted prediction's logit (0 for images where both runs predict the same class).
+
+    Every experiment on a clean/corrupted pair (sweeps, heads, paths, AtP, EAP, EAP-IG, circuit evaluation)
+    resolves its metric here, so the checks of both runs live here too: non-finite logits raise
+    :class:`~vit_patching.checks.NonFiniteError` naming the images; a metric that does not return one finite
+    value per row raises a ValueError naming it; images whose clean and corrupted runs score the same (a
+    ``logit_diff`` pair predicting one class) get a ``UserWarning`` naming them, as every normalised result and
+    circuit faithfulness is NaN there.
+
+    Example:
+        >>> fn, name = resolve_metric("logit", torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 0.0]]))
+        >>> name, fn(torch.tensor([[5.0, 7.0]]), torch.tensor([0]))
+        ('logit', tensor([7.]))
     """
+    check_finite(clean_logits, "clean logits")
+    check_finite(corrupted_logits, "corrupted logits")
     if callable(metric):
-        return metric, getattr(metric, "__name__", "metric")
-    check_choice(metric, METRIC_NAMES, "metric")
-    clean_cls = clean_logits.argmax(-1)
-    if metric == "logit":
-        return target_logit(clean_cls), metric
-    if metric == "prob":
-        return target_prob(clean_cls), metric
-    return logit_diff(clean_cls, corrupted_logits.argmax(-1)), metric
+        fn, name = metric, getattr(metric, "__name__", "metric")
+    else:
+        check_choice(metric, METRIC_NAMES, "metric")
+        clean_cls = clean_logits.argmax(-1)
+        fn = {"logit": lambda: target_logit(clean_cls), "prob": lambda: target_prob(clean_cls),
+              "logit_diff": lambda: logit_diff(clean_cls, corrupted_logits.argmax(-1))}[metric]()
+        name = metric
+    ids = torch.arange(clean_logits.shape[0], device=clean_logits.device)
+    clean_score = check_metric_output(fn, name, clean_logits, ids, "clean")
+    corrupted_score = check_metric_output(fn, name, corrupted_logits, ids, "corrupted")
+    same = torch.nonzero((clean_score - corrupted_score).abs() <= RECOVERY_EPS).flatten().tolist()
+    if same:
+        warnings.warn(
+            f"metric: clean and corrupted runs give the same {name} for image(s) {same}"
+            + (" (both predict the same class, so logit_diff is 0 in both)" if name == "logit_diff" else "")
+            + ": their normalised results and circuit faithfulness are NaN; pair images the model tells apart",
+            UserWarning, stacklevel=2,
+        )
+    return fn, name
+
+
+def check_metric_output(fn: Metric, name: str, logits: Tensor, ids: Tensor, run: str) -> Tensor:
+    """``fn(logits, ids)`` if it is one finite value per row ``[rows]``, else an error naming the metric.
+
+    Example:
+        >>> check_metric_output(lambda logits, ids: logits, "identity", torch.zeros(2, 3), torch.arange(2), "clean")
+        Traceback (most recent call last):
+        ...
+        ValueError: metric: expected identity(logits, image_index) to return one value per row [2], got shape (2, 3)
+    """
+    out = fn(logits, ids)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (logits.shape[0],):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"metric: expected {name}(logits, image_index) to return one value per row "
+                         f"[{logits.shape[0]}], got {got}")
+    return check_finite(out, f"{name} of the {run} run")
 
 
 def layout_options(layout: TokenLayout, pixels: Tensor | None) -> dict[str, Any]:

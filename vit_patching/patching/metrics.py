@@ -15,6 +15,9 @@ from torch import Tensor
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
+#: Baselines closer than this give no normalisation (:func:`recovery` returns NaN for such images).
+RECOVERY_EPS = 1e-8
+
 
 def _as_targets(target: int | Tensor, name: str) -> Tensor:
     t = torch.as_tensor(target)
@@ -80,7 +83,7 @@ def recovery(
     values: Float[Tensor, "... batch"],
     target_score: Float[Tensor, " batch"],
     source_score: Float[Tensor, " batch"],
-    eps: float = 1e-8,
+    eps: float = RECOVERY_EPS,
 ) -> Float[Tensor, "... batch"]:
     """Normalise so that 0 = the unpatched target run and 1 = the unpatched source run.
 

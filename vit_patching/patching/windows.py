@@ -33,7 +33,7 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_patching.checks import check_choice, check_positive_number, check_window
+from vit_patching.checks import check_choice, check_fraction, check_positive_number, check_window
 from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
 from vit_patching.evaluation.perturbation import describe_substrate
 from vit_patching.evaluation.statistics import mean_ci, paired_ci
@@ -148,14 +148,14 @@ class WindowSelection:
             metric: A table metric (default: the criterion's column).
             reference: The window the differences are taken to (default: the recommended window); it must be
                 one of the scored windows.
-            level: Coverage of the intervals.
+            level: Coverage of the intervals, in (0, 1).
 
         Returns:
             A ``pandas.DataFrame`` in table order: ``start``, ``end``, ``<metric>``, ``<metric>_ci`` (half-width),
             ``n``, ``diff``, ``diff_ci``, ``diff_low``, ``diff_high``, and ``pointing_game`` where masks were given.
 
         Raises:
-            ValueError: an unknown metric or a reference window that was not scored.
+            ValueError: an unknown metric, a reference window that was not scored, or a level not in (0, 1).
 
         Example:
             >>> iv = sel.intervals(reference=(0, 2))
@@ -165,6 +165,7 @@ class WindowSelection:
         import pandas as pd
 
         metric = self._metric(metric)
+        check_fraction(level, "level", open_low=True, open_high=True)
         windows = [(int(s), int(e)) for s, e in zip(self.table["start"], self.table["end"])]
         reference = self.recommended if reference is None else check_window(reference, self.n_layers, name="reference")
         if reference not in windows:

@@ -11,7 +11,7 @@ from jaxtyping import Float
 from vit_patching.plotting._common import PALETTE, ArrayLike, check_choice, esc, hex_to_rgba, hover_safe, to_numpy
 from vit_patching.plotting._facets import figure_title, top_margin
 
-__all__ = ["curve_auc", "metric_curves"]
+__all__ = ["curve_auc", "faithfulness_vs_size", "metric_curves"]
 
 
 def curve_auc(y: Float[ArrayLike, "step"], x: Float[ArrayLike, "step"]) -> float:
@@ -109,4 +109,28 @@ def metric_curves(
     )
     if title:
         fig.update_layout(title=figure_title(title))
+    return fig
+
+
+def faithfulness_vs_size(
+    sizes: list[int], faithfulness: list[float], *, ablation: str, metric: str,
+    title: str = "faithfulness vs circuit size",
+) -> go.Figure:
+    """Circuit faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges, on a
+    log axis (``CircuitEvaluation.plot`` and :func:`vit_patching.circuits.faithfulness_figure` draw with it).
+
+    Example:
+        >>> fig = faithfulness_vs_size([10, 1, 100], [0.5, 0.1, 0.9], ablation="corrupted", metric="logit_diff")
+        >>> list(fig.data[0].x)
+        [1, 10, 100]
+    """
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    fig = go.Figure(go.Scatter(
+        x=[sizes[i] for i in order], y=[faithfulness[i] for i in order], mode="lines+markers", name="circuit",
+        hovertemplate="%{x} edges: faithfulness %{y:.3f}<extra></extra>",
+    ))
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
+    fig.add_hline(y=0.0, line_dash="dot", annotation_text=esc(f"empty ({ablation})"))
+    fig.update_layout(title=esc(title), template="plotly_white", xaxis_type="log",
+                      xaxis_title="edges in circuit", yaxis_title=f"faithfulness ({esc(metric)})")
     return fig
