@@ -37,8 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import UnsupportedModelError
-from .hf_data import hf_data_config
-from .hooked_vit import HookedViT
+from .hf_data import HF_CLASSES, hf_data_config
 from .timm_config import check_no_module_hooks
 
 logger = logging.getLogger(__name__)
@@ -60,21 +59,6 @@ HF_ACTIVATIONS = {
     "sigmoid": "sigmoid",
 }
 
-# Hugging Face class name -> family; the class is matched exactly (a subclass may change the forward).
-HF_CLASSES = {
-    "ViTModel": "vit",
-    "ViTForImageClassification": "vit",
-    "DeiTModel": "deit",
-    "DeiTForImageClassification": "deit",
-    "DeiTForImageClassificationWithTeacher": "deit",
-    "CLIPVisionModel": "clip",
-    "CLIPVisionModelWithProjection": "clip",
-    "CLIPModel": "clip",
-    "SiglipVisionModel": "siglip",
-    "SiglipModel": "siglip",
-    "Dinov2Model": "dinov2",
-    "Dinov2WithRegistersModel": "dinov2",
-}
 
 # Config fields that make the training-mode forward random (dropout, stochastic depth).
 _RANDOM_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "drop_path_rate")
@@ -390,8 +374,9 @@ def timm_from_hf(model: Any) -> tuple[nn.Module, str]:
 
 
 def hooked_from_hf(
-    model: Any, *, fold_ln: bool = False, center_writing_weights: bool = False, fold_value_biases: bool = False
-) -> HookedViT:
+    model: Any, *, cls: type[nn.Module], fold_ln: bool = False, center_writing_weights: bool = False,
+    fold_value_biases: bool = False,
+) -> nn.Module:
     """Convert a Hugging Face ``transformers`` vision model into a :class:`HookedViT` (see the module docstring).
 
     Args:
@@ -399,6 +384,8 @@ def hooked_from_hf(
             ``DeiTForImageClassificationWithTeacher``, ``CLIPVisionModel``, ``CLIPVisionModelWithProjection``,
             ``CLIPModel`` (its image tower), ``SiglipVisionModel``, ``SiglipModel`` (its image tower),
             ``Dinov2Model`` or ``Dinov2WithRegistersModel``; not modified.
+        cls: The HookedViT class to build (:meth:`HookedViT.from_hf` passes itself: this module never imports
+            ``hooked_vit``, which imports it lazily).
         fold_ln, center_writing_weights, fold_value_biases: Weight processing, as in :meth:`HookedViT.from_timm`.
 
     Returns:
@@ -413,13 +400,14 @@ def hooked_from_hf(
         >>> from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
         >>> hf = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, num_hidden_layers=2,
         ...     num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8, projection_dim=16)).eval()
-        >>> model = hooked_from_hf(hf)
+        >>> from vit_patching import HookedViT
+        >>> model = HookedViT.from_hf(hf)
         >>> model.cfg.head_kind, model.cfg.n_classes, model.cfg.pre_norm
         ('projection', 16, True)
     """
     tm, head_kind = timm_from_hf(model)
-    hooked = HookedViT.from_timm(tm, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                 fold_value_biases=fold_value_biases)
+    hooked = cls.from_timm(tm, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                             fold_value_biases=fold_value_biases)
     hooked.cfg.head_kind = head_kind
     hooked.cfg.data_config = hf_data_config(model, hooked.cfg.img_size, HF_CLASSES[type(model).__name__])
     return hooked

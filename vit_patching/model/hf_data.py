@@ -29,7 +29,23 @@ _IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 _HALF = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
 _OPENAI = dict(mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
 
-# Per family (the key of hf.HF_CLASSES): the preprocessor_config.json of the reference checkpoints, in timm terms.
+# Hugging Face class name -> family; the class is matched exactly (a subclass may change the forward).
+HF_CLASSES = {
+    "ViTModel": "vit",
+    "ViTForImageClassification": "vit",
+    "DeiTModel": "deit",
+    "DeiTForImageClassification": "deit",
+    "DeiTForImageClassificationWithTeacher": "deit",
+    "CLIPVisionModel": "clip",
+    "CLIPVisionModelWithProjection": "clip",
+    "CLIPModel": "clip",
+    "SiglipVisionModel": "siglip",
+    "SiglipModel": "siglip",
+    "Dinov2Model": "dinov2",
+    "Dinov2WithRegistersModel": "dinov2",
+}
+
+# Per family (the values of HF_CLASSES): the preprocessor_config.json of the reference checkpoints, in timm terms.
 # "squash" resizes both sides to img_size / crop_pct, "center" the shorter side, then a centre crop of img_size.
 HF_FAMILY_DATA: dict[str, dict[str, Any]] = {
     # google/vit-base-patch16-224: resize to 224 x 224, bilinear, mean/std 0.5
@@ -124,8 +140,6 @@ def hf_data_config(model: nn.Module, img_size: tuple[int, int], family: str | No
         [3, 32, 32]
     """
     if family is None:
-        from .hf import HF_CLASSES
-
         family = HF_CLASSES[type(model).__name__]
     processor = _local_processor(model)
     cfg = processor_data_config(processor) if processor is not None else None

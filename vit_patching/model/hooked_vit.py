@@ -164,7 +164,7 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         """
         from .hf import hooked_from_hf  # transformers is optional and heavy: imported only when used
 
-        return hooked_from_hf(model, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+        return hooked_from_hf(model, cls=cls, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                               fold_value_biases=fold_value_biases)
 
     @classmethod
@@ -179,7 +179,7 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         """
         from .open_clip import from_open_clip  # open_clip is an optional dependency
 
-        return from_open_clip(model, **kwargs)
+        return from_open_clip(model, cls=cls, **kwargs)
 
     def process_weights_(
         self,

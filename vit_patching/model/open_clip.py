@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from ..checks import check_bool
 from .config import UnsupportedModelError
-from .hooked_vit import HookedViT
 from .timm_config import check_no_module_hooks
 
 # open_clip PreprocessCfg.resize_mode -> timm create_transform crop_mode (crop_pct 1.0): the same eval transform.
@@ -36,15 +35,20 @@ _CROP_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
 def from_open_clip(
     model: object,
     *,
+    cls: type[nn.Module],
     fold_ln: bool = False,
     center_writing_weights: bool = False,
     fold_value_biases: bool = False,
-) -> HookedViT:
+) -> nn.Module:
     """Convert an open_clip model's image tower into a :class:`HookedViT` equal to ``model.encode_image``.
+
+    Called through :meth:`HookedViT.from_open_clip`, which passes itself as ``cls`` (this module never imports
+    ``hooked_vit``: that module imports this one, lazily).
 
     Args:
         model: An open_clip model (``CLIP``, ``CustomTextCLIP``, ... with a ``.visual`` tower), or the image tower
             itself (an open_clip ``VisionTransformer`` or ``TimmModel``). It is not modified.
+        cls: The HookedViT class (or a subclass) to build.
         fold_ln: Fold LayerNorm affine weights into the following linear maps (outputs unchanged).
         center_writing_weights: Centre every weight writing to the residual stream (outputs unchanged).
         fold_value_biases: Fold ``b_V`` into ``b_O`` (outputs unchanged).
@@ -62,6 +66,7 @@ def from_open_clip(
 
     Example:
         >>> import open_clip, torch
+        >>> from vit_patching import HookedViT
         >>> clip = open_clip.create_model("ViT-B-32", pretrained=None)  # pretrained="laion2b_s34b_b79k" with internet
         >>> model = HookedViT.from_open_clip(clip)
         >>> x = torch.randn(1, 3, 224, 224)
@@ -81,9 +86,9 @@ def from_open_clip(
     _check_no_training_dropout(visual)
     data_config = data_config_from_open_clip(model)  # its refusals come before any conversion work
     if type(visual) is oc.VisionTransformer:
-        hooked = _from_vision_transformer(visual)
+        hooked = _from_vision_transformer(visual, cls)
     elif type(visual) is oc_timm.TimmModel:
-        hooked = _from_timm_tower(visual)
+        hooked = _from_timm_tower(visual, cls)
     else:
         raise UnsupportedModelError(
             f"model.visual is {type(visual).__module__}.{type(visual).__name__}; only open_clip's VisionTransformer "
@@ -252,7 +257,7 @@ def _block_fields(blk: nn.Module, i: int) -> dict[str, Any]:
     return f
 
 
-def _from_vision_transformer(v: nn.Module) -> HookedViT:
+def _from_vision_transformer(v: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """open_clip ``VisionTransformer`` -> the equal timm ``VisionTransformer`` -> :meth:`HookedViT.from_timm`."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -310,7 +315,7 @@ def _from_vision_transformer(v: nn.Module) -> HookedViT:
     timm_model.load_state_dict(_timm_state_dict(v, timm_model, fc_norm), strict=True, assign=True)
     if any(t.is_meta for t in timm_model.buffers()):
         raise UnsupportedModelError("internal: a timm buffer was not filled from the open_clip tower")
-    hooked = HookedViT.from_timm(timm_model)
+    hooked = cls.from_timm(timm_model)
     if n_out:
         hooked.cfg.head_kind = "projection"
     return hooked
@@ -359,7 +364,7 @@ def _timm_state_dict(v: nn.Module, timm_model: nn.Module, fc_norm: bool) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- TimmModel
-def _from_timm_tower(t: nn.Module) -> HookedViT:
+def _from_timm_tower(t: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """open_clip ``TimmModel``: the timm trunk through :meth:`HookedViT.from_timm`, then open_clip's head."""
     layers = dict(t.head.named_children())
     if "pool" in layers:
@@ -377,7 +382,7 @@ def _from_timm_tower(t: nn.Module) -> HookedViT:
     proj = layers.get("proj")
     if proj is not None and type(proj) is not nn.Linear:
         raise UnsupportedModelError(f"TimmModel.head.proj is {type(proj).__name__}; only nn.Linear is supported")
-    hooked = HookedViT.from_timm(t.trunk)  # after the head checks: its refusals come before the conversion work
+    hooked = cls.from_timm(t.trunk)  # after the head checks: its refusals come before the conversion work
     if proj is None:
         if hooked.cfg.n_classes:  # timm_proj none/null: the trunk's own head is the projection (EVA-CLIP, PE)
             hooked.cfg.head_kind = "projection"
@@ -393,6 +398,6 @@ def _from_timm_tower(t: nn.Module) -> HookedViT:
     state["head.w_head"] = w
     state["head.b_H"] = proj.bias.detach().clone() if proj.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
                                                                                             device=w.device)
-    out = HookedViT(cfg).to(device=w.device, dtype=w.dtype)
+    out = cls(cfg).to(device=w.device, dtype=w.dtype)
     out.load_state_dict(state, strict=True)
     return out
