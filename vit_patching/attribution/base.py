@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 # (vit_patching.attribution.benchmark, vit_patching.attribution.caap); new code imports vit_patching.checks.
 from vit_patching.checks import check_batch_size, check_bool, check_choice, check_positive_int
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class AttributionMethod:
     default_batch_size: ClassVar[int] = 64
 
     def __init__(self, model: HookedViT, *, upsample: str = DEFAULT_UPSAMPLE) -> None:
-        self.model = check_classifier(model)
+        self.model = check_scores(model)
         self.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
 
     # -------------------------------------------------------------------------------------------- public
