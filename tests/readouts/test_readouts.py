@@ -232,3 +232,27 @@ def test_bad_input_one_clear_error_each(clip):
             model.with_readout(ZeroShotHead(torch.randn(3, 32), 10.0))
     finally:
         model.reset_hooks()
+
+
+def test_weight_processing_is_refused_on_a_model_with_a_readout():
+    _, model = headless()
+    x = pair()[0]
+    scored = model.with_readout(ZeroShotHead(torch.randn(3, 32), 10.0))
+    before = scored(x).detach()
+    with pytest.raises(ValueError, match=r"process_weights_: expected a model without a readout"):
+        scored.process_weights_(fold_ln=True)
+    assert torch.equal(scored(x), before)  # nothing changed
+    processed = headless()[1].process_weights_(fold_ln=True).with_readout(scored.readout)
+    torch.testing.assert_close(processed(x), before, atol=1e-5, rtol=0)
+
+
+def test_a_readout_that_bypasses_a_folded_head_is_refused():
+    _, clf = make_pair(depth=2, num_classes=10)
+    clf.process_weights_(fold_ln=True)  # ln_final's affine now lives in the classifier head
+    with pytest.raises(ValueError, match=r"readout: expected a model whose final norm was not folded into its head"):
+        clf.with_readout(ZeroShotHead(torch.randn(3, 32), 10.0))
+    _, proj = projection()
+    x = pair()[0]
+    head = ZeroShotHead(torch.randn(3, D_EMBED), 10.0)
+    want = proj.with_readout(head)(x).detach()
+    torch.testing.assert_close(proj.process_weights_(fold_ln=True).with_readout(head)(x), want, atol=1e-5, rtol=0)

@@ -211,15 +211,15 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         if readout is not None and readout.reads == "tokens":  # a probe on the normed token stream
             return self.hook_logits(readout(self.ln_final(resid) if self.cfg.final_norm else resid))
         if readout is not None and readout.reads == "features":
-            return self.hook_logits(readout(self._features(resid)))
+            return self.hook_logits(readout(self.output_features(resid)))
         if getattr(self, "head", None) is None:
-            return self._features(resid)
+            return self.output_features(resid)
         pooled, pooled_dist = self.pool(resid)
         if self.cfg.fc_norm:
             pooled = self.fc_norm(pooled)
         return self.hook_logits(self.head(pooled, pooled_dist))
 
-    def _features(self, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
+    def output_features(self, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
         """The output features a ``"features"`` readout reads: pooled, ``fc_norm``, projection head if any."""
         pooled, pooled_dist = self.pool(resid)
         if self.cfg.fc_norm:
@@ -234,17 +234,10 @@ class HookedViT(ImageInputs, WeightViews, WeightProcessing, HookedRootModule):
         head = getattr(self, "head", None)
         return head.b_H.shape[0] if head is not None and self.cfg.head_kind == "projection" else self.cfg.d_model
 
-    def encode(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_features"]:
-        """The output features of ``images`` (the image embedding of a projection-head model), whatever readout
-        is attached: what :class:`~vit_patching.readouts.EmbeddingSimilarity` compares."""
-        return self._features(self(images, stop_at_layer=self.cfg.n_layers))
-
     def with_readout(self, readout: nn.Module) -> "HookedViT":
-        """A model that shares these weights and whose ``hook_logits`` are ``readout``'s scores ``[batch, n_classes]``.
-
-        The readout runs after pooling and ``fc_norm`` (and the projection head of a ``head_kind="projection"``
-        model), or on the normed token stream for a probe; the original model is not changed. Any ``nn.Module``
-        from features to scores works. Parameters of the readout follow ``model.to(...)``.
+        """A model sharing these weights whose ``hook_logits`` are ``readout``'s scores ``[batch, n_classes]``: after
+        pooling, ``fc_norm`` and a projection head (or on the normed tokens, for a probe); this model is unchanged.
+        Process weights (``process_weights_``) before attaching: the two models share the weight tensors.
 
         Example:
             >>> from vit_patching.readouts import ZeroShotHead
@@ -508,9 +501,8 @@ def check_scores(model: object, name: str = "model") -> HookedViT:
         raise TypeError(
             f"{name}: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got {type(model).__name__}"
         )
-    if model._modules.get("readout") is None and (getattr(model, "head", None) is None
-                                                  or model.cfg.head_kind != "classifier"):
-        kind = "headless model" if getattr(model, "head", None) is None else "projection-head model (image embeddings)"
+    if model._modules.get("readout") is None and (model.cfg.head_kind != "classifier" or not hasattr(model, "head")):
+        kind = "projection-head model (image embeddings)" if hasattr(model, "head") else "headless model"
         raise ValueError(
             f"{name}: expected a model that outputs class scores (a classifier head or a readout), got a {kind}; "
             "attach a readout: model.with_readout(ZeroShotHead(text_embeddings, logit_scale)), "

@@ -30,6 +30,11 @@ def with_readout(model: HookedViT, readout: nn.Module) -> HookedViT:
     if readout.reads == "features" and readout.d_in is not None and readout.d_in != model.feature_width():
         raise ValueError(f"readout: expected a readout of the model's output features (width "
                          f"{model.feature_width()}), got one that reads width {readout.d_in}")
+    through_head = readout.reads == "head" or (readout.reads == "features" and model.cfg.head_kind == "projection")
+    if model.cfg.normalization_type in ("LNPre", "RMSPre") and hasattr(model, "head") and not through_head:
+        raise ValueError("readout: expected a model whose final norm was not folded into its head "
+                         "(process_weights_(fold_ln=True) moved its affine there, and this readout bypasses the "
+                         "head), got a processed model; attach the readout to the unprocessed model")
     if readout.reads == "tokens" and readout.d_in is None:
         raise ValueError("readout: a readout of the token stream must declare its input width d_in")
     # New modules (hook points, config, flags) around the same parameters and buffers: hooks and flags on the

@@ -141,8 +141,8 @@ class EmbeddingSimilarity(CosineReadout):
             if not isinstance(model, HookedViT):
                 raise TypeError(f"model: expected the HookedViT that encodes the reference images, "
                                 f"got {type(model).__name__}")
-            with torch.no_grad():
-                reference = model.encode(reference)
+            with torch.no_grad():  # the output features, as a "features" readout reads them
+                reference = model.output_features(model(reference, stop_at_layer=model.cfg.n_layers))
         elif model is not None:
             raise ValueError("model: expected None with reference embeddings (only reference images are encoded), "
                              f"got a {type(model).__name__}")
