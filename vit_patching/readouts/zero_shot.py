@@ -127,7 +127,7 @@ class EmbeddingSimilarity(CosineReadout):
 
     Example:
         >>> sim = EmbeddingSimilarity(images[:1], model=model)
-        >>> model.with_readout(sim)(images[:1])           # an image is its own nearest reference
+        >>> model.with_readout(sim)(images[:1]).detach()  # an image is its own nearest reference
         tensor([[1.0000]])
     """
 
