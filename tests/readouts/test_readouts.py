@@ -133,6 +133,10 @@ def test_direct_logit_attribution_sums_to_the_scores(base, kind):
     assert contrib.shape == (parts.shape[0], 2, 3 if kind != "similarity" else 2)
     torch.testing.assert_close(contrib.sum(0) + head_bias(scored, cache), scores, atol=5e-6, rtol=0)  # measured 1.6e-6
     assert contrib.abs().amax(dim=(1, 2)).min() > 1e-4  # every component carries part of the score
+    # The logit lens: the accumulated residual after the last block, read with the frozen scales, is the scores.
+    lens = head_contributions(scored, cache, cache.accumulated_resid()) + head_bias(scored, cache)
+    torch.testing.assert_close(lens[-1], scores, atol=5e-6, rtol=0)
+    assert (lens[0] - scores).abs().max() > 1e-2  # earlier layers read differently
 
 
 def test_w_u_is_the_readout_direction_with_the_norm_frozen():
