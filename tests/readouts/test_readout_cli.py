@@ -97,3 +97,28 @@ def test_a_probe_for_another_model_is_one_line(capsys, tmp_path):
     path = other.save(tmp_path / "other.safetensors")
     _one_line_error(capsys, ["caap", "--sample", "0", "--readout", "probe", "--probe", str(path), "--out",
                              str(tmp_path / "r.html")], "readout: expected a probe for this model")
+
+
+def test_zero_shot_uses_the_loaders_text_tower_with_the_templates(toy, tmp_path):
+    """A loader whose model ships a text tower puts ``info["zero_shot"]``; the options reach it as given."""
+    from vit_patching.cli import build_parser
+    from vit_patching.readouts import ZeroShotHead
+    from vit_patching.readouts.command import attach_from_args
+
+    (tmp_path / "t.txt").write_text("# prompts\na photo of {}.\n\n{}\n", encoding="utf-8")
+    args = build_parser().parse_args(["caap", "--sample", "0", "--out", "r.html", "--readout", "zero-shot",
+                                      "--classes", "a circle, a square", "--templates", str(tmp_path / "t.txt")])
+    calls = []
+
+    def zero_shot(names, templates):
+        calls.append((names, templates))
+        return ZeroShotHead(torch.eye(2, toy.cfg.d_model), 10.0, class_names=names)
+
+    info = {"model": "toy-shapes", "zero_shot": zero_shot}
+    scored = attach_from_args(args, toy, info)
+    assert calls == [(["a circle", "a square"], ["a photo of {}.", "{}"])]
+    assert info["readout"] == "ZeroShotHead (2 scores: a circle, a square)" and scored.cfg.n_classes == 2
+    (tmp_path / "bad.txt").write_text("a photo\n", encoding="utf-8")
+    args.templates = tmp_path / "bad.txt"
+    with pytest.raises(ValueError, match=r"--templates: expected one template with \{\} per line, got 'a photo'"):
+        attach_from_args(args, toy, info)

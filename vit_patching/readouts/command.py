@@ -51,10 +51,11 @@ def _templates(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"--templates: expected a readable text file, got {str(path)!r} ({e})") from None
     temps = [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
+    if not temps:
+        raise ValueError(f"--templates: expected at least one template in {str(path)!r}, got none")
     bad = [t for t in temps if "{}" not in t]
-    if not temps or bad:
-        raise ValueError(f"--templates: expected one template with {{}} per line, got "
-                         f"{bad[0]!r}" if bad else f"--templates: expected at least one template in {str(path)!r}")
+    if bad:
+        raise ValueError(f"--templates: expected one template with {{}} per line, got {bad[0]!r}")
     return temps
 
 
