@@ -6,8 +6,9 @@ projection-head models (CLIP, SigLIP, DINOv2). See ``docs/families.md``, section
 
 Example:
     >>> from vit_patching.readouts import ZeroShotHead
-    >>> scored = clip_tower.with_readout(ZeroShotHead(text_embeddings, logit_scale=100.0))
+    >>> scored = proj.with_readout(ZeroShotHead(torch.randn(3, 16), logit_scale=100.0))  # a CLIP-style tower
     >>> scored.readout.n_classes
+    3
 """
 
 from .attach import current_readout, with_readout

@@ -45,6 +45,7 @@ class Readout(nn.Module):
         d_in: Width of the input it expects (``None``: any; checked when attached).
 
     Example:
+        >>> from vit_patching.readouts import ZeroShotHead
         >>> head = ZeroShotHead(torch.randn(3, 16), logit_scale=100.0)
         >>> head.n_classes, head.reads
         (3, 'features')
@@ -87,9 +88,9 @@ class ClassifierHead(Readout):
     The default readout of a model whose head is a classifier (``cfg.head_kind == "classifier"``).
 
     Example:
-        >>> model.readout                                   # a classifier model
+        >>> clf.readout                                     # a classifier model
         ClassifierHead()
-        >>> torch.equal(model.with_readout(ClassifierHead())(images), model(images))
+        >>> torch.equal(clf.with_readout(ClassifierHead())(images), clf(images))
         True
     """
 
@@ -156,7 +157,7 @@ class ModuleReadout(Readout):
     ``model.with_readout(module)`` wraps a plain module in this; ``n_classes`` is read from one forward of zeros.
 
     Example:
-        >>> scored = model.with_readout(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)))
+        >>> scored = model.with_readout(nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 3)))
         >>> scored.readout.n_classes
         3
     """

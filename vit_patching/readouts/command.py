@@ -66,10 +66,9 @@ def build_readout(args: argparse.Namespace, model: HookedViT, info: dict[str, An
     ``info["zero_shot"](class_names, templates) -> ZeroShotHead`` there (open_clip models, CLIP-style zoo models).
 
     Example:
-        >>> args = build_parser().parse_args(["caap", "--sample", "0", "--out", "r.html",
-        ...                                    "--readout", "probe", "--probe", "probe.safetensors"])
-        >>> build_readout(args, model, info).features
-        'cls'
+        >>> args = build_parser().parse_args(["caap", "--sample", "0", "--out", "r.html"])
+        >>> build_readout(args, clf, {"model": "toy-shapes"}) is None  # --readout head: the model's own head
+        True
     """
     kind = args.scores_from
     extra = {"--classes": args.classes, "--templates": args.templates, "--probe": args.probe,

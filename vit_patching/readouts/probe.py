@@ -52,8 +52,8 @@ def probe_features(
     mean of the patch tokens (CLS, distillation and register tokens excluded), concatenated as ``cls+mean``.
 
     Example:
-        >>> probe_features(model, images, "cls+mean").shape
-        torch.Size([2, 384])
+        >>> probe_features(model, images, "cls+mean").shape   # d_model 32: CLS and patch mean
+        torch.Size([2, 64])
     """
     check_choice(features, FEATURES, "features")
     batch_size = check_batch_size(batch_size)
@@ -90,6 +90,7 @@ class LinearProbe(Readout):
     Example:
         >>> probe = LinearProbe.fit(model, images, labels, features="cls+mean")
         >>> model.with_readout(probe)(images).argmax(-1)  # the probe's predictions
+        tensor([0, 1])
     """
 
     reads = "tokens"
@@ -198,8 +199,9 @@ class LinearProbe(Readout):
         """Fit a probe on ``model``'s features of ``images`` (:func:`probe_features`, then :meth:`fit_features`).
 
         Example:
-            >>> probe = LinearProbe.fit(model, batch.images, batch.labels, features="cls")
-            >>> (model.with_readout(probe)(batch.images).argmax(-1) == batch.labels).float().mean()
+            >>> probe = LinearProbe.fit(model, images, labels, features="cls")
+            >>> torch.equal(model.with_readout(probe)(images).argmax(-1), labels)
+            True
         """
         n = None if class_names is None else len(class_names)
         feats = probe_features(model, images, features, batch_size)
@@ -221,7 +223,9 @@ class LinearProbe(Readout):
         """Read a probe written by :meth:`save` (bit-identical weights).
 
         Example:
-            >>> probe.save("probe.safetensors"); LinearProbe.load("probe.safetensors").features
+            >>> LinearProbe(torch.zeros(2, 32), torch.zeros(2)).save(tmp / "probe.safetensors").name
+            'probe.safetensors'
+            >>> LinearProbe.load(tmp / "probe.safetensors").features
             'cls'
         """
         raw = Path(path).read_bytes()
