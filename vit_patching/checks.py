@@ -3,8 +3,8 @@
 
 Every check raises ``ValueError`` (``TypeError`` for a wrong kind of object) with a message of the form
 ``"{argument}: expected {what}, got {value!r}"``, and returns the checked value so callers can write
-``batch_size = check_batch_size(batch_size)``. The check that an argument is a :class:`HookedViT` with a head
-lives beside the class (:func:`vit_patching.model.check_classifier`).
+``batch_size = check_batch_size(batch_size)``. The check that an argument is a :class:`HookedViT` that outputs class scores
+lives beside the class (:func:`vit_patching.model.check_scores`).
 
 Example:
     >>> check_choice("logit", ("logit", "prob"), "readout")

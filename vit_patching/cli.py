@@ -134,6 +134,7 @@ def _parse_batch_size(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vit-patching`` (one sub-command per job)."""
     from vit_patching.patching.caap import DEFAULT_DIRECTION, DIRECTIONS, NEUTRALS, READOUTS, SITES
+    from vit_patching.readouts.command import add_readout_arguments
     from vit_patching.zoo import DEFAULT_MODEL, available_datasets, available_models
 
     parser = OneLineArgumentParser(prog="vit-patching", description="Mechanistic interpretability for timm ViTs.")
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neutral", choices=[n for n in NEUTRALS if n != "mean_activations"], default=None,
                    help="neutral context (default: CAAP's)")
     p.add_argument("--site", choices=list(SITES), default="resid_pre", help="patched activation (default resid_pre)")
-    p.add_argument("--readout", choices=list(READOUTS), default=None, help="score of each patched run (default: CAAP's)")
+    add_readout_arguments(p, READOUTS)  # --readout {head,zero-shot,probe,similarity} or a CAAP score, --score, ...
     p.add_argument("--include-prefix", action="store_true", help="also pin CLS/register tokens to source values")
     p.add_argument("--direction", default=DEFAULT_DIRECTION, metavar="{" + ",".join(DIRECTIONS) + "}",
                    help="denoising (default): each patch of the input into the neutral context, map = restored "
@@ -187,6 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
+def _scored_model(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> Any:
+    """``model`` with the readout of ``--readout`` attached (``info["readout"]`` names it for the report)."""
+    from vit_patching.readouts.command import attach_from_args
+
+    info.setdefault("model", args.model)
+    try:
+        return attach_from_args(args, model, info)
+    except (ValueError, TypeError, OSError) as e:  # they name the option (--probe, --classes, ...)
+        raise _UsageError(str(e)) from None
+
+
+def _scored_loader(args: argparse.Namespace) -> Any:
+    """:func:`_load_model` followed by :func:`_scored_model`, for dataset runs."""
+    def load(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str, Any]]:
+        model, info = _load_model(name, pretrained, device)
+        return _scored_model(args, model, info), info
+
+    return load
+
+
 def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str, Any]]:
     """(HookedViT, info) for a zoo or timm name; info records where the weights came from."""
     from vit_patching.model import HookedViT
@@ -343,6 +364,7 @@ def _run_caap(args: argparse.Namespace) -> Path:
     pil = None if args.image is None else _read_image(args.image)
     model, info = _load_model(args.model, args.pretrained, args.device)
     info["model"] = args.model
+    model = _scored_model(args, model, info)
     if args.target is not None and args.target >= model.cfg.n_classes:
         raise _UsageError(f"--target: expected a class index in [0, {model.cfg.n_classes}) for {args.model!r}, "
                           f"got {args.target}")
@@ -373,7 +395,7 @@ def _run_caap(args: argparse.Namespace) -> Path:
     settings = {
         "model": args.model, "weights": info["weights"], "input": source, "target": int(attr.target[0]),
         "target source": attr.options["target_source"], "window": list(attr.window), "neutral": neutral,
-        "site": args.site, "readout": readout, "include prefix": args.include_prefix, "direction": attr.direction, "upsample": args.upsample,
+        "site": args.site, "readout": readout, "scores from": info.get("readout") or model.readout.describe(), "include prefix": args.include_prefix, "direction": attr.direction, "upsample": args.upsample,
         "batch size": args.batch_size, "device": args.device, "patched forward passes": attr.n_forwards,
     }
     title = args.title or f"CAAP report: {args.model}"
@@ -423,7 +445,7 @@ def _run_command(args: argparse.Namespace) -> Path | None:
     from vit_patching.runs.command import run_dataset_command
 
     try:
-        return run_dataset_command(args, _load_model)
+        return run_dataset_command(args, _scored_loader(args))
     except ValueError as e:
         raise _UsageError(str(e)) from e
     except TimeoutError as e:  # an OSError too, but no write failed: a rank waited in vain for its peers

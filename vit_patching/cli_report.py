@@ -166,6 +166,7 @@ def report_sections(
     grid = attr.plot(0, title=f"CAAP {attr.value_label}, {gh}x{gw} patches")
     lines = [
         f"Input: {source}.",
+        f"Scores: {info.get('readout') or model.readout.describe()}.",
         f"Model: {info['model']} ({info['weights']} weights), {model.cfg.n_layers} layers, "
         f"{model.cfg.grid_size[0]}x{model.cfg.grid_size[1]} patch grid.",
         f"Explained class: {class_label(t, names)} ({attr.options['target_source']}); "

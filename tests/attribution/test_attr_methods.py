@@ -472,9 +472,9 @@ def test_bad_inputs_raise_clear_errors(models):
         get_method("smoothgrad", model, noise_level=0.0)
     with pytest.raises(TypeError, match="progress"):  # the jaxtyping hook or check_bool, whichever runs
         get_method("rollout", model).attribute(x, progress=1)
-    with pytest.raises(TypeError, match="model"):  # the jaxtyping hook or check_classifier, whichever runs
+    with pytest.raises(TypeError, match="model"):  # the jaxtyping hook or check_scores, whichever runs
         get_method("rollout", torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="model: expected a model with a classification head"):
+    with pytest.raises(ValueError, match=r"model: expected a model that outputs class scores \(a classifier head or a readout\), got a headless model; attach a readout"):
         get_method("rollout", tiny_model(seed=3, num_classes=0))
     with pytest.raises(ValueError, match="n_masks: expected a positive int"):
         get_method("rise", model, n_masks=0)

@@ -147,7 +147,7 @@ def test_engine_refuses_empty_and_non_finite_images(model):
 
 def test_only_a_classifier_is_patched():
     headless = tiny(depth=1, num_classes=0)
-    with pytest.raises(ValueError, match=r"model: expected a model with a classification head"):
+    with pytest.raises(ValueError, match=r"model: expected a model that outputs class scores \(a classifier head or a readout\), got a headless model; attach a readout"):
         layer_sweep(headless, CLEAN, CORRUPTED, metric(), progress=False)
     with pytest.raises(TypeError, match=r"model"):  # the annotation (under the tests' jaxtyping hook) or the check
         patch_heads("vit", CLEAN, CORRUPTED, metric(), progress=False)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from vit_patching.checks import check_batch_size, check_bool, check_choice, check_finite
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
 from vit_patching.maps import AttributionMaps  # the result type lives below patching/ and attribution/
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class AttributionMethod:
     default_batch_size: ClassVar[int] = 64
 
     def __init__(self, model: HookedViT, *, upsample: str = DEFAULT_UPSAMPLE) -> None:
-        self.model = check_classifier(model)
+        self.model = check_scores(model)
         self.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
 
     # -------------------------------------------------------------------------------------------- public

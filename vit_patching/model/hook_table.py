@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..hook_names import BLOCK_ACTS, GLOBAL_ACTS, hook_layer, site_axes, site_suffix
+from ..readouts import ZeroShotHead
 from .hooked_vit import HookedViT
 
 __all__ = ["HookRow", "hook_rows", "render_hook_table", "main"]
@@ -37,7 +38,8 @@ _ARCH = (
     (re.compile(r"^ln_final\."), "`cfg.final_norm` (per-token final norm)"),
     (re.compile(r"^fc_norm\."), "`cfg.fc_norm` (norm after pooling)"),
     (re.compile(r"^hook_pooled_dist$"), "`cfg.has_dist` (distilled DeiT)"),
-    (re.compile(r"^hook_logits$"), "`cfg.n_classes > 0` (a classifier head)"),
+    (re.compile(r"^hook_logits$"), "`cfg.n_classes > 0` (a classifier or projection head) or a readout"),
+    (re.compile(r"^readout\."), "a normalising readout (`ZeroShotHead`, `EmbeddingSimilarity`)"),
 )
 
 # What each point is, by hook suffix (the part after ``blocks.{layer}.`` for block points).
@@ -79,7 +81,8 @@ _WHAT = {
     "hook_pooled_dist": "Distillation-token features (distilled DeiT)",
     "fc_norm.hook_scale": "`fc_norm` scale of the pooled features",
     "fc_norm.hook_normalized": "`fc_norm` normalised pooled features",
-    "hook_logits": "Class logits (distilled DeiT: mean of the two heads)",
+    "readout.hook_scale": "L2 norm of the image embedding a normalising readout divides by (frozen by linear tools)",
+    "hook_logits": "Class logits (distilled DeiT: mean of the two heads), or the readout's scores (`model.with_readout`)",
 }
 
 # Reference models: together they switch on every hook point. Sizes are distinct so each axis has one name.
@@ -89,6 +92,7 @@ _MODELS = (
     ("deit_tiny_distilled_patch16_224", {}),
     ("vit_tiny_patch16_224", dict(global_pool="avg", class_token=False)),
     ("vit_tiny_patch16_224", dict(num_classes=0)),
+    ("vit_tiny_patch16_224", dict(num_classes=0, readout=True)),  # headless + ZeroShotHead over 10 classes
 )
 # Flag settings run on every model: none, then each gate alone (use_attn_in and use_split_qkv_input also change
 # LN1's input shape, so the modes are kept apart to tell which flag a point or shape belongs to).
@@ -159,7 +163,11 @@ def _hook_rows() -> tuple[HookRow, ...]:
     seen_in: dict[str, set[tuple[int, int]]] = {}  # pattern -> (model, gate mode) pairs it fired in
     for mi, (name, kwargs) in enumerate(_MODELS):
         torch.manual_seed(0)
+        kwargs = dict(kwargs)
+        readout = kwargs.pop("readout", False)
         model = HookedViT.from_timm(timm.create_model(name, pretrained=False, **{**_BASE, **kwargs}).eval())
+        if readout:
+            model = model.with_readout(ZeroShotHead(torch.randn(_BASE["num_classes"], model.cfg.d_model), 10.0))
         images = torch.randn(_BATCH, model.cfg.in_chans, *model.cfg.img_size)
         for gi, flags in enumerate(_GATE_MODES):
             with torch.no_grad(), model.flags(**flags):

@@ -262,14 +262,55 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         return self.hook_pooled(pooled), None
 
     def unembed(self, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        """Everything after the last block: final norm, pooling, ``fc_norm``, head (``hook_logits``)."""
+        """Everything after the last block: final norm, pooling, ``fc_norm``, head, readout (``hook_logits``)."""
+        readout = self._modules.get("readout")
+        if readout is not None and readout.reads == "tokens":  # a probe on the normed token stream
+            return self.hook_logits(readout(self.ln_final(resid) if self.cfg.final_norm else resid))
+        if readout is not None and readout.reads == "features":
+            return self.hook_logits(readout(self.output_features(resid)))
+        if getattr(self, "head", None) is None:
+            return self.output_features(resid)
         pooled, pooled_dist = self.pool(resid)
         if self.cfg.fc_norm:
             pooled = self.fc_norm(pooled)
-        if not self.cfg.n_classes:
-            # timm's distilled DeiT returns the mean of the CLS and DIST features when it has no heads.
-            return pooled if pooled_dist is None else (pooled + pooled_dist) / 2
         return self.hook_logits(self.head(pooled, pooled_dist))
+
+    def output_features(self, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        """The output features a ``"features"`` readout reads: pooled, ``fc_norm``, projection head if any."""
+        pooled, pooled_dist = self.pool(resid)
+        if self.cfg.fc_norm:
+            pooled = self.fc_norm(pooled)
+        if getattr(self, "head", None) is not None and self.cfg.head_kind == "projection":
+            return self.head(pooled, pooled_dist)
+        # timm's distilled DeiT returns the mean of the CLS and DIST features when it has no heads.
+        return pooled if pooled_dist is None else (pooled + pooled_dist) / 2
+
+    def feature_width(self) -> int:
+        """Width of the output features a readout reads: the projection head's output, else ``d_model``."""
+        head = getattr(self, "head", None)
+        return head.b_H.shape[0] if head is not None and self.cfg.head_kind == "projection" else self.cfg.d_model
+
+    def with_readout(self, readout: nn.Module) -> "HookedViT":
+        """A model sharing these weights whose ``hook_logits`` are ``readout``'s scores ``[batch, n_classes]``: after
+        pooling, ``fc_norm`` and a projection head (or on the normed tokens, for a probe); this model is unchanged.
+        Process weights (``process_weights_``) before attaching: the two models share the weight tensors.
+
+        Example:
+            >>> from vit_patching.readouts import ZeroShotHead
+            >>> scored = model.with_readout(ZeroShotHead(torch.randn(3, model.feature_width()), 100.0))
+            >>> scored(images).shape
+            torch.Size([2, 3])
+        """
+        from ..readouts.attach import with_readout  # the readouts package imports this module
+
+        return with_readout(self, readout)
+
+    @property
+    def readout(self) -> nn.Module | None:
+        """The readout in force: the attached one, ``ClassifierHead`` for a classifier, else ``None``."""
+        from ..readouts.attach import current_readout  # the readouts package imports this module
+
+        return current_readout(self)
 
     def forward(
         self,
@@ -344,6 +385,9 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
             >>> model.readout_tokens()  # a CLS-token ViT
             1
         """
+        readout = self._modules.get("readout")
+        if readout is not None and readout.reads == "tokens":
+            return readout.tokens_read()
         if self.cfg.has_dist:
             return 2
         return 1 if self.cfg.global_pool == "token" else None
@@ -370,7 +414,10 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         cfg = self.cfg
         reasons = []
         if self.readout_tokens() is None:
-            reasons.append(f"global_pool={cfg.global_pool!r} reads every token")
+            readout = self._modules.get("readout")
+            reasons.append(f"the readout ({type(readout).__name__}) reads every token"
+                           if readout is not None and readout.reads == "tokens"
+                           else f"global_pool={cfg.global_pool!r} reads every token")
         if cfg.parallel_attn_mlp:
             reasons.append("the last block is a parallel block")
         if cfg.use_split_qkv_input or cfg.use_attn_in:
@@ -520,13 +567,15 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
         return out, cache_dict
 
 
-def check_classifier(model: object, name: str = "model") -> HookedViT:
-    """Return ``model`` if it is a :class:`HookedViT` with a classification head, else raise naming ``name``.
+def check_scores(model: object, name: str = "model") -> HookedViT:
+    """Return ``model`` if it is a :class:`HookedViT` that outputs class scores, else raise naming ``name``.
 
+    Class scores come from a classifier head or an attached readout (``model.with_readout(...)``); a headless or
+    projection-head model (DINOv2, CLIP's image tower) outputs features and is refused with what to attach.
     The one check every experiment and attribution method that reads class scores makes first.
 
     Example:
-        >>> check_classifier("vit_base")
+        >>> check_scores("vit_base")
         Traceback (most recent call last):
         ...
         TypeError: model: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got str
@@ -535,6 +584,16 @@ def check_classifier(model: object, name: str = "model") -> HookedViT:
         raise TypeError(
             f"{name}: expected a HookedViT (HookedViT.from_timm(...) or zoo.load_model(...)), got {type(model).__name__}"
         )
-    if not model.cfg.n_classes:
-        raise ValueError(f"{name}: expected a model with a classification head (n_classes > 0), got a headless model")
+    if model._modules.get("readout") is None and (model.cfg.head_kind != "classifier" or not hasattr(model, "head")):
+        kind = "projection-head model (image embeddings)" if hasattr(model, "head") else "headless model"
+        raise ValueError(
+            f"{name}: expected a model that outputs class scores (a classifier head or a readout), got a {kind}; "
+            "attach a readout: model.with_readout(ZeroShotHead(text_embeddings, logit_scale)), "
+            "model.with_readout(LinearProbe.fit(model, images, labels)) or "
+            "model.with_readout(EmbeddingSimilarity(reference)) (vit_patching.readouts)"
+        )
     return model
+
+
+# The former name of check_scores (it refused every model without a classifier head).
+check_classifier = check_scores

@@ -1,4 +1,4 @@
-"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head.
+"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head / readout.
 
 TransformerLens's ``apply_ln_to_stack`` divides by ``ln_final.hook_scale`` per token, which is right for a
 per-token final norm read at one position but wrong for ViTs with average pooling followed by ``fc_norm``
@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 
+from ..readouts.base import Readout
 from .hooked_vit import HookedViT
 
 
@@ -45,6 +46,49 @@ def _head_weights(model: HookedViT) -> list[tuple[Tensor, Tensor]]:
     return pairs
 
 
+def _normed_tokens(model: HookedViT, cache: ActivationCache, stack: Tensor) -> Tensor:
+    """The final per-token norm, linearised with its cached scale (the stack itself without one)."""
+    if not model.cfg.final_norm:
+        return stack
+    scale = _cached(cache, "ln_final.hook_scale")
+    x = (stack - stack.mean(-1, keepdim=True) if model.cfg.norm_kind == "LN" else stack) / scale
+    return x if model.ln_final.folded else x * model.ln_final.w
+
+
+def _pooled(model: HookedViT, cache: ActivationCache, stack: Tensor) -> Tensor:
+    """Final norm / pooling / ``fc_norm``, linearised: ``[component, batch, n_read, d_model]``."""
+    cfg = model.cfg
+    if cfg.final_norm:  # per-token LN before pooling: linear given the cached per-token scale
+        return _pool(model, _normed_tokens(model, cache, stack))
+    x = _pool(model, stack)
+    if cfg.fc_norm:
+        scale = _cached(cache, "fc_norm.hook_scale")[:, None, :]  # [batch, 1, 1] for the pooled vector
+        x = (x - x.mean(-1, keepdim=True) if cfg.norm_kind == "LN" else x) / scale
+        if not model.fc_norm.folded:
+            x = x * model.fc_norm.w
+    return x
+
+
+def _readout(model: HookedViT) -> tuple[Readout, Tensor, Tensor] | None:
+    """The attached linear readout and its ``(W, b)``; ``None`` for the model's own head."""
+    readout = model._modules.get("readout")
+    if readout is None or readout.reads == "head":
+        return None
+    lin = readout.linear_map()
+    if lin is None:
+        raise ValueError(f"the readout ({readout.describe()}) is not linear: no exact logit attribution exists")
+    return readout, lin[0], lin[1]
+
+
+def _projection(model: HookedViT) -> bool:
+    return getattr(model, "head", None) is not None and model.cfg.head_kind == "projection"
+
+
+def _frozen_scale(readout: Readout, cache: ActivationCache) -> Tensor | float:
+    """The readout's per-image normalisation ``[batch, 1]``, frozen at its cached value (1 without one)."""
+    return _cached(cache, "readout.hook_scale") if getattr(readout, "normalize", False) else 1.0
+
+
 def head_contributions(
     model: HookedViT,
     cache: ActivationCache,
@@ -52,9 +96,14 @@ def head_contributions(
 ) -> Float[Tensor, "component batch n_classes"]:
     """Logit contribution of each residual component (e.g. from ``cache.decompose_resid()``).
 
+    With a linear readout attached (``ZeroShotHead``, ``EmbeddingSimilarity``, ``LinearProbe``, an
+    ``nn.Linear``) the contributions are to its scores, through the projection head if any; a normalising
+    readout's per-image norm is frozen at ``readout.hook_scale``, as the final LayerNorm's scale is.
+
     Args:
         model: The HookedViT the cache came from.
-        cache: Its ``ActivationCache`` (needs ``ln_final.hook_scale`` or ``fc_norm.hook_scale``).
+        cache: Its ``ActivationCache`` (needs ``ln_final.hook_scale`` or ``fc_norm.hook_scale``, and
+            ``readout.hook_scale`` for a normalising readout).
         stack: Components that sum to the final residual stream ``[component, batch, pos, d_model]``.
 
     Returns:
@@ -69,32 +118,43 @@ def head_contributions(
     model._require_head()
     if stack.ndim != 4 or stack.shape[-1] != cfg.d_model:
         raise ValueError(f"stack must be [component, batch, pos, {cfg.d_model}], got {tuple(stack.shape)}")
-    if cfg.final_norm:  # per-token LN before pooling: linear given the cached per-token scale
-        scale = _cached(cache, "ln_final.hook_scale")
-        x = (stack - stack.mean(-1, keepdim=True) if cfg.norm_kind == "LN" else stack) / scale
-        x = _pool(model, x)
-        if not model.ln_final.folded:
-            x = x * model.ln_final.w
+    linear = _readout(model)
+    if linear is None:
+        x = _pooled(model, cache, stack)
+        pairs = _head_weights(model)
+        out = sum(x[..., r, :] @ W for r, (W, _) in enumerate(pairs))
+        return out / len(pairs)
+    readout, W, _ = linear
+    if readout.reads == "tokens":
+        feats = readout.select(_normed_tokens(model, cache, stack))
     else:
-        x = _pool(model, stack)
-        if cfg.fc_norm:
-            scale = _cached(cache, "fc_norm.hook_scale")[:, None, :]  # [batch, 1, 1] for the pooled vector
-            x = (x - x.mean(-1, keepdim=True) if cfg.norm_kind == "LN" else x) / scale
-            if not model.fc_norm.folded:
-                x = x * model.fc_norm.w
-    pairs = _head_weights(model)
-    out = sum(x[..., r, :] @ W for r, (W, _) in enumerate(pairs))
-    return out / len(pairs)
+        feats = _pooled(model, cache, stack).mean(-2)  # distilled DeiT without heads: mean of CLS and DIST
+        if _projection(model):
+            feats = feats @ model.head.W_H
+    return (feats @ W) / _frozen_scale(readout, cache)
 
 
 def head_bias(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "batch n_classes"]:
-    """The part of the logits that no residual component carries (norm bias and head bias)."""
+    """The part of the logits that no residual component carries (norm bias, head and readout bias)."""
     cfg = model.cfg
     model._require_head()
-    batch = _cached(cache, "hook_pooled").shape[0]
-    norm = model.ln_final if cfg.final_norm else (model.fc_norm if cfg.fc_norm else None)
-    total = 0.0
-    for W, b in _head_weights(model):
-        total = total + b + (norm.b @ W if norm is not None and norm.b is not None else 0.0)
-    bias = total / len(_head_weights(model))
-    return torch.as_tensor(bias).expand(batch, cfg.n_classes)
+    batch = _cached(cache, "hook_pooled" if "hook_pooled" in cache.cache_dict else "ln_final.hook_scale").shape[0]
+    linear = _readout(model)
+    if linear is not None and linear[0].reads == "tokens":
+        norm = model.ln_final if cfg.final_norm else None
+    else:
+        norm = model.ln_final if cfg.final_norm else (model.fc_norm if cfg.fc_norm else None)
+    has_b = norm is not None and norm.b is not None
+    if linear is None:
+        total = 0.0
+        for W, b in _head_weights(model):
+            total = total + b + (norm.b @ W if has_b else 0.0)
+        bias = total / len(_head_weights(model))
+        return torch.as_tensor(bias).expand(batch, cfg.n_classes)
+    readout, W, b = linear
+    nb = norm.b if has_b else torch.zeros(cfg.d_model, device=model.device, dtype=model.dtype)
+    if readout.reads == "tokens":  # the same bias on every token: select reads it as a feature vector
+        feats = readout.select(nb.expand(cfg.n_prefix + 1, cfg.d_model))
+    else:
+        feats = nb @ model.head.W_H + model.head.b_H if _projection(model) else nb
+    return ((feats @ W) / _frozen_scale(readout, cache) + b).expand(batch, cfg.n_classes)

@@ -45,6 +45,9 @@ def process_weights(
     for flag, value in (("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights),
                         ("fold_value_biases", fold_value_biases), ("fold_layer_scale", fold_layer_scale)):  # fmt: skip
         check_bool(value, flag)
+    if model._modules.get("readout") is not None:  # in-place edits would reach the model it shares weights with
+        raise ValueError("process_weights_: expected a model without a readout (it shares its weights with the "
+                         "model it was made from); process that model first, then attach the readout")
     if fold_value_biases and model.cfg.attn_norm:
         raise UnsupportedModelError("fold_value_biases: b_V does not pass linearly through scale_attn_norm to W_O")
     _check_processing(model.cfg, fold_ln, center_writing_weights)

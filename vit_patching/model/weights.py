@@ -90,21 +90,48 @@ class WeightViews:
 
     @property
     def W_H(self) -> Float[Tensor, "d_model n_classes"]:
-        self._require_head()
+        self._require_head_module()
         return self.head.W_H
 
     @property
     def b_H(self) -> Float[Tensor, "n_classes"]:
-        self._require_head()
+        self._require_head_module()
         return self.head.b_H
 
-    # TransformerLens names for the readout.
-    W_U = W_H
-    b_U = b_H
+    @property
+    def W_U(self) -> Float[Tensor, "d_model n_classes"]:
+        """TransformerLens's unembedding: ``W_H``, or with a linear readout the composed map from the pooled
+        (normed) residual to the scores, ``W_H @ W_readout`` through a projection head. A readout that normalises
+        (``ZeroShotHead``, ``EmbeddingSimilarity``) divides by the image embedding's norm, a positive per-image
+        scalar frozen at ``readout.hook_scale``: ``W_U`` gives the direction, as ``W_U`` of a model with a final
+        LayerNorm does."""
+        readout = self._modules.get("readout")
+        if readout is None or readout.reads == "head":
+            return self.W_H
+        lin = readout.linear_map()
+        if lin is None or (readout.reads == "tokens" and readout.d_in != self.cfg.d_model):
+            raise ValueError(f"the readout ({readout.describe()}) is not one linear map of one residual vector: "
+                             "no unembedding direction exists")
+        W = lin[0]
+        if readout.reads == "features" and getattr(self, "head", None) is not None and self.cfg.head_kind == "projection":
+            W = self.head.W_H @ W
+        return W
+
+    @property
+    def b_U(self) -> Float[Tensor, "n_classes"]:
+        readout = self._modules.get("readout")
+        if readout is not None and readout.reads != "head":
+            raise ValueError("b_U: with a readout the bias depends on the frozen per-image scale; use "
+                             "vit_patching.model.logit_attribution.head_bias(model, cache)")
+        return self.b_H
 
     def _require_head(self) -> None:
         if not self.cfg.n_classes:
             raise ValueError("this model has no classifier head (num_classes=0): it outputs pooled features")
+
+    def _require_head_module(self) -> None:
+        if getattr(self, "head", None) is None:
+            raise ValueError("this model has no head (num_classes=0): it outputs pooled features")
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
@@ -131,15 +158,18 @@ class WeightViews:
         return acc
 
     def tokens_to_residual_directions(self, classes: int | Sequence[int] | Tensor) -> Tensor:
-        """Class -> residual direction (``W_H[:, c]``), as TransformerLens's ``logit_attrs`` expects."""
-        self._require_head()
-        if self.cfg.has_dist:
+        """Class -> residual direction (``W_U[:, c]``: ``W_H[:, c]``, or the linear readout's composed direction,
+        see :attr:`W_U`), as TransformerLens's ``logit_attrs`` expects."""
+        readout = self._modules.get("readout")
+        pooled = readout is None or readout.reads != "tokens"  # a probe reads the normed tokens, not the pool
+        if self.cfg.has_dist and pooled:
             raise ValueError("distilled DeiT reads two tokens with two heads; use vit_patching's head attribution")
-        if self.cfg.global_pool == "map":
+        if self.cfg.global_pool == "map" and pooled:
             raise UnsupportedModelError(
                 "global_pool='map': the logits read the attention pool's output, a non-linear function of the"
                 " residual stream, so no residual direction gives a class's logit"
             )
+        W_U = self.W_U
         idx = torch.as_tensor(classes, device=self.device)
         self.check_classes(idx, "classes")
-        return self.head.W_H[:, idx].T if idx.ndim else self.head.W_H[:, idx]
+        return W_U[:, idx].T if idx.ndim else W_U[:, idx]

@@ -67,7 +67,7 @@ from vit_patching import checks, images as image_ops
 from vit_patching.checks import check_batch_size, check_bool, check_choice, check_finite, check_positive_number
 from vit_patching.hook_names import get_act_name
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, baseline_images, upsample_map
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 from .caap_context import (  # re-exported: the preparation half of CAAP lives there
     AUTO_NEUTRALS, DEFAULT_NEUTRAL, NEUTRALS, SITES, CAAPContext, caap_memory, caap_spec, prepare_caap,
@@ -294,7 +294,7 @@ def caap(
         >>> attr.map.shape, attr.target.shape
         (torch.Size([4, 8, 8]), torch.Size([4]))
     """
-    check_classifier(model)
+    check_scores(model)
     check_memory_args(batch_size, max_memory)
     L = model.cfg.n_layers
     window = default_window(L) if window is None else check_window(window, L)

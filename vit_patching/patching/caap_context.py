@@ -27,7 +27,7 @@ from vit_patching import images as image_ops
 from vit_patching.checks import check_batch_size, check_choice, check_positive_number, is_int
 from vit_patching.hook_names import get_act_name, site_suffix
 from vit_patching.images import baseline_images, describe_baseline
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 from .caap_results import DEFAULT_DIRECTION, DIRECTIONS
 from .engine import PatchSpec, Site, spec_row_elements
@@ -174,7 +174,7 @@ def prepare_caap(
         >>> ctx = prepare_caap(model, images, starts=[0, 1], layers=range(4))
         >>> attr = caap_from_context(model, ctx, window=(1, 3))
     """
-    check_classifier(model)
+    check_scores(model)
     model.check_images(images)
     if images.device != model.device:
         raise ValueError(f"images: expected a tensor on the model's device {model.device}, got {images.device}")

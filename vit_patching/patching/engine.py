@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from vit_patching.checks import check_batch_size, check_finite
 from vit_patching.hook_names import get_act_name, hook_layer, site_suffix
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 from .memory import check_memory_args, resolve_batch_size
 from .metrics import Metric
@@ -237,7 +237,7 @@ def run_patch_spec(
         >>> spec = PatchSpec([(Site("blocks.2.hook_resid_pre", pos=p),) for p in range(model.cfg.n_pos)])
         >>> run = run_patch_spec(model, spec, metric, target=corrupted, source=clean, batch_size=128)
     """
-    check_classifier(model)
+    check_scores(model)
     check_memory_args(batch_size, max_memory)
     for arg, images in (("target", target), ("source", source)):
         if images is not None:

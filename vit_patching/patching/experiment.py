@@ -20,7 +20,7 @@ from torch import Tensor
 
 from vit_patching.checks import check_choice, check_finite
 from vit_patching.hook_names import get_act_name
-from vit_patching.model import HookedViT, TokenLayout, check_classifier
+from vit_patching.model import HookedViT, TokenLayout, check_scores
 
 from .engine import PatchRun, PatchSpec, Site, cache_for, check_image_batch, run_patch_spec, spec_memory
 from .memory import resolve_batch_size
@@ -34,7 +34,7 @@ METRIC_NAMES = ("logit_diff", "logit", "prob")
 def check_inputs(model: HookedViT, clean: Any, corrupted: Any, pixels: Any = None) -> TokenLayout:
     """Validate the model (a classifier), a clean/corrupted image pair (non-empty, finite) and optional display
     pixels, before any compute; return the pair's token layout."""
-    check_classifier(model)
+    check_scores(model)
     check_image_batch(model, clean, "clean")
     check_image_batch(model, corrupted, "corrupted")
     if clean.shape != corrupted.shape:

@@ -38,7 +38,7 @@ from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate,
 from vit_patching.evaluation.perturbation import describe_substrate
 from vit_patching.evaluation.statistics import mean_ci, paired_ci
 from vit_patching.images import DEFAULT_UPSAMPLE
-from vit_patching.model import HookedViT, check_classifier
+from vit_patching.model import HookedViT, check_scores
 
 from .caap import (
     DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, DIRECTIONS, READOUTS, SITES, UPSAMPLES,
@@ -317,7 +317,7 @@ def select_window(
     import pandas as pd
 
 
-    check_classifier(model)
+    check_scores(model)
     model.check_images(images)
     check_memory_args(batch_size, max_memory)
     warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
