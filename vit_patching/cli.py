@@ -208,11 +208,31 @@ def _scored_loader(args: argparse.Namespace) -> Any:
     return load
 
 
+def _shipped_models() -> list[str]:
+    """Every shipped model name: the classifiers and the zero-shot (image-text) models."""
+    from vit_patching.zoo import available_models, zero_shot_models
+
+    return sorted(available_models() + zero_shot_models())
+
+
 def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str, Any]]:
     """(HookedViT, info) for a zoo or timm name; info records where the weights came from."""
     from vit_patching.model import HookedViT
-    from vit_patching.zoo import available_models, get_spec, load_model
+    from vit_patching.zoo import available_models, get_spec, load_model, zero_shot_models
 
+    if name in zero_shot_models():  # image tower + text tower: zero-shot scores over its captions by default
+        if pretrained:
+            raise _UsageError(f"--pretrained applies to timm names only; {name!r} is a shipped model (always trained)")
+        from vit_patching.zoo.clip import CLIP_MODELS, load_open_clip_model, zero_shot_head
+
+        oc = load_open_clip_model(name)
+        tower = HookedViT.from_open_clip(oc)
+        head = zero_shot_head(oc, name)
+        return tower.with_readout(head).to(device), {
+            "weights": f"shipped ({name}.safetensors)", "random": False, "dataset": CLIP_MODELS[name],
+            "class_names": list(head.class_names), "readout": head.describe(),
+            "zero_shot": lambda classes, templates: zero_shot_head(oc, name, classes, templates).to(device),
+        }
     if name in available_models():
         if pretrained:
             raise _UsageError(f"--pretrained applies to timm names only; {name!r} is a shipped model (always trained)")
@@ -224,7 +244,7 @@ def _load_model(name: str, pretrained: bool, device: str) -> tuple[Any, dict[str
     import timm
 
     if not timm.is_model(name):
-        raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, got {name!r}")
+        raise _UsageError(f"--model: expected a shipped model {_shipped_models()} or a timm model name, got {name!r}")
     kwargs = {"pretrained_cfg_overlay": {"file": str(_cached_or_fail(name))}} if pretrained else {}
     try:
         model = HookedViT.from_timm(name, pretrained=pretrained, **kwargs)
@@ -350,13 +370,11 @@ def _run_caap(args: argparse.Namespace) -> Path:
         raise _UsageError(f"--sample: expected an index in [0, {MAX_SAMPLE}), got {args.sample}")
     if args.target is not None and args.target < 0:
         raise _UsageError(f"--target: expected a class index >= 0, got {args.target}")
-    from vit_patching.zoo import available_models
-
-    if args.model not in available_models():
+    if args.model not in _shipped_models():
         import timm
 
         if not timm.is_model(args.model):
-            raise _UsageError(f"--model: expected a shipped model {available_models()} or a timm model name, "
+            raise _UsageError(f"--model: expected a shipped model {_shipped_models()} or a timm model name, "
                               f"got {args.model!r}")
         if args.sample is not None:
             raise _UsageError(f"--sample needs a shipped model (it picks a sample of that model's dataset); "

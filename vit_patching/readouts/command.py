@@ -113,7 +113,7 @@ def attach_from_args(args: argparse.Namespace, model: HookedViT, info: dict[str,
         if model.readout is None:
             raise ValueError(f"--readout: the model {info.get('model', '')!r} outputs features, not class scores "
                              "(no classifier head); choose --readout zero-shot, probe or similarity")
-        info["readout"] = "the model's classifier head"
+        info["readout"] = info.get("readout") or model.readout.describe()  # the loader's own readout, or the head
         return model
     scored = model.with_readout(readout)
     info["readout"] = readout.describe()

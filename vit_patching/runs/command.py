@@ -85,12 +85,15 @@ def check_dataset_classes(dataset: str, model_name: str, n_classes: int) -> None
         ...
         ValueError: --dataset: 'shapes' has 4 classes but --model 'toy-relation' has 2 (a dataset run's labels must be classes of the model); toy-relation was trained on --dataset relation
     """
+    from vit_patching.zoo.clip import CLIP_MODELS
+    from vit_patching.zoo.datasets import dataset_class_names
     from vit_patching.zoo.registry import MODEL_SPECS
 
-    names = next(s.class_names for s in MODEL_SPECS.values() if s.dataset == dataset)
+    names = dataset_class_names(dataset)
     if len(names) == n_classes:
         return
-    hint = f"; {model_name} was trained on --dataset {MODEL_SPECS[model_name].dataset}" if model_name in MODEL_SPECS else ""
+    trained_on = {**{k: v.dataset for k, v in MODEL_SPECS.items()}, **CLIP_MODELS}
+    hint = f"; {model_name} was trained on --dataset {trained_on[model_name]}" if model_name in trained_on else ""
     raise ValueError(f"--dataset: {dataset!r} has {len(names)} classes but --model {model_name!r} has {n_classes} "
                      f"(a dataset run's labels must be classes of the model){hint}")
 

@@ -152,10 +152,12 @@ def load_timm_model(name: str = DEFAULT_MODEL) -> "VisionTransformer":
 
 
 def load_model(name: str = DEFAULT_MODEL) -> Any:
-    """The trained zoo model ``name`` as a ``HookedViT`` (``HookedViT.from_timm(load_timm_model(name))``).
+    """The trained zoo model ``name`` as a ``HookedViT`` (``HookedViT.from_timm(load_timm_model(name))``; for a
+    zero-shot model such as ``"toy-clip"``, its image tower read through its training captions:
+    :func:`vit_patching.zoo.clip.load_zero_shot_model`).
 
     Args:
-        name: a zoo model (see ``available_models()``); default ``"toy-shapes"``.
+        name: a zoo model (see ``available_models()`` and ``zero_shot_models()``); default ``"toy-shapes"``.
 
     Returns:
         The HookedViT; ``model(batch.images)`` gives logits ``[batch, n_classes]``.
@@ -168,6 +170,10 @@ def load_model(name: str = DEFAULT_MODEL) -> Any:
         >>> model(load_dataset("shapes", n=2, seed=0).images).shape
         torch.Size([2, 4])
     """
+    if name in CLIP_MODELS:
+        from vit_patching.zoo.clip import load_zero_shot_model
+
+        return load_zero_shot_model(name)
     timm_model = load_timm_model(name)
     from vit_patching.model import HookedViT
 

@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CLIP_MODELS",
+    "load_zero_shot_model",
+    "zero_shot_head",
     "TOY_CLIP_CONFIG",
     "TOY_CLIP_TOKENIZER",
     "build_open_clip_model",
@@ -219,3 +221,46 @@ def load_open_clip_model(name: str = "toy-clip") -> "CLIP":
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
 
+
+
+def zero_shot_head(model: "CLIP", name: str = "toy-clip", class_names: Any = None, templates: Any = ("{}",)) -> Any:
+    """A :class:`~vit_patching.readouts.ZeroShotHead` over ``class_names`` from the zoo model's own text tower.
+
+    Args:
+        model: the open_clip model (:func:`load_open_clip_model`).
+        name: the zero-shot zoo model, for its tokenizer (context length) and default captions.
+        class_names: prompts, one per class (default: the model's 16 training captions).
+        templates: prompt templates with ``{}`` (default ``("{}",)``: the captions are whole prompts).
+
+    Example:
+        >>> head = zero_shot_head(load_open_clip_model("toy-clip"), class_names=["a red circle", "a blue square"])
+        >>> head.n_classes
+        2
+    """
+    from vit_patching.readouts import ZeroShotHead
+
+    names = list(clip_captions(name) if class_names is None else _check_captions(class_names))
+    return ZeroShotHead.from_open_clip(model, clip_tokenizer(name), names, templates=list(templates))
+
+
+def load_zero_shot_model(name: str = "toy-clip", class_names: Any = None, templates: Any = ("{}",)) -> Any:
+    """The zero-shot zoo model ``name`` as a HookedViT whose scores are zero-shot class scores.
+
+    The image tower is converted exactly (:meth:`HookedViT.from_open_clip`: its plain forward is
+    ``encode_image``) and read through :func:`zero_shot_head` (``logit_scale * cos(image, caption)``), so its
+    logits equal :func:`zero_shot_logits` and every experiment runs on it as on a classifier.
+
+    Args:
+        name: a zero-shot zoo model (``"toy-clip"``).
+        class_names: prompts, one per class (default: the training captions, in label order).
+        templates: prompt templates with ``{}``.
+
+    Example:
+        >>> model = load_zero_shot_model("toy-clip")
+        >>> model.cfg.n_classes, type(model.readout).__name__
+        (16, 'ZeroShotHead')
+    """
+    from vit_patching.model import HookedViT
+
+    oc = load_open_clip_model(name)
+    return HookedViT.from_open_clip(oc).with_readout(zero_shot_head(oc, name, class_names, templates))

@@ -147,6 +147,18 @@ _SPECS: dict[str, _TaskSpec] = {
 TASKS: tuple[str, ...] = tuple(_SPECS)
 
 
+def dataset_class_names(name: str) -> tuple[str, ...]:
+    """The class names of toy dataset ``name`` (its labels index them).
+
+    Example:
+        >>> dataset_class_names("relation")
+        ('different colours', 'same colour')
+    """
+    if name not in _SPECS:
+        raise ValueError(f"name: expected one of the zoo datasets {list(TASKS)}, got {name!r}")
+    return _SPECS[name].class_names
+
+
 @dataclass
 class ToyBatch:
     """A batch of a toy benchmark.
