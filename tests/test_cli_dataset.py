@@ -195,14 +195,21 @@ def test_errors_are_one_line_with_status_2_in_a_real_process(tmp_path):
 def test_every_shipped_dataset_is_offered_and_has_a_shipped_model():
     from vit_patching.cli import build_parser
     from vit_patching.zoo import available_datasets, get_spec, load_dataset
+    from vit_patching.zoo.clip import CLIP_MODELS, clip_captions
+    from vit_patching.zoo.datasets import dataset_class_names
     from vit_patching.zoo.registry import MODEL_SPECS
 
     sub = build_parser()._subparsers._group_actions[0].choices["caap"]
     offered = next(a.choices for a in sub._actions if a.dest == "dataset")
-    assert sorted(offered) == available_datasets() == ["conjunction", "relation", "shapes"]
-    for name in available_datasets():  # the CLI takes a dataset's classes from the model trained on it
-        spec = next(s for s in MODEL_SPECS.values() if s.dataset == name)
-        assert spec.class_names == get_spec(spec.name).class_names == load_dataset(name, n=1).class_names
+    assert sorted(offered) == available_datasets() == ["captions", "conjunction", "relation", "shapes"]
+    for name in available_datasets():  # the CLI takes a dataset's classes from dataset_class_names
+        names = load_dataset(name, n=1).class_names
+        assert dataset_class_names(name) == names
+        specs = [s for s in MODEL_SPECS.values() if s.dataset == name]
+        clips = [m for m, d in CLIP_MODELS.items() if d == name]
+        assert len(specs) + len(clips) == 1  # exactly one shipped model was trained on it
+        assert all(s.class_names == get_spec(s.name).class_names == names for s in specs)
+        assert all(clip_captions(m) == names for m in clips)
 
 
 def test_labels_of_another_dataset_are_refused_in_one_line(tmp_path, capsys):

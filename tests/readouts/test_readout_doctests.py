@@ -11,7 +11,8 @@ from torch import nn
 
 from readout_toys import headless, make_pair, pair, projection
 
-MODULES = ["base", "zero_shot", "probe", "attach", "command", "__init__"]
+MODULES = ["vit_patching.model.readout", "vit_patching.model.readout_attach", "vit_patching.readouts.zero_shot",
+           "vit_patching.readouts.probe", "vit_patching.readouts.command", "vit_patching.readouts"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,6 @@ def globs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name, globs):
-    module = importlib.import_module("vit_patching.readouts" + ("" if name == "__init__" else f".{name}"))
+    module = importlib.import_module(name)
     result = doctest.testmod(module, extraglobs=dict(globs), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and (result.attempted > 0 or name == "attach")
+    assert result.failed == 0 and (result.attempted > 0 or name.endswith("readout_attach"))

@@ -22,6 +22,7 @@ from .convert import convert_timm_state_dict
 from .inputs import ImageInputs, check_layer
 from .parallel import ParallelBlock
 from .processing import head_norm, process_weights
+from .readout_attach import current_readout, with_readout
 from .torch_hooks import global_hooks, module_hook_kinds
 from .timm_config import config_from_timm
 from .weights import WeightViews
@@ -301,15 +302,11 @@ class HookedViT(ImageInputs, WeightViews, HookedRootModule):
             >>> scored(images).shape
             torch.Size([2, 3])
         """
-        from ..readouts.attach import with_readout  # the readouts package imports this module
-
         return with_readout(self, readout)
 
     @property
     def readout(self) -> nn.Module | None:
         """The readout in force: the attached one, ``ClassifierHead`` for a classifier, else ``None``."""
-        from ..readouts.attach import current_readout  # the readouts package imports this module
-
         return current_readout(self)
 
     def forward(

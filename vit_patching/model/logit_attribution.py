@@ -14,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 
-from ..readouts.base import Readout
+from .readout import Readout
 from .hooked_vit import HookedViT
 
 

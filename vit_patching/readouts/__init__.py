@@ -11,8 +11,8 @@ Example:
     3
 """
 
-from .attach import current_readout, with_readout
-from .base import ClassifierHead, CosineReadout, ModuleReadout, Readout
+from ..model.readout import ClassifierHead, CosineReadout, ModuleReadout, Readout
+from ..model.readout_attach import current_readout, with_readout
 from .probe import LinearProbe, model_fingerprint, probe_features
 from .zero_shot import EmbeddingSimilarity, ZeroShotHead
 

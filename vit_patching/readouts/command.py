@@ -13,7 +13,7 @@ from typing import Any
 
 from ..files import load_image
 from ..model import HookedViT
-from .base import Readout
+from ..model.readout import Readout
 from .probe import LinearProbe
 from .zero_shot import EmbeddingSimilarity
 
@@ -113,7 +113,7 @@ def attach_from_args(args: argparse.Namespace, model: HookedViT, info: dict[str,
         if model.readout is None:
             raise ValueError(f"--readout: the model {info.get('model', '')!r} outputs features, not class scores "
                              "(no classifier head); choose --readout zero-shot, probe or similarity")
-        info["readout"] = info.get("readout") or model.readout.describe()  # the loader's own readout, or the head
+        info["readout"] = info.get("readout") or "the model's classifier head"  # a loader may name its own
         return model
     scored = model.with_readout(readout)
     info["readout"] = readout.describe()

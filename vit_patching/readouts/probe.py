@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ..checks import check_batch_size, check_choice, check_positive_int, check_positive_number
 from ..files import PathLike, atomic_write_bytes
 from ..model import HookedViT
-from .base import Readout
+from ..model.readout import Readout
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..checks import check_bool
 from ..model import HookedViT
-from .base import CosineReadout
+from ..model.readout import CosineReadout
 
 
 def _check_width(readout: CosineReadout, model: HookedViT, what: str) -> None:

@@ -8,14 +8,15 @@ from itertools import chain
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from ..model import HookedViT
-from ..model.components import is_hooked
-from .base import ClassifierHead, ModuleReadout, Readout
+from transformer_lens import HookedRootModule
+
+from .components import is_hooked
+from .readout import ClassifierHead, ModuleReadout, Readout
 
 
-def with_readout(model: HookedViT, readout: nn.Module) -> HookedViT:
+def with_readout(model: nn.Module, readout: nn.Module) -> nn.Module:
     """``model.with_readout(readout)``: see :meth:`HookedViT.with_readout`."""
-    if not isinstance(model, HookedViT):
+    if not isinstance(model, HookedRootModule) or not hasattr(model, "feature_width"):  # hooked_vit imports this module
         raise TypeError(f"model: expected a HookedViT, got {type(model).__name__}")
     if not isinstance(readout, nn.Module):
         raise TypeError(f"readout: expected a Readout or an nn.Module from features to scores, "
@@ -52,7 +53,7 @@ def with_readout(model: HookedViT, readout: nn.Module) -> HookedViT:
     return new
 
 
-def current_readout(model: HookedViT) -> Readout | None:
+def current_readout(model: nn.Module) -> Readout | None:
     """``model.readout``: the attached readout, else :class:`ClassifierHead` for a classifier-head model, else
     ``None`` (a headless or projection-head model outputs features, not class scores)."""
     attached = model._modules.get("readout")
