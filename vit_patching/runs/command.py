@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .caap_run import CAAPRunConfig, run_caap_dataset
+from .caap_run import CAAPRunConfig, PeerWaitError, run_caap_dataset, wait_timeout
 from .dataset import folder_images, zoo_images
 
 __all__ = ["run_dataset_command"]
@@ -37,6 +37,10 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         raise ValueError(f"--out: expected a folder for a dataset run, got the file {str(args.out)!r}")
     if args.target is not None:
         raise ValueError("--target: a dataset run explains each image's predicted class; drop --target")
+    try:
+        timeout_s = wait_timeout(getattr(args, "wait_timeout", None))
+    except ValueError as e:
+        raise ValueError(str(e).replace("wait_timeout_s", "--wait-timeout")) from None
     model, info = load_model(args.model, args.pretrained, args.device)
     if args.images is not None:
         images = folder_images(args.images, n=args.n)
@@ -54,8 +58,11 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         from vit_patching.checks import check_window
 
         check_window(cfg.window, model.cfg.n_layers, "--window")
-    paths = run_caap_dataset(
-        model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
-        title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)",
-    )
+    try:
+        paths = run_caap_dataset(
+            model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
+            title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)", wait_timeout_s=timeout_s,
+        )
+    except PeerWaitError as e:  # a launch problem, reported like a user error: one line, status 2
+        raise ValueError(str(e)) from None
     return None if paths is None else paths["gallery"]
