@@ -182,6 +182,7 @@ def test_an_image_with_non_finite_outputs_fails_and_the_run_goes_on(model, clean
     assert bool(merged["map"][bad].isnan().all()) and merged["status"].tolist() == [int(i in bad) for i in range(N)]
     page = paths["gallery"].read_text()
     assert "Failed (non-finite outputs, no map): images [1, 4]" in page and page.count(">failed<") == 2
+    assert page.count(">no map<") == 2 and page.count("data:image/png;base64,") == 2 * N - 2
 
 
 def test_neutral_warnings_name_global_images_and_survive_a_resume(model, tmp_path):
