@@ -237,8 +237,8 @@ class ChunkRun:
             try:
                 attr = self._caap(x_run)
             except NonFiniteError as err:  # the experiment refused these images
-                bad = [r for r in err.indices if int(out["status"][r]) == 0]
-                if not bad:
+                bad = [r for r in err.indices if 0 <= r < n and int(out["status"][r]) == 0]
+                if not bad:  # rows that are not this chunk's images, or already failed: nothing to learn
                     raise
                 fail(bad, err.what)
                 good = [r for r in range(n) if int(out["status"][r]) == 0]

@@ -17,6 +17,7 @@ from typing import Any
 
 from .caap_run import CAAPRunConfig, PeerWaitError, run_caap_dataset, wait_timeout
 from .dataset import folder_images, zoo_images
+from .lock import RunLockError
 
 __all__ = ["run_dataset_command"]
 
@@ -65,4 +66,6 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         )
     except PeerWaitError as e:  # a launch problem, reported like a user error: one line, status 2
         raise ValueError(str(e)) from None
+    except RunLockError as e:
+        raise ValueError(f"--out: {e}") from None
     return None if paths is None else paths["gallery"]
