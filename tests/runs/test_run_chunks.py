@@ -191,16 +191,16 @@ def test_neutral_warnings_name_global_images_and_survive_a_resume(model, tmp_pat
     folder.mkdir()
     for i, p in enumerate(shapes):
         Image.fromarray((p.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i}.png")
-    Image.new("RGB", (64, 64), (90, 160, 40)).save(folder / "3-flat.png")  # its blur is itself: a warned neutral
-    cfg = CAAPRunConfig(window=(0, 2), chunk_size=2, neutral="blur")
+    Image.new("RGB", (64, 64), (90, 160, 40)).save(folder / "3-flat.png")  # its mean image is itself: warned
+    cfg = CAAPRunConfig(window=(0, 2), chunk_size=2, neutral="image_mean")
     images = folder_images(folder)
-    direct = caap(model, images.load(model, 0, 4)[0], window=(0, 2), neutral="blur")
+    direct = caap(model, images.load(model, 0, 4)[0], window=(0, 2), neutral="image_mean")
     listed = sorted({int(i) for w in direct.warnings for i in re.search(r"images \[([\d, ]+)\]", w).group(1).split(",")})
     paths = run_caap_dataset(model, images, tmp_path / "o", cfg)
     rows = _rows(paths["table"])
-    assert [int(r["index"]) for r in rows if r["warning"]] == listed and listed
+    assert [int(r["index"]) for r in rows if r["warning"]] == listed == [3]  # the flat image, 2nd of its chunk
     for i in listed:
-        assert f"image {i} " in rows[i]["warning"] and "CAAP neutral 'blur'" in rows[i]["warning"]
+        assert f"image {i} " in rows[i]["warning"] and "CAAP neutral 'image_mean'" in rows[i]["warning"]
     page = paths["gallery"].read_text()
     assert all(html.escape(rows[i]["warning"]) in page for i in listed)
     for name in ("maps.safetensors", "results.csv", "gallery.html"):
