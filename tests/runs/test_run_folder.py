@@ -150,3 +150,13 @@ def test_csv_text_cells_cannot_be_formulas_and_numbers_stay_numbers(model, tmp_p
     page = paths["gallery"].read_text()
     assert ">=HYPERLINK(x).png<" in page and ">-2.png<" in page  # the gallery shows the names as they are
     assert torch.equal(maps["status"], torch.zeros(5, dtype=torch.uint8))
+
+
+def test_the_gallery_shows_at_most_gallery_max_images_and_the_table_all(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_merge, "GALLERY_MAX", 3)
+    paths = run_caap_dataset(model, zoo_images("shapes", n=6), tmp_path, CFG)
+    page = paths["gallery"].read_text()
+    assert page.count("<tr>") == 3 + 1 and page.count("data:image/png;base64,") == 2 * 3
+    assert "Showing the first 3 of 6 images; every image is in results.csv." in page
+    assert ">shapes-0002<" in page and ">shapes-0003<" not in page
+    assert len(list(csv.DictReader(paths["table"].open()))) == 6 and load_file(paths["maps"])["map"].shape[0] == 6

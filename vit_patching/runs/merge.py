@@ -10,6 +10,9 @@ maps of one run beside the table or gallery of another.
 **Chunks that do not validate** (:func:`vit_patching.runs.chunks.validate_chunk`, fingerprint, batch size) are
 recomputed here with a one-line warning, never merged.
 
+**Memory.** The maps and the table hold every image (a few hundred bytes each); the gallery shows the first
+:data:`GALLERY_MAX` images (its thumbnails are inlined in one HTML file), and only those thumbnails are kept.
+
 **CSV cells** of text columns that begin with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return get a
 leading ``'`` (OWASP's advice against CSV injection): spreadsheet programs show them as text instead of
 evaluating a formula. Numbers are written as numbers (a negative score stays ``-0.5``).
@@ -45,11 +48,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGING", "csv_text", "finish_staged_merge", "merge_caap_chunks", "merge_run"]
+__all__ = ["GALLERY_MAX", "STAGING", "csv_text", "finish_staged_merge", "merge_caap_chunks", "merge_run"]
 
 STAGING = ".merge-staging"
 _OUTPUTS = {"maps": "maps.safetensors", "table": "results.csv", "settings": "settings.json", "gallery": "gallery.html"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Images shown in the gallery (its thumbnails are held in memory and inlined in one HTML file); the table,
+#: the maps and the CSV hold every image.
+GALLERY_MAX = 1000
 
 
 def csv_text(value: str) -> str:
@@ -142,6 +148,8 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
             loaded = run.load(s, e)
             if loaded is None:  # pragma: no cover - a chunk just written that does not read back
                 raise RuntimeError(f"chunk [{s}, {e}) in {str(out)!r} does not read back after computing it")
+        if s >= GALLERY_MAX:  # past the gallery's rows: the thumbnails are not kept (memory bounded in n)
+            loaded[0].pop("thumb")
         parts.append(loaded)
     tensors = [p[0] for p in parts]
     strings = {k: [v for p in parts for v in row_strings(p[1])[k]] for k in ("neutral", "warning", "error")}
@@ -160,8 +168,13 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
         atomic_write_bytes(staging / _OUTPUTS["table"], _csv_bytes(rows))
         atomic_write_bytes(staging / _OUTPUTS["settings"], json.dumps(settings, indent=1, default=str).encode())
         shown = {**settings, "caap": {**run.settings, "direction": cfg.direction}}
-        write_gallery(staging / _OUTPUTS["gallery"], title, rows, torch.cat([t["thumb"] for t in tensors]),
-                      merged["map"], shown, legend=_legend(cfg.direction, choices, failed))
+        shown_n = min(len(rows), GALLERY_MAX)
+        thumbs = torch.cat([t["thumb"] for t in tensors if "thumb" in t])[:shown_n]
+        legend = _legend(cfg.direction, choices, failed)
+        if shown_n < len(rows):
+            legend += f" Showing the first {shown_n} of {len(rows)} images; every image is in results.csv."
+        write_gallery(staging / _OUTPUTS["gallery"], title, rows[:shown_n], thumbs, merged["map"][:shown_n], shown,
+                      legend=legend)
         atomic_write_bytes(staging / "READY", json.dumps(list(_OUTPUTS.values())).encode())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
