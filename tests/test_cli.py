@@ -420,3 +420,20 @@ def test_colour_legend_refuses_figures_that_disagree_and_follows_a_reversed_scal
     assert colour_line(attr, {"a": fig("RdBu_r")}).startswith("Colours: red = this patch alone raises")
     with pytest.raises(ValueError, match="figures: expected one colour for the values above the centre"):
         colour_line(attr, {"a": fig("RdBu"), "b": fig("RdBu_r")})
+
+
+def test_report_names_the_neutral_that_auto_picked():
+    from vit_patching.cli_report import report_sections
+    from vit_patching.patching.caap import caap
+    from vit_patching.zoo import get_spec, load_dataset, load_model
+
+    model, batch = load_model("toy-shapes"), load_dataset("shapes", n=4, seed=0)
+    info = {"class_names": list(get_spec("toy-shapes").class_names), "model": "toy-shapes", "weights": "shipped",
+            "random": False}
+    picked = []
+    for k in range(4):
+        attr = caap(model, batch.images[k : k + 1], window=(0, 2), neutral="auto")
+        picked.append(attr.neutral_choice[0])
+        summary = report_sections(attr, model, info, "test", None, 5)[0].content
+        assert f"'auto' neutral context (picked for this image: '{attr.neutral_choice[0]}')" in summary
+    assert len(set(picked)) > 1  # the picks differ, so the line is not a constant

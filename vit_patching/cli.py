@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=16, help="dataset run: images per chunk (unit of resume)")
     p.add_argument("--no-resume", action="store_true", help="dataset run: recompute chunks already saved")
     p.add_argument("--no-progress", action="store_true", help="dataset run: no progress bar")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="sharded dataset run: rank 0 gives up when no chunk of the other ranks appears for this "
+                        "long (default $VIT_PATCHING_WAIT_TIMEOUT or 1800)")
     p.add_argument("--target", type=int, default=None,
                    help="class index to explain, 0 <= TARGET < number of classes (default: the predicted class)")
     p.add_argument("--window", type=_parse_window, default=None, help="layer window START:END (default: CAAP's)")

@@ -123,12 +123,15 @@ def direction_line(attr: Attribution) -> str:
     """What was patched where, in the result's direction."""
     site, neutral, readout = attr.options["site"], attr.options["neutral"], attr.readout
     s, e = attr.window
+    context = f"'{neutral}' neutral context"
+    if neutral == "auto":  # say which context was used, not only that one was picked
+        context += f" (picked for this image: '{attr.neutral_choice[0]}')"
     if attr.direction == "noising":
-        return (f"Direction: noising. Each patch's {site} activations from the '{neutral}' neutral context were "
+        return (f"Direction: noising. Each patch's {site} activations from the {context} were "
                 f"written into the run on the input at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
                 f"drop of the explained class's {readout.removeprefix('delta_')}: input minus patched run.")
     return (f"Direction: denoising. Each patch's {site} activations from the input were pinned into the "
-            f"'{neutral}' neutral context at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
+            f"{context} at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
             f"{readout} of the explained class in that patched run.")
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -224,7 +225,7 @@ def _to_8bit(im: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
-def _open(path: PathLike, convert: Callable[[Any], Any]) -> Any:
+def _open(path: PathLike | io.IOBase, convert: Callable[[Any], Any]) -> Any:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:  # closed on return: no file handle outlives the call
@@ -234,8 +235,10 @@ def _open(path: PathLike, convert: Callable[[Any], Any]) -> Any:
     return out
 
 
-def load_image(path: PathLike) -> Any:
+def load_image(path: PathLike | io.IOBase) -> Any:
     """Open an image file as an 8-bit RGB ``PIL.Image``: EXIF orientation applied, 16-bit scaled, file closed.
+
+    ``path`` may also be a binary stream (``io.BytesIO(data)``): dataset runs decode the very bytes they hash.
 
     Raises:
         OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError: as :func:`PIL.Image.open`.

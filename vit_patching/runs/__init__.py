@@ -6,12 +6,15 @@ Example:
 """
 from __future__ import annotations
 
-from .caap_run import CAAPRunConfig, merge_caap_chunks, run_caap_dataset, run_caap_shard
-from .dataset import ImageSet, folder_images, zoo_images
+from .caap_run import CAAPRunConfig, PeerWaitError, merge_caap_chunks, run_caap_dataset, run_caap_shard
+from .chunks import validate_chunk
+from .dataset import ImageSet, LoadedChunk, folder_images, zoo_images
+from .lock import RunLockError
 from .gallery import write_gallery
 from .sharding import chunk_ranges, digest, dist_rank_world, model_digest
 
 __all__ = [
-    "CAAPRunConfig", "ImageSet", "chunk_ranges", "digest", "dist_rank_world", "folder_images", "merge_caap_chunks",
-    "model_digest", "run_caap_dataset", "run_caap_shard", "write_gallery", "zoo_images",
+    "CAAPRunConfig", "ImageSet", "LoadedChunk", "PeerWaitError", "RunLockError", "chunk_ranges", "digest",
+    "dist_rank_world", "folder_images", "merge_caap_chunks", "model_digest", "run_caap_dataset", "run_caap_shard",
+    "validate_chunk", "write_gallery", "zoo_images",
 ]

@@ -2,21 +2,25 @@
 
 Layout of ``out_dir``::
 
-    chunks/000000-000008.safetensors   one file per chunk of images (written atomically)
-    maps.safetensors                   merged: map [n, gh, gw], target, label, source/neutral score, logits
-    results.csv                        one row per image: name, label, prediction, probability, scores
-    settings.json                      CAAP settings, model digest, data source, timing
+    chunks/000000-000008.safetensors   one file per chunk of images (written atomically; see runs.chunks)
+    maps.safetensors                   merged: map [n, gh, gw], target, label, status, source/neutral score, logits
+    results.csv                        one row per image: name, label, prediction, scores, neutral, status, warning
+    settings.json                      CAAP settings, model digest, data source, batch size, neutral choices
     gallery.html                       offline gallery (thumbnails with overlays, sortable columns)
+    .lock                              while a run writes the folder: its pid and host (see runs.lock)
 
 Why safetensors: it is already a dependency (weights), it cannot execute code on load (unlike pickle), it is
 mmap-able, and it stores string metadata, which carries each chunk's fingerprint (model weights digest + CAAP
-settings + the chunk's image bytes). A chunk whose file is missing, unreadable (killed mid-write, truncated) or
-whose fingerprint differs (other model, settings or images) is recomputed; every other chunk is kept. Chunks
-do not depend on the number of processes, so a sharded run writes the same numbers as one process.
+settings + the chunk's image bytes) and per-image strings. A chunk whose file is missing, unreadable (killed
+mid-write, truncated), whose fingerprint or batch size differs, or whose contents do not validate is recomputed;
+every other chunk is kept. Chunks do not depend on the number of processes, so a sharded run writes the same
+numbers as one process. Images are read or generated one chunk at a time: memory is bounded by the chunk.
 
 Run sharded with ``torchrun --nproc_per_node 2 ...`` or ``accelerate launch ...`` (``RANK`` / ``WORLD_SIZE`` are
-read from the environment; with ``MASTER_ADDR`` set, a gloo process group provides the barrier before rank 0
-merges, otherwise rank 0 polls until every chunk is present).
+read from the environment). Each rank computes its chunks; rank 0 then waits for the other ranks' chunk files
+and merges. It gives up, with one line, when no new chunk has appeared for ``wait_timeout_s`` seconds (default
+:data:`DEFAULT_WAIT_TIMEOUT_S`, or the environment variable ``VIT_PATCHING_WAIT_TIMEOUT``; the CLI's
+``--wait-timeout``): a rank that is missing or crashed never leaves rank 0 waiting silently.
 
 Example:
     >>> from vit_patching.zoo import load_model
@@ -27,146 +31,56 @@ Example:
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from vit_patching.checks import check_positive_number
 
-from vit_patching.checks import check_bool, check_choice, check_positive_int
-from vit_patching.patching.caap import (
-    DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DIRECTIONS, NEUTRALS, READOUTS, SITES, caap, default_window,
-)
-
+from .chunk_run import THUMB_SIDE, CAAPRunConfig, ChunkRun
 from .dataset import ImageSet
-from .gallery import write_gallery
-from .sharding import atomic_write_bytes, chunk_ranges, digest, dist_rank_world, model_digest
+from .lock import run_lock
+from .merge import finish_staged_merge, merge_caap_chunks, merge_run
+from .sharding import dist_rank_world
 
 if TYPE_CHECKING:
     from vit_patching.model import HookedViT
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CAAPRunConfig", "merge_caap_chunks", "run_caap_dataset", "run_caap_shard"]
+__all__ = [
+    "CAAPRunConfig", "DEFAULT_WAIT_TIMEOUT_S", "PeerWaitError", "THUMB_SIDE", "WAIT_TIMEOUT_ENV", "merge_caap_chunks",
+    "run_caap_dataset", "run_caap_shard", "wait_timeout",
+]
 
-#: Longest side of the thumbnails stored with each chunk (for the gallery; the maps keep full resolution).
-THUMB_SIDE = 96
+#: Seconds rank 0 waits for a new chunk of the other ranks before it gives up.
+DEFAULT_WAIT_TIMEOUT_S = 1800.0
+#: Environment variable overriding :data:`DEFAULT_WAIT_TIMEOUT_S`.
+WAIT_TIMEOUT_ENV = "VIT_PATCHING_WAIT_TIMEOUT"
 
 
-@dataclass
-class CAAPRunConfig:
-    """CAAP settings of a dataset run (see :func:`vit_patching.patching.caap.caap`) and its chunking.
+class PeerWaitError(TimeoutError):
+    """Rank 0 waited too long for the other ranks' chunks (a rank is missing or crashed)."""
 
-    ``batch_size`` is a performance setting (rows per forward, an int or ``"auto"``) and not part of the chunk
-    fingerprint; everything else is.
+
+def wait_timeout(value: float | None = None, env: Mapping[str, str] | None = None) -> float:
+    """The peer wait in seconds: ``value``, else ``$VIT_PATCHING_WAIT_TIMEOUT``, else the default.
+
+    Example:
+        >>> wait_timeout(None, {"VIT_PATCHING_WAIT_TIMEOUT": "60"}), wait_timeout(5.0, {})
+        (60.0, 5.0)
     """
-
-    window: tuple[int, int] | None = None
-    neutral: str = DEFAULT_NEUTRAL
-    site: str = "resid_pre"
-    readout: str = DEFAULT_READOUT
-    include_prefix: bool = False
-    upsample: str = "nearest"
-    direction: str = DEFAULT_DIRECTION
-    chunk_size: int = 16
-    batch_size: int | str = 64
-
-    def __post_init__(self) -> None:
-        check_choice(self.neutral, [n for n in NEUTRALS if n != "mean_activations"], "neutral")
-        check_choice(self.site, list(SITES), "site")
-        check_choice(self.readout, READOUTS, "readout")
-        check_bool(self.include_prefix, "include_prefix")
-        check_choice(self.direction, DIRECTIONS, "direction")
-        check_choice(self.upsample, ("nearest", "bilinear"), "upsample")
-        check_positive_int(self.chunk_size, "chunk_size")
-        if self.batch_size != "auto":
-            check_positive_int(self.batch_size, "batch_size")
-
-    def fingerprinted(self, n_layers: int) -> dict[str, Any]:
-        """The settings that decide the numbers (window resolved), as stored in every chunk's fingerprint."""
-        d = asdict(self)
-        d.pop("batch_size")
-        d.pop("chunk_size")  # the chunk range is part of the file name and of the image digest
-        d["window"] = list(default_window(n_layers) if self.window is None else self.window)
-        if d["direction"] == DEFAULT_DIRECTION:  # runs made before directions existed keep their fingerprints
-            d.pop("direction")
-        return d
-
-
-def _chunk_path(out_dir: Path, s: int, e: int) -> Path:
-    return out_dir / "chunks" / f"{s:06d}-{e:06d}.safetensors"
-
-
-class _Run:
-    def __init__(self, model: "HookedViT", images: ImageSet, cfg: CAAPRunConfig, out_dir: str | os.PathLike):
-        from vit_patching import __version__
-
-        self.model, self.images, self.cfg, self.out_dir = model, images, cfg, Path(out_dir)
-        self.settings = cfg.fingerprinted(model.cfg.n_layers)
-        self.base = {"model": model_digest(model), "settings": self.settings, "version": __version__}
-        self.chunks = chunk_ranges(len(images), cfg.chunk_size)
-
-    def fingerprint(self, s: int, e: int) -> str:
-        return digest(self.base, s, e, self.images.chunk_key(s, e))
-
-    def load(self, s: int, e: int) -> dict[str, Tensor] | None:
-        """The chunk's tensors if its file exists, reads and carries the expected fingerprint; else ``None``."""
-        from safetensors import safe_open
-
-        path = _chunk_path(self.out_dir, s, e)
-        if not path.is_file():
-            return None
+    env = os.environ if env is None else env
+    if value is None and env.get(WAIT_TIMEOUT_ENV, "").strip():
         try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("fingerprint") != self.fingerprint(s, e):
-                    logger.info("chunk [%d, %d): stale fingerprint, recomputing", s, e)
-                    return None
-                return {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # truncated / corrupt file: recompute it
-            logger.warning("chunk [%d, %d): unreadable (%s), recomputing", s, e, err)
-            return None
-
-    def compute(self, s: int, e: int) -> None:
-        from safetensors.torch import save
-
-        from vit_patching.images import to_pixels
-
-        model, cfg = self.model, self.cfg
-        x, labels = self.images.load(model, s, e)
-        batch_size = cfg.batch_size
-        if batch_size == "auto":
-            from vit_patching.patching.memory import auto_batch_size
-
-            batch_size = auto_batch_size(model)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            attr = caap(
-                model, x, None, tuple(self.settings["window"]), neutral=cfg.neutral, site=cfg.site,
-                readout=cfg.readout, include_prefix=cfg.include_prefix, direction=cfg.direction, upsample=cfg.upsample,
-                batch_size=batch_size,
-            )
-        seconds = time.perf_counter() - t0
-        pix = to_pixels(x, model.cfg.data_config)
-        scale = THUMB_SIDE / max(pix.shape[-2:])
-        if scale < 1:
-            pix = torch.nn.functional.interpolate(pix, scale_factor=scale, mode="area")
-        tensors = {
-            "map": attr.map.float().contiguous(), "target": attr.target.long().cpu().contiguous(),
-            "label": (torch.full((e - s,), -1) if labels is None else labels).long().contiguous(),
-            "source_logits": attr.source_logits.float().contiguous(),
-            "source_score": attr.source_score.float().contiguous(),
-            "neutral_score": attr.neutral_score.float().contiguous(),
-            "thumb": (pix * 255).round().to(torch.uint8).contiguous(),
-        }
-        meta = {"fingerprint": self.fingerprint(s, e), "seconds": f"{seconds:.6f}", "batch_size": str(batch_size)}
-        atomic_write_bytes(_chunk_path(self.out_dir, s, e), save(tensors, metadata=meta))
+            value = float(env[WAIT_TIMEOUT_ENV])
+        except ValueError:
+            raise ValueError(f"{WAIT_TIMEOUT_ENV}: expected seconds (a positive number), got {env[WAIT_TIMEOUT_ENV]!r}") from None
+        return check_positive_number(value, WAIT_TIMEOUT_ENV)
+    return DEFAULT_WAIT_TIMEOUT_S if value is None else check_positive_number(value, "wait_timeout_s")
 
 
 def run_caap_shard(
@@ -197,107 +111,51 @@ def run_caap_shard(
     Returns:
         ``{"computed": k, "skipped": j}``.
 
+    Raises:
+        vit_patching.runs.lock.RunLockError: another run writes ``out_dir`` with other settings.
+
     Example:
         >>> run_caap_shard(model, zoo_images("shapes", n=16), "out/caap", CAAPRunConfig(chunk_size=4), rank=1, world_size=2)
         {'computed': 2, 'skipped': 0}
     """
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
         raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
-    run = _Run(model, images, cfg or CAAPRunConfig(), out_dir)
+    run = ChunkRun(model, images, cfg or CAAPRunConfig(), out_dir)
     mine = run.chunks[rank::world_size]
     counts = {"computed": 0, "skipped": 0}
     from tqdm.auto import tqdm
 
-    for s, e in tqdm(mine, desc=f"CAAP rank {rank}", unit="chunk", disable=not progress):
-        if resume and run.load(s, e) is not None:
-            counts["skipped"] += 1
-            continue
-        run.compute(s, e)
-        counts["computed"] += 1
-        if stop_after is not None and counts["computed"] >= stop_after:
-            raise KeyboardInterrupt(f"stop_after={stop_after} chunks (simulated kill)")
+    with run_lock(run.out_dir, run.lock_digest, world_size):
+        for s, e in tqdm(mine, desc=f"CAAP rank {rank}", unit="chunk", disable=not progress):
+            if resume and run.load(s, e) is not None:
+                counts["skipped"] += 1
+                continue
+            run.compute(s, e)
+            counts["computed"] += 1
+            if stop_after is not None and counts["computed"] >= stop_after:
+                raise KeyboardInterrupt(f"stop_after={stop_after} chunks (simulated kill)")
     logger.info("rank %d/%d: %s", rank, world_size, counts)
     return counts
 
 
-def merge_caap_chunks(
-    model: "HookedViT", images: ImageSet, out_dir: str | os.PathLike, cfg: CAAPRunConfig | None = None,
-    *, title: str = "CAAP gallery",
-) -> dict[str, Path]:
-    """Merge every chunk into ``maps.safetensors``, ``results.csv``, ``settings.json`` and ``gallery.html``.
+def _wait_for_peers(run_dir: Path, count: Callable[[], int], total: int, world_size: int, timeout_s: float) -> None:
+    """Rank 0: poll until ``count()`` (chunks present) reaches ``total``; fail after ``timeout_s`` without progress.
 
-    Raises:
-        RuntimeError: naming the chunks that are missing or do not validate.
-
-    Example:
-        >>> paths = merge_caap_chunks(model, images, "out/caap")
-        >>> paths["table"].name
-        'results.csv'
+    A plain file poll for torchrun and bare ``RANK``/``WORLD_SIZE`` alike: unlike a collective barrier, it tells a
+    slow rank (new chunks keep appearing) from a crashed one (none for ``timeout_s``).
     """
-    from safetensors.torch import save
-
-    cfg = cfg or CAAPRunConfig()
-    run = _Run(model, images, cfg, out_dir)
-    parts, bad = [], []
-    for s, e in run.chunks:
-        t = run.load(s, e)
-        (bad.append(f"[{s}, {e})") if t is None else parts.append(t))
-    if bad:
-        raise RuntimeError(f"chunks missing or stale in {str(run.out_dir / 'chunks')!r}: {', '.join(bad[:10])}; run the shards first")
-    merged = {k: torch.cat([p[k] for p in parts]).contiguous() for k in parts[0] if k != "thumb"}
-    out = run.out_dir
-    paths = {
-        "maps": atomic_write_bytes(out / "maps.safetensors", save(merged, metadata={"fingerprint": digest(run.base)})),
-    }
-    probs = merged["source_logits"].softmax(-1)
-    pred = probs.argmax(-1)
-    m = merged["map"].flatten(1)
-    rows = []
-    for i, name in enumerate(images.names):
-        label = int(merged["label"][i])
-        rows.append({
-            "index": i, "name": name, "label": "" if label < 0 else label, "predicted": int(pred[i]),
-            "probability": round(float(probs[i, pred[i]]), 6), "target": int(merged["target"][i]),
-            "source_score": float(merged["source_score"][i]), "neutral_score": float(merged["neutral_score"][i]),
-            "map_max": float(m[i].max()), "map_mean": float(m[i].mean()), "map_min": float(m[i].min()),
-        })
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    paths["table"] = atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    settings = {"caap": run.settings, "model_digest": run.base["model"], "data": images.source,
-                "chunk_size": cfg.chunk_size, "n_images": len(images), "version": run.base["version"]}
-    paths["settings"] = atomic_write_bytes(out / "settings.json", json.dumps(settings, indent=1, default=str).encode())
-    thumbs = torch.cat([p["thumb"] for p in parts])
-    settings["caap"] = {**run.settings, "direction": cfg.direction}
-    if cfg.direction == "noising":
-        legend = ("Direction: noising (each neutral patch written into the image's run; the map is the score drop). "
-                  "Overlay: map minus its median; red = a larger drop (the patch is needed), blue = a smaller one.")
-    else:
-        legend = ("Direction: denoising (each image patch written into the neutral context's run; the map is the "
-                  "patched score). Overlay: map minus its median; red above, blue below.")
-    paths["gallery"] = write_gallery(out / "gallery.html", title, rows, thumbs, merged["map"], settings, legend=legend)
-    return paths
-
-
-def _wait_for_peers(run_dir: Path, check: Any, rank: int, world_size: int, timeout_s: float) -> None:
-    import torch.distributed as dist
-
-    if world_size == 1:
-        return
-    if dist.is_available() and "MASTER_ADDR" in os.environ:
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
-        return
-    if rank != 0:  # only rank 0 merges
-        return
-    deadline = time.monotonic() + timeout_s  # plain RANK/WORLD_SIZE subprocesses: poll for the peers' files
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 waited {timeout_s:.0f} s for the other ranks' chunks in {str(run_dir)!r}")
-        time.sleep(0.2)
+    last, since = count(), time.monotonic()
+    while last < total:
+        time.sleep(min(0.2, timeout_s / 10))
+        now = count()
+        if now > last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > timeout_s:
+            raise PeerWaitError(
+                f"rank 0 of {world_size}: no new chunk from the other ranks for {timeout_s:g} s ({last}/{total} chunks "
+                f"in {str(run_dir / 'chunks')!r}); a rank is missing or crashed (set the wait with --wait-timeout "
+                f"or {WAIT_TIMEOUT_ENV})"
+            )
 
 
 def run_caap_dataset(
@@ -309,9 +167,13 @@ def run_caap_dataset(
     resume: bool = True,
     progress: bool = False,
     title: str = "CAAP gallery",
-    wait_timeout_s: float = 3600.0,
+    wait_timeout_s: float | None = None,
 ) -> dict[str, Path] | None:
     """This process's shard (rank/world from the environment), then, on rank 0, the merge.
+
+    Args:
+        wait_timeout_s: rank 0 gives up (:class:`PeerWaitError`) when no chunk of the other ranks has appeared for
+            this many seconds; default ``$VIT_PATCHING_WAIT_TIMEOUT`` or :data:`DEFAULT_WAIT_TIMEOUT_S`.
 
     Returns:
         The written paths on rank 0 (``maps``, ``table``, ``settings``, ``gallery``); ``None`` on other ranks.
@@ -322,10 +184,16 @@ def run_caap_dataset(
         'gallery.html'
     """
     cfg = cfg or CAAPRunConfig()
+    timeout_s = wait_timeout(wait_timeout_s)
     rank, world = dist_rank_world()
-    run_caap_shard(model, images, out_dir, cfg, rank=rank, world_size=world, resume=resume, progress=progress)
-    run = _Run(model, images, cfg, out_dir)
-    _wait_for_peers(run.out_dir, lambda: all(run.load(s, e) is not None for s, e in run.chunks), rank, world, wait_timeout_s)
-    if rank != 0:
-        return None
-    return merge_caap_chunks(model, images, out_dir, cfg, title=title)
+    run = ChunkRun(model, images, cfg, out_dir)
+    with run_lock(run.out_dir, run.lock_digest, world):
+        if rank == 0:
+            finish_staged_merge(run.out_dir)
+        run_caap_shard(model, images, out_dir, cfg, rank=rank, world_size=world, resume=resume, progress=progress)
+        if rank != 0:
+            return None
+        if world > 1:
+            _wait_for_peers(run.out_dir, lambda: sum(run.present(s, e) for s, e in run.chunks), len(run.chunks),
+                            world, timeout_s)
+        return merge_run(run, title)

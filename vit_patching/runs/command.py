@@ -23,8 +23,9 @@ from typing import Any
 from vit_patching.checks import check_positive_int, check_seed, check_window
 from vit_patching.files import check_output_dir, list_image_files
 
-from .caap_run import CAAPRunConfig, run_caap_dataset
+from .caap_run import CAAPRunConfig, run_caap_dataset, wait_timeout
 from .dataset import folder_images, zoo_images
+from .lock import RunLockError
 
 __all__ = ["check_dataset_classes", "check_image_files", "run_dataset_command"]
 
@@ -127,6 +128,10 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
     )
     if args.n is not None:
         check_positive_int(args.n, "--n")
+    try:
+        timeout_s = wait_timeout(getattr(args, "wait_timeout", None))
+    except ValueError as e:
+        raise ValueError(str(e).replace("wait_timeout_s", "--wait-timeout")) from None
     if args.images is not None:
         files = list_image_files(args.images, "--images", args.n)
         check_image_files(files)
@@ -142,8 +147,11 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         images = zoo_images(args.dataset, n=args.n, seed=args.seed)
     else:
         images = folder_images(args.images, n=args.n)
-    paths = run_caap_dataset(
-        model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
-        title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)",
-    )
+    try:  # a PeerWaitError (a TimeoutError: no user error) reaches the CLI, which reports it with status 1
+        paths = run_caap_dataset(
+            model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
+            title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)", wait_timeout_s=timeout_s,
+        )
+    except RunLockError as e:
+        raise ValueError(f"--out: {e}") from None
     return None if paths is None else paths["gallery"]

@@ -75,7 +75,7 @@ def write_gallery(
         title: page title (escaped).
         rows: one mapping per image: the table columns (values escaped).
         thumbs: uint8 thumbnails ``[n, C, h, w]``.
-        maps: patch maps ``[n, gh, gw]``.
+        maps: patch maps ``[n, gh, gw]`` (a map with NaN, of an image that failed, is shown as "no map").
         settings: shown as escaped JSON.
         legend: what the overlay's colours mean (escaped); default: the map minus its median, red above, blue below.
 
@@ -97,9 +97,13 @@ def write_gallery(
             f"<td data-v='{e(str(v), quote=True)}'>{e(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>"
             for v in r.values()
         )
+        if bool(torch.isfinite(maps[i]).all()):
+            overlay = f"<img src='data:image/png;base64,{overlay_png(t, maps[i])}'>"
+        else:  # a failed image (non-finite outputs) has no map to draw
+            overlay = "no map"
         body.append(
             f"<tr><td data-v='{i}'><img src='data:image/png;base64,{_png(t.permute(1, 2, 0).contiguous())}'></td>"
-            f"<td data-v='{i}'><img src='data:image/png;base64,{overlay_png(t, maps[i])}'></td>{cells}</tr>"
+            f"<td data-v='{i}'>{overlay}</td>{cells}</tr>"
         )
     doc = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"

@@ -79,6 +79,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CAPTION_CLASS_NAMES",
     "CHUNK",
+    "generate_range",
     "generate_sample",
     "CLASS_HUES",
     "CONJUNCTION_CLASS_NAMES",
@@ -400,6 +401,35 @@ def generate_sample(task: str, index: int, seed: int, *, image_size: int = IMAGE
     chunk_seed = torch.randint(0, 2**62, (chunk + 1,), generator=master)[chunk]  # as sample_scenes draws them
     scenes = _sample_chunk_complete(task, CHUNK, torch.Generator().manual_seed(int(chunk_seed)), image_size)
     return batch_from_scenes(select_scenes(scenes, torch.tensor([offset])))
+
+
+def generate_range(task: str, start: int, end: int, seed: int, *, image_size: int = IMAGE_SIZE) -> ToyBatch:
+    """Images ``[start, end)`` of ``generate(task, n, seed)`` (any ``n >= end``), rendering only those.
+
+    Memory and time of the scene chunks (``CHUNK`` scenes each) that hold the range, whatever ``start``: dataset
+    runs generate one run-chunk at a time with it, so ``--n 100000`` never holds 100000 images.
+
+    Example:
+        >>> part = generate_range("shapes", 250, 260, seed=0)
+        >>> bool(torch.equal(part.images, generate("shapes", n=260, seed=0).images[250:]))
+        True
+    """
+    _check_task(task)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start: expected a non-negative int, got {start!r}")
+    if isinstance(end, bool) or not isinstance(end, int) or end <= start:
+        raise ValueError(f"end: expected an int > start ({start}), got {end!r}")
+    _check_n_seed(end, seed)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 48:
+        raise ValueError(f"image_size: expected an int >= 48, got {image_size!r}")
+    first, last = start // CHUNK, (end - 1) // CHUNK
+    master = torch.Generator().manual_seed(seed)
+    seeds = torch.randint(0, 2**62, (last + 1,), generator=master).tolist()  # as sample_scenes draws them
+    parts = [_sample_chunk_complete(task, CHUNK, torch.Generator().manual_seed(int(seeds[c])), image_size)
+             for c in range(first, last + 1)]
+    scenes = cat_scenes(parts) if len(parts) > 1 else parts[0]
+    offset = first * CHUNK
+    return batch_from_scenes(select_scenes(scenes, torch.arange(start - offset, end - offset)))
 
 
 def generate(
