@@ -220,3 +220,18 @@ def test_auto_neutral_choice_is_in_the_table_gallery_and_settings(model, tmp_pat
     assert json.loads(paths["settings"].read_text())["neutral_choice"] == counts
     page = paths["gallery"].read_text()
     assert "Neutral context per image (column &#x27;neutral&#x27;): " + ", ".join(f"{k} {v}" for k, v in counts.items()) in page
+
+
+def test_gallery_overlay_colours_follow_the_report_scale():
+    """The gallery's overlay draws values above the median blue and below it red, as the report's RdBu figures."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from vit_patching.runs.gallery import overlay_png
+
+    grey = torch.full((3, 2, 2), 128, dtype=torch.uint8)
+    png = overlay_png(grey, torch.tensor([[1.0, 0.0], [0.0, -1.0]]), alpha=1.0)  # median 0: +1 top left, -1 bottom right
+    rgb = torch.tensor(list(Image.open(io.BytesIO(base64.b64decode(png))).getdata())).reshape(2, 2, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 255] and rgb[1, 1].tolist() == [255, 0, 0] and rgb[0, 1].tolist() == [255, 255, 255]

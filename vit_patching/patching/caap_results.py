@@ -330,7 +330,7 @@ class Attribution(AttributionMaps):
     def zmid(self, i: int = 0) -> float:
         """Centre of the diverging colour scale for image ``i``: for denoising the unpatched neutral score (0 for
         ``delta_*``), so colours show how much each patch raises or lowers the score relative to the neutral
-        context; for noising 0 (no drop), so red = removing the patch lowers the score, blue = raises it."""
+        context; for noising 0 (no drop), so on the RdBu scale blue = removing the patch lowers the score, red = raises it."""
         return 0.0 if self.direction == "noising" else float(self.neutral_score[i])
 
     def _title(self, i: int) -> str:

@@ -42,7 +42,10 @@ def _png(array: Tensor) -> str:
 
 
 def overlay_png(thumb: UInt8[Tensor, "channel h w"], patch_map: Float[Tensor, "gh gw"], alpha: float = 0.55) -> str:
-    """Base64 PNG of the map (diverging blue-white-red, symmetric about 0 after centring on its median) over the image.
+    """Base64 PNG of the map (diverging red-white-blue, symmetric about 0 after centring on its median) over the image.
+
+    Blue above the median, red below: the convention of the report's Plotly ``RdBu`` figures (low red, high blue),
+    so a gallery and a report of the same image agree.
 
     Example:
         >>> overlay_png(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.rand(2, 2))[:8]
@@ -54,7 +57,7 @@ def overlay_png(thumb: UInt8[Tensor, "channel h w"], patch_map: Float[Tensor, "g
     m = m / m.abs().max().clamp_min(1e-12)  # [-1, 1]
     m = torch.nn.functional.interpolate(m[None, None], size=tuple(img.shape[-2:]), mode="nearest")[0, 0]
     pos, neg = m.clamp_min(0), (-m).clamp_min(0)
-    colour = torch.stack([1 - neg, 1 - pos - neg, 1 - pos])  # red for positive, blue for negative
+    colour = torch.stack([1 - pos, 1 - pos - neg, 1 - neg])  # blue for positive, red for negative (as RdBu)
     out = (1 - alpha) * img + alpha * colour
     return _png((out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous())
 
@@ -77,7 +80,7 @@ def write_gallery(
         thumbs: uint8 thumbnails ``[n, C, h, w]``.
         maps: patch maps ``[n, gh, gw]`` (a map with NaN, of an image that failed, is shown as "no map").
         settings: shown as escaped JSON.
-        legend: what the overlay's colours mean (escaped); default: the map minus its median, red above, blue below.
+        legend: what the overlay's colours mean (escaped); default: the map minus its median, blue above, red below.
 
     Example:
         >>> write_gallery("g.html", "demo", [{"name": "<a>"}], torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
@@ -111,7 +114,7 @@ def write_gallery(
         "th{cursor:pointer;background:#eee}img{width:96px;image-rendering:pixelated}</style>"
         f"<script>{_SORT_JS}</script></head><body><h1>{e(title)}</h1>"
         f"<p>{len(rows)} images. Click a column header to sort. "
-        f"{e(legend or 'Overlay: CAAP map minus its median (red above, blue below).')}</p>"
+        f"{e(legend or 'Overlay: CAAP map minus its median (blue above, red below).')}</p>"
         f"<details><summary>Settings</summary><pre>{e(json.dumps(settings, indent=1, default=str))}</pre></details>"
         f"<table id='g'><thead><tr><th>image</th><th>CAAP</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
         "</body></html>"

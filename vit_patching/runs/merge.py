@@ -186,10 +186,10 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
 def _legend(direction: str, choices: Counter, failed: list[int]) -> str:
     if direction == "noising":
         text = ("Direction: noising (each neutral patch written into the image's run; the map is the score drop). "
-                "Overlay: map minus its median; red = a larger drop (the patch is needed), blue = a smaller one.")
+                "Overlay: map minus its median; blue = a larger drop (the patch is needed), red = a smaller one.")
     else:
         text = ("Direction: denoising (each image patch written into the neutral context's run; the map is the "
-                "patched score). Overlay: map minus its median; red above, blue below.")
+                "patched score). Overlay: map minus its median; blue above, red below.")
     text += " Neutral context per image (column 'neutral'): " + ", ".join(f"{k} {v}" for k, v in sorted(choices.items()))
     text += "." if not failed else f". Failed (non-finite outputs, no map): images {failed[:20]}{' ...' if len(failed) > 20 else ''}."
     return text
