@@ -1,6 +1,7 @@
 """Circuit discovery on ViTs: attribution patching (AtP/AtP*), a first-order CAAP estimate, edge attribution
-patching (EAP, EAP-IG) over the head/MLP graph, circuit selection and faithfulness evaluation through the
-patching engine, and figures.
+patching (EAP, EAP-IG on inputs and on activations), AtP* GradDrop and information flow routes over the
+head/MLP graph, interventions (corrupted, zero, mean, mean_positional, resample, optimal), circuit selection and
+faithfulness evaluation through the patching engine, and figures.
 
 Example:
     >>> from vit_patching.circuits import eap_ig, evaluate_circuit, select_circuit
@@ -15,9 +16,13 @@ from .common import Verification
 from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
+from .interventions import ABLATIONS, Ablation, ablation_values, derangement
 from .plot import circuit_figure, faithfulness_figure
+from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
 
 __all__ = [
+    "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
+    "information_flow_routes",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",
