@@ -70,7 +70,8 @@ def test_mean_empty_circuit_equals_hand_computed_means(setup, kind):
     # Without a reference the corrupted images are the reference set.
     ev2 = _empty(model, clean, corrupted, ablation=kind)
     x = _cache(model, corrupted)
-    expected2 = _run_with_nodes_replaced(model, clean, {h: x[h].mean(dim=dims, keepdim=True) for h in _node_hooks(model)})
+    means2 = {h: x[h].mean(dim=dims, keepdim=True) for h in _node_hooks(model)}
+    expected2 = _run_with_nodes_replaced(model, clean, means2)
     torch.testing.assert_close(ev2.values[0], expected2, rtol=0, atol=1e-10)
 
 
@@ -164,8 +165,8 @@ def test_optimal_constants_lower_their_objective_and_are_what_evaluation_patches
         after = _objective(model, reference, hook, head, fitted)
         assert after < ratio * before, (hook, head, before, after)
     ev = _empty(model, clean, corrupted, ablation=abl)
-    torch.testing.assert_close(ev.values[0], _run_with_nodes_replaced(model, clean, {h: v[:1] for h, v in vals.items()}),
-                               rtol=0, atol=1e-10)
+    expected = _run_with_nodes_replaced(model, clean, {h: v[:1] for h, v in vals.items()})
+    torch.testing.assert_close(ev.values[0], expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("kw, arg", [

@@ -121,7 +121,8 @@ def eap_ig_activations(
                 point = av[hook] + (k / steps) * (cc[hook] - av[hook])
 
                 def interpolate(act: Tensor, hook: Any, point: Tensor = point) -> Tensor:
-                    return point.to(act.dtype)
+                    # A leaf that asks for gradients, so receivers downstream of a replaced embedding have one.
+                    return point.to(act.dtype).detach().clone().requires_grad_(True)
 
                 g = stack_receivers(model, _gradients(model, clean, [(hook, interpolate)], r_hooks, fn))
                 per_image[cols] += torch.einsum("bpsd,bprd->srb", delta[:, :, cols], g) / steps
