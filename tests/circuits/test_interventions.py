@@ -6,7 +6,7 @@ import torch
 
 from circuit_toys import images, tiny
 from vit_patching.circuits import (
-    Ablation, Circuit, Graph, ablation_values, derangement, eap, eap_ig, evaluate_circuit,
+    Ablation, Circuit, Graph, ablation_values, atp_heads, atp_layer_sweep, derangement, eap, eap_ig, evaluate_circuit,
 )
 from vit_patching.hook_names import get_act_name
 from vit_patching.patching import target_logit
@@ -192,3 +192,43 @@ def test_ablation_fields_are_checked():
         Ablation("optimal", lr=-1.0)
     with pytest.raises(TypeError, match="fit_metric"):
         Ablation("optimal", fit_metric="logit")
+
+
+def test_atp_under_resample_equals_atp_against_the_permuted_images(setup):
+    model, clean, corrupted, _ = setup
+    perm = derangement(3, 2)
+    m = target_logit(CLASSES)
+    kw = dict(direction="noising", ablation=Ablation("resample", seed=2))
+    a = atp_layer_sweep(model, clean, corrupted, m, **kw)
+    b = atp_layer_sweep(model, clean, clean[perm], m, direction="noising")
+    torch.testing.assert_close(a.values, b.values, rtol=0, atol=1e-10)
+    torch.testing.assert_close(a.source_score, b.source_score, rtol=0, atol=1e-10)  # empty circuit = that run
+    a = atp_heads(model, clean, corrupted, m, sites=("z", "q", "k"), **kw)
+    b = atp_heads(model, clean, clean[perm], m, sites=("z", "q", "k"), direction="noising")
+    torch.testing.assert_close(a.values, b.values, rtol=0, atol=1e-10)
+
+
+def test_atp_mean_positional_is_the_gradient_times_the_hand_computed_difference(setup):
+    model, clean, corrupted, reference = setup
+    est = atp_layer_sweep(model, clean, corrupted, target_logit(CLASSES), sites="mlp_out", direction="noising",
+                          ablation="mean_positional", reference=reference)
+    r = _cache(model, reference)
+    for l in range(model.cfg.n_layers):
+        hook = get_act_name("mlp_out", l)
+        kept = {}
+        with torch.enable_grad():
+            logits = model.run_with_hooks(clean, fwd_hooks=[(hook, lambda a, hook: kept.setdefault("a", a))])
+            (g,) = torch.autograd.grad(target_logit(CLASSES)(logits, torch.arange(3)).sum(), kept["a"])
+        expected = ((r[hook].mean(0, keepdim=True) - kept["a"].detach()) * g).sum(-1)  # [batch pos]
+        torch.testing.assert_close(est.values[0, l] - est.target_score, expected.T, rtol=1e-9, atol=1e-12)
+
+
+def test_atp_ablations_need_noising_and_no_verification(setup):
+    model, clean, corrupted, _ = setup
+    with pytest.raises(ValueError, match="direction"):
+        atp_layer_sweep(model, clean, corrupted, target_logit(CLASSES), ablation="zero")
+    with pytest.raises(ValueError, match="verify_top_k"):
+        atp_heads(model, clean, corrupted, target_logit(CLASSES), ablation="zero", direction="noising",
+                  verify_top_k=2)
+    with pytest.raises(ValueError, match="optimal"):
+        atp_layer_sweep(model, clean, corrupted, target_logit(CLASSES), ablation="optimal", direction="noising")

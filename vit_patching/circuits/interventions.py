@@ -45,8 +45,8 @@ from vit_patching.model import HookedViT
 from vit_patching.patching import target_logit
 from vit_patching.patching.engine import check_image_batch
 
-__all__ = ["ABLATIONS", "Ablation", "ablated_run_gradients", "ablation_values", "derangement", "fit_optimal",
-           "resolve_ablation", "sender_hooks"]
+__all__ = ["ABLATIONS", "Ablation", "ablated_logits", "ablated_run_gradients", "ablation_values", "derangement",
+           "fit_optimal", "resolve_ablation", "sender_hooks"]
 
 ABLATIONS = ("corrupted", "zero", "mean", "mean_positional", "resample", "optimal")
 
@@ -161,15 +161,18 @@ def ablation_values(
     corrupted: Float[Tensor, "_batch _channel _height _width"],
     *,
     corrupted_cache: dict[str, Tensor] | None = None,
+    hooks: list[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Replacement values at every sender hook (:func:`sender_hooks`), each of the clean run's shape.
+    """Replacement values at every sender hook (:func:`sender_hooks`), or at ``hooks``, each of the clean run's
+    shape.
 
     Args:
         model: A HookedViT.
         ablation: The intervention.
         clean: Clean images ``[batch, C, H, W]`` (the batch the values are for).
         corrupted: Corrupted images, same shape.
-        corrupted_cache: The corrupted run's sender-hook activations when already computed (saves a forward).
+        corrupted_cache: The corrupted run's activations at the hooks when already computed (saves a forward).
+        hooks: Other hooks (AtP's sites); every kind but ``"optimal"`` (fitted per graph node) applies to any hook.
 
     Returns:
         ``{hook name: values}`` with ``values`` of shape ``[batch, pos, ...]`` (the model's dtype).
@@ -180,8 +183,12 @@ def ablation_values(
         0.0
     """
     _check_reference(model, ablation, clean)
-    hooks = sender_hooks(model)
     kind, batch = ablation.kind, clean.shape[0]
+    if hooks is None:
+        hooks = sender_hooks(model)
+    elif kind == "optimal" and not set(hooks) <= set(sender_hooks(model)):
+        raise ValueError("ablation: 'optimal' constants are fitted per graph node (embedding, head, MLP outputs); "
+                         f"got other hooks {sorted(set(hooks) - set(sender_hooks(model)))}")
     if kind == "corrupted":
         return corrupted_cache if corrupted_cache is not None else _cache(model, corrupted, hooks)
     if kind == "zero":
@@ -192,13 +199,14 @@ def ablation_values(
         perm = torch.tensor(derangement(batch, ablation.seed), device=ref.device)
         return _cache(model, ref[perm], hooks)
     ref = corrupted if ablation.reference is None else ablation.reference
-    cache = _cache(model, ref, hooks)
-    if kind == "mean":
-        return {h: a.mean(dim=(0, 1), keepdim=True).expand(batch, *a.shape[1:]) for h, a in cache.items()}
+    cache = _cache(model, ref, sender_hooks(model) if kind == "optimal" else hooks)
+    if kind == "mean":  # over images and token positions (a pattern's positions are its queries, axis 2)
+        return {h: a.mean(dim=(0, 2 if h.endswith("hook_pattern") else 1), keepdim=True).expand(batch, *a.shape[1:])
+                for h, a in cache.items()}
     means = {h: a.mean(0, keepdim=True) for h, a in cache.items()}
     if kind == "optimal":
         means = fit_optimal(model, ref, means, ablation)
-    return {h: a.expand(batch, *a.shape[1:]) for h, a in means.items()}
+    return {h: means[h].expand(batch, *means[h].shape[1:]) for h in hooks}
 
 
 def fit_optimal(model: HookedViT, reference: Tensor, init: dict[str, Tensor], ablation: Ablation) -> dict[str, Tensor]:
@@ -301,3 +309,18 @@ def ablated_run_gradients(
         total = metric(logits, torch.arange(x.shape[0], device=logits.device)).sum()
         grads = torch.autograd.grad(total, [acts[n] for n in names], allow_unused=True)
     return logits.detach(), {n: torch.zeros_like(acts[n]) if g is None else g.detach() for n, g in zip(names, grads)}
+
+
+def ablated_logits(
+    model: HookedViT,
+    clean: Float[Tensor, "batch channel height width"],
+    values: dict[str, Tensor],
+) -> Float[Tensor, "batch n_classes"]:
+    """Logits of the clean images with every graph node's output replaced by ``values`` (the empty circuit).
+
+    Example:
+        >>> ablated_logits(model, clean, ablation_values(model, Ablation("zero"), clean, corrupted)).shape
+    """
+    hooks = [(h, lambda act, hook: values[hook.name].to(act.dtype).expand_as(act).clone()) for h in sender_hooks(model)]
+    with torch.no_grad():
+        return model.run_with_hooks(clean, fwd_hooks=hooks)
