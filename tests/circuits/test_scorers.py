@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from circuit_toys import images, tiny
-from vit_patching.circuits import Graph, atp_graddrop, eap, eap_ig_activations, information_flow_routes
+from vit_patching.circuits import (
+    Graph, atp_graddrop, atp_heads, atp_layer_sweep, eap, eap_ig_activations, information_flow_routes, node_scores,
+    select_nodes,
+)
 from vit_patching.hook_names import get_act_name
 from vit_patching.patching import target_logit
 
@@ -146,3 +149,32 @@ def test_ifr_equals_hand_summed_contribution_norms(setup):
                     w = 1.0 / n_pos
                 expected[b] += w * prox[u] / sum(prox.values())
         torch.testing.assert_close(_score(scores, u, v), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_node_scores_are_the_atp_estimates_of_the_nodes(setup):
+    """Sum of a node's outgoing EAP scores = AtP of patching its output (heads at z, MLPs at mlp_out)."""
+    model, clean, corrupted = setup
+    scores = eap(model, clean, corrupted, metric())
+    ns = dict(zip(scores.graph.senders, node_scores(scores).tolist()))
+    heads = atp_heads(model, clean, corrupted, metric(), sites="z")
+    mlps = atp_layer_sweep(model, clean, corrupted, metric(), sites="mlp_out")
+    for l in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            want = float((heads.values[0, l, h] - heads.target_score).mean())
+            assert abs(ns[f"L{l}H{h}"] - want) < 1e-9 * max(1.0, abs(want))
+        want = float((mlps.values[0, l] - mlps.target_score).sum(0).mean())
+        assert abs(ns[f"MLP{l}"] - want) < 1e-9 * max(1.0, abs(want))
+
+
+def test_select_nodes_keeps_every_edge_between_the_top_nodes(setup):
+    model, clean, corrupted = setup
+    scores = eap(model, clean, corrupted, metric())
+    ns = node_scores(scores)
+    g = scores.graph
+    top = [g.senders[i] for i in torch.argsort(ns.abs(), descending=True)[:4].tolist()]
+    c = select_nodes(scores, top_n=4, prune=False)
+    expected = {(u, v) for u, v in g.edges if u in top and (v == "logits" or v.split(".")[0] in top)}
+    assert set(c.edges) == expected and len(expected) > 4
+    assert set(select_nodes(scores, top_n=4).edges) <= expected
+    with pytest.raises(ValueError, match="top_n"):
+        select_nodes(scores, top_n=-1)

@@ -19,10 +19,11 @@ from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .interventions import ABLATIONS, Ablation, ablation_values, derangement
 from .plot import circuit_figure, faithfulness_figure
 from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
+from .selection import node_scores, select_nodes
 
 __all__ = [
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
-    "information_flow_routes",
+    "information_flow_routes", "node_scores", "select_nodes",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",
