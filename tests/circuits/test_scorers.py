@@ -4,10 +4,10 @@ own per-head ``hook_result``), and IFR's proximities summed by hand position by 
 import pytest
 import torch
 
-from circuit_toys import images, tiny
+from circuit_toys import images, no_hooks_left, tiny
 from vit_patching.circuits import (
-    Graph, atp_graddrop, atp_heads, atp_layer_sweep, eap, eap_ig_activations, information_flow_routes, node_scores,
-    select_nodes,
+    Ablation, Graph, atp_graddrop, atp_heads, atp_layer_sweep, eap, eap_ig_activations, information_flow_routes,
+    node_scores, select_nodes,
 )
 from vit_patching.hook_names import get_act_name
 from vit_patching.patching import target_logit
@@ -178,3 +178,40 @@ def test_select_nodes_keeps_every_edge_between_the_top_nodes(setup):
     assert set(select_nodes(scores, top_n=4).edges) <= expected
     with pytest.raises(ValueError, match="top_n"):
         select_nodes(scores, top_n=-1)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _boom(logits, ids):
+    raise Boom("metric failed")
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, c, x: eap_ig_activations(m, c, x, _boom, steps=2),
+    lambda m, c, x: atp_graddrop(m, c, x, _boom),
+    lambda m, c, x: information_flow_routes(m, c, x, _boom),
+    lambda m, c, x: eap(m, c, x, metric(), ablation=Ablation("optimal", fit_metric=_boom, steps=2)),
+    lambda m, c, x: eap(m, c, x, _boom, ablation="mean"),
+])
+def test_an_exception_mid_run_leaves_no_hook_and_restores_flags(setup, call):
+    model, clean, corrupted = setup
+    with pytest.raises(Boom):
+        call(model, clean, corrupted)
+    assert no_hooks_left(model)
+    assert not model.cfg.use_split_qkv_input and not model.cfg.use_hook_mlp_in
+
+
+@pytest.mark.parametrize("call, arg", [
+    (lambda m, c, x: eap_ig_activations(m, c, x, metric(), steps=0), "steps"),
+    (lambda m, c, x: eap_ig_activations(m, c, x[:1], metric()), "corrupted"),
+    (lambda m, c, x: atp_graddrop(m, c, x, metric(), ablation="nothing"), "ablation"),
+    (lambda m, c, x: information_flow_routes(m, c, x, "logitdiff"), "metric"),
+    (lambda m, c, x: eap_ig_activations(m, c, x, metric(), ablation="mean", reference=c[:, :1]), "reference"),
+])
+def test_bad_input_names_the_argument(setup, call, arg):
+    model, clean, corrupted = setup
+    with pytest.raises((ValueError, TypeError), match=arg):
+        call(model, clean, corrupted)
+    assert no_hooks_left(model)

@@ -13,8 +13,8 @@ components"): a query or key only acts through the attention softmax, which satu
 estimate can miss large effects. For ``q`` and ``k`` sites (``atp_star=True``) the attention pattern is
 recomputed exactly with the patched queries or keys and only the pattern's change is linearised:
 ``sum (softmax(s') - softmax(s)) . dm/dpattern``. On RoPE models the scores are recomputed from the rotated
-queries and keys (``hook_rot_q`` / ``hook_rot_k``), the ones the scores are made of. The GradDrop part of AtP* (dropping one layer's gradient) is
-:func:`~vit_patching.circuits.scorers.atp_graddrop`, over the edge graph.
+queries and keys (``hook_rot_q`` / ``hook_rot_k``), the ones the scores are made of. The GradDrop part of
+AtP* (dropping one layer's gradient) is :func:`~vit_patching.circuits.scorers.atp_graddrop`, over the edge graph.
 
 ``verify_top_k=k`` re-runs the ``k`` cells with the largest |mean estimate| exactly through the patching
 engine (:func:`~vit_patching.patching.run_patch_spec`) and stores both in

@@ -39,17 +39,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_positive_int
+from vit_patching.checks import check_choice, check_positive_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching.engine import result_dtype
 
-from .common import Metric, check_pair, resolve_metric
+from .common import METRIC_NAMES, Metric, check_pair, resolve_metric
 from .eap import EDGE_FLAGS, receiver_hooks, sender_outputs, stack_receivers
 from .graph import EdgeScores, Graph
 from .interventions import Ablation, ablated_run_gradients, ablation_values, resolve_ablation, sender_hooks
 
 __all__ = ["atp_graddrop", "eap_ig_activations", "information_flow_routes"]
+
+
+def _check_metric(metric: Any) -> None:
+    """A metric name is checked before any forward pass (callables are taken as they are)."""
+    if not callable(metric):
+        check_choice(metric, METRIC_NAMES, "metric")
 
 
 def _baselines(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | str,
@@ -100,6 +106,7 @@ def eap_ig_activations(
         >>> scores = eap_ig_activations(model, clean, corrupted, "logit_diff", steps=5, ablation="mean")
     """
     check_pair(model, clean, corrupted)
+    _check_metric(metric)
     steps = check_positive_int(steps, "steps")
     abl = resolve_ablation(ablation, reference)
     abl.check(model, clean)
@@ -174,6 +181,7 @@ def atp_graddrop(
         True
     """
     check_pair(model, clean, corrupted)
+    _check_metric(metric)
     L = model.cfg.n_layers
     if L < 2:
         raise ValueError(f"model: expected at least 2 blocks for GradDrop (mean over L - 1 blocks), got {L}")
@@ -224,6 +232,7 @@ def information_flow_routes(
         >>> scores.top(3)
     """
     check_pair(model, clean, corrupted)
+    _check_metric(metric)
     graph = Graph.of(model)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     s_hooks, r_hooks = sender_hooks(model), receiver_hooks(model)
