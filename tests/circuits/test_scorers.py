@@ -7,7 +7,7 @@ import torch
 from circuit_toys import images, no_hooks_left, tiny
 from vit_patching.circuits import (
     Ablation, Graph, atp_graddrop, atp_heads, atp_layer_sweep, eap, eap_ig_activations, information_flow_routes,
-    node_scores, select_nodes,
+    NeuronCircuit, evaluate_neurons, neuron_scores, node_scores, select_neurons, select_nodes,
 )
 from vit_patching.hook_names import get_act_name
 from vit_patching.patching import target_logit
@@ -209,9 +209,51 @@ def test_an_exception_mid_run_leaves_no_hook_and_restores_flags(setup, call):
     (lambda m, c, x: atp_graddrop(m, c, x, metric(), ablation="nothing"), "ablation"),
     (lambda m, c, x: information_flow_routes(m, c, x, "logitdiff"), "metric"),
     (lambda m, c, x: eap_ig_activations(m, c, x, metric(), ablation="mean", reference=c[:, :1]), "reference"),
+    (lambda m, c, x: neuron_scores(m, c, x, metric(), ablation="optimal"), "ablation"),
+    (lambda m, c, x: evaluate_neurons(m, [NeuronCircuit(torch.ones(1, 2, dtype=torch.bool),
+                                                        torch.ones(1, 2, 2, dtype=torch.bool))], c, x), "circuits"),
+    (lambda m, c, x: select_neurons(neuron_scores(m, c, x, metric()), top_n=-1), "top_n"),
 ])
 def test_bad_input_names_the_argument(setup, call, arg):
     model, clean, corrupted = setup
     with pytest.raises((ValueError, TypeError), match=arg):
         call(model, clean, corrupted)
     assert no_hooks_left(model)
+
+
+def test_neuron_scores_sum_to_the_atp_estimates_of_their_node(setup):
+    """Ablating every neuron of an MLP (every dimension of a head) at once is that node's AtP estimate."""
+    model, clean, corrupted = setup
+    ns = neuron_scores(model, clean, corrupted, metric())
+    mlps = atp_layer_sweep(model, clean, corrupted, metric(), sites="mlp_out", direction="noising")
+    heads = atp_heads(model, clean, corrupted, metric(), sites="z", direction="noising")
+    torch.testing.assert_close(ns.mlp_per_image.sum(1), -(mlps.values[0] - mlps.target_score).sum(1),
+                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ns.head_per_image.sum(2), -(heads.values[0] - heads.target_score),
+                               rtol=1e-9, atol=1e-12)
+    assert float(ns.mlp.abs().max()) > 1e-3
+
+
+def test_evaluate_neurons_equals_a_hand_patched_run(setup):
+    model, clean, corrupted = setup
+    reference = images(5, 32, 32, seed=4).double()
+    gen = torch.Generator().manual_seed(1)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    c = NeuronCircuit(torch.rand(L, model.cfg.d_mlp, generator=gen) < 0.5,
+                      torch.rand(L, H, model.cfg.d_head, generator=gen) < 0.5)
+    full = NeuronCircuit(torch.ones_like(c.mlp), torch.ones_like(c.head))
+    ev = evaluate_neurons(model, [c, full], clean, corrupted, metric(), ablation="mean_positional",
+                          reference=reference, batch_size=3)
+    r = _cache(model, reference)
+    hooks = []
+    for l in range(L):
+        for name, keep in ((f"blocks.{l}.mlp.hook_post", c.mlp[l]), (f"blocks.{l}.attn.hook_z", c.head[l])):
+            mean = r[name].mean(0, keepdim=True)
+            hooks.append((name, lambda a, hook, k=keep, m=mean: torch.where(k, a, m.expand_as(a))))
+    with torch.no_grad():
+        expected = metric()(model.run_with_hooks(clean, fwd_hooks=hooks), torch.arange(2))
+    torch.testing.assert_close(ev.values[0], expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ev.values[1], ev.clean_score, rtol=0, atol=1e-10)
+    assert (ev.values[0] - ev.clean_score).abs().max() > 1e-3
+    keep = select_neurons(neuron_scores(model, clean, corrupted, metric()), top_n=7)
+    assert keep.n_neurons == 7

@@ -17,13 +17,15 @@ from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .interventions import ABLATIONS, Ablation, ablation_values, derangement
+from .neurons import NeuronCircuit, NeuronEvaluation, NeuronScores, evaluate_neurons, neuron_scores, select_neurons
 from .plot import circuit_figure, faithfulness_figure
 from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
 from .selection import node_scores, select_nodes
 
 __all__ = [
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
-    "information_flow_routes", "node_scores", "select_nodes",
+    "information_flow_routes", "node_scores", "select_nodes", "NeuronCircuit", "NeuronEvaluation", "NeuronScores",
+    "evaluate_neurons", "neuron_scores", "select_neurons",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",
