@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +273,7 @@ def ablated_run_gradients(
     hooks: list[str],
     metric: Metric,
     *,
-    extra_hooks: list[tuple[str, Callable[..., Any]]] = (),
+    extra_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Metric gradients at ``hooks`` in the *ablated run*: the forward of ``images`` with every sender hook's
     value replaced by ``values`` (straight-through: the value is the replacement, the gradient passes through
