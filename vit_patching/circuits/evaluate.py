@@ -210,7 +210,8 @@ def evaluate_circuit(
         model: A HookedViT.
         circuit: A :class:`~vit_patching.circuits.graph.Circuit` or a list of them (rows of the same passes).
         clean: Clean images ``[batch, C, H, W]``.
-        corrupted: Corrupted images, same shape (the ablation values; their mean with ``ablation="mean"``).
+        corrupted: Corrupted images, same shape (the ablated values, and the default reference set of ``mean`` /
+            ``mean_positional`` / ``optimal``).
         metric: A metric callable or ``"logit_diff"`` / ``"logit"`` / ``"prob"``.
         ablation: What an ablated edge carries: a name from
             :data:`~vit_patching.circuits.interventions.ABLATIONS` (``"corrupted"``: each image's corrupted value,
