@@ -4,14 +4,16 @@ has the formulas side by side). ``Delta_u = out_u(clean) - out_u(ablated)`` is a
 chosen :class:`~vit_patching.circuits.interventions.Ablation` (the corrupted run by default); ``in_v`` is
 receiver ``v``'s input; sums run over token positions.
 
-* :func:`eap_ig_activations` (EAP-IG on activations, as MIB's ``EAP-IG-activations``): the gradient is
-  integrated along the path between ablated and clean *activations at the sender's stage* instead of the input::
+* :func:`eap_ig_activations` (EAP-IG on activations): the gradient is integrated along the path between
+  ablated and clean *activations at the sender's stage* instead of the input::
 
       score(u -> v) = Delta_u . 1/K sum_{k=1..K} dm/d in_v [clean run, stage(u) outputs = ablated + k/K Delta]
 
   where ``stage(u)`` is the embedding, all heads of ``u``'s block (together), or ``u``'s MLP; everything else
   is computed by the model from the clean images. Summed over the receivers ``v`` it is the right Riemann sum of
-  ``m(clean) - m(stage ablated)`` along the straight path (integrated gradients at that stage).
+  ``m(clean) - m(stage ablated)`` along the straight path (integrated gradients at that stage). The EAP-IG
+  library's ``EAP-IG-activations`` (used by MIB) runs the same interpolations but averages each receiver's
+  gradient over the runs of *every* stage; here an edge uses only its sender's stage.
 * :func:`information_flow_routes` (IFR, Ferrando & Voita 2024): no gradients, one clean forward. At position
   ``p`` receiver ``v`` reads ``y = in_v[p] = sum_u out_u[p] + b`` (``b``: the constant biases). Each part's
   proximity is ``prox(c, y) = max(||y||_1 - ||y - c||_1, 0)`` and its importance
@@ -19,7 +21,8 @@ receiver ``v``'s input; sums run over token positions.
   ``sum_p w_v[p] importance_p(u -> v)`` with position weights ``w_v``: a head's key and value inputs weight
   position ``p`` by the attention it receives, ``1/P sum_i A_h[i, p]``; queries and MLPs weigh every position
   ``1/P``; the logits weigh the class token 1 (``global_pool="token"``) or every position ``1/P``.
-  Scores are in ``[0, 1]`` and the importances of one receiver's parts sum to 1 at each position.
+  Scores are in ``[0, 1]`` and the importances of one receiver's parts sum to 1 at each position. (The EAP-IG
+  library's IFR, used by MIB, weighs every position equally and has no bias part.)
 * :func:`atp_graddrop` (AtP* GradDrop, Kramar et al. 2024): EAP recomputed ``L`` times, the ``l``-th with every
   gradient path through block ``l`` cut (its ``hook_attn_out`` and ``hook_mlp_out`` detached in the backward
   pass; the forward is unchanged); the score is the mean magnitude::
