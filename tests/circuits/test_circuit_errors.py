@@ -36,7 +36,7 @@ def toy():
     (lambda m, c, x, s: select_circuit(s, top_n=3, threshold=0.1), "top_n, threshold"),
     (lambda m, c, x, s: select_circuit(s, top_n=-1), "top_n"),
     (lambda m, c, x, s: evaluate_circuit(m, [], c, x, metric()), "circuit"),
-    (lambda m, c, x, s: evaluate_circuit(m, select_circuit(s, top_n=3), c, x, metric(), ablation="zero"), "ablation"),
+    (lambda m, c, x, s: evaluate_circuit(m, select_circuit(s, top_n=3), c, x, metric(), ablation="zeros"), "ablation"),
     (lambda m, c, x, s: evaluate_circuit(m, select_circuit(s, top_n=3), c, x[:1], metric()), "corrupted"),
     (lambda m, c, x, s: faithfulness_curve(m, s, c, x, metric(), sizes=[]), "sizes"),
     (lambda m, c, x, s: caap_estimate(m, c, window=(2, 1)), "window"),

@@ -1,6 +1,8 @@
 """Circuit discovery on ViTs: attribution patching (AtP/AtP*), a first-order CAAP estimate, edge attribution
-patching (EAP, EAP-IG) over the head/MLP graph, circuit selection and faithfulness evaluation through the
-patching engine, MIB-style scorer comparison (CPR / CMD, AUROC against a known circuit), and figures.
+patching (EAP, EAP-IG on inputs and on activations), AtP* GradDrop and information flow routes over the
+head/MLP graph, interventions (corrupted, zero, mean, mean_positional, resample, optimal), circuit selection and
+faithfulness evaluation through the patching engine, MIB-style scorer comparison (CPR / CMD, AUROC against a
+known circuit), and figures.
 
 Example:
     >>> from vit_patching.circuits import eap_ig, evaluate_circuit, select_circuit
@@ -21,11 +23,18 @@ from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .known import edge_auroc
 from .node_edges import atp_node_edges
+from .interventions import ABLATIONS, Ablation, ablation_values, derangement
+from .neurons import NeuronCircuit, NeuronEvaluation, NeuronScores, evaluate_neurons, neuron_scores, select_neurons
 from .plot import circuit_figure, faithfulness_figure
+from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
+from .selection import node_scores, select_nodes
 
 __all__ = [
     "MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
     "atp_node_edges", "default_scorers", "edge_auroc", "faithfulness_by_size",
+    "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
+    "information_flow_routes", "node_scores", "select_nodes", "NeuronCircuit", "NeuronEvaluation", "NeuronScores",
+    "evaluate_neurons", "neuron_scores", "select_neurons",
     "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",

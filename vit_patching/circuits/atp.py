@@ -13,8 +13,8 @@ components"): a query or key only acts through the attention softmax, which satu
 estimate can miss large effects. For ``q`` and ``k`` sites (``atp_star=True``) the attention pattern is
 recomputed exactly with the patched queries or keys and only the pattern's change is linearised:
 ``sum (softmax(s') - softmax(s)) . dm/dpattern``. On RoPE models the scores are recomputed from the rotated
-queries and keys (``hook_rot_q`` / ``hook_rot_k``), the ones the scores are made of. The GradDrop part of AtP* (dropping one layer's gradient) is
-not implemented.
+queries and keys (``hook_rot_q`` / ``hook_rot_k``), the ones the scores are made of. The GradDrop part of
+AtP* (dropping one layer's gradient) is :func:`~vit_patching.circuits.scorers.atp_graddrop`, over the edge graph.
 
 ``verify_top_k=k`` re-runs the ``k`` cells with the largest |mean estimate| exactly through the patching
 engine (:func:`~vit_patching.patching.run_patch_spec`) and stores both in
@@ -38,6 +38,7 @@ from vit_patching.patching.engine import result_dtype
 from vit_patching.patching.experiment import axis_labels, layout_options
 
 from .common import Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells
+from .interventions import Ablation, ablated_logits, ablation_values, resolve_ablation
 
 __all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
 
@@ -53,9 +54,31 @@ def _check_k(verify_top_k: Any) -> int:
     return verify_top_k
 
 
+def _check_ablation(model: HookedViT, clean: Tensor, ablation: Any, reference: Any, direction: str,
+                    verify_top_k: int) -> Ablation:
+    """The ablation, refused before compute where AtP cannot use it (an ablation is written into the clean run)."""
+    abl = resolve_ablation(ablation, reference)
+    abl.check(model, clean)
+    if abl.kind == "optimal":
+        raise ValueError("ablation: 'optimal' constants are fitted per graph node (see circuits.interventions); "
+                         "AtP sites take 'corrupted', 'zero', 'mean', 'mean_positional' or 'resample', got 'optimal'")
+    if abl.kind != "corrupted":
+        if direction != "noising":
+            raise ValueError(f"direction: ablation {abl.kind!r} replaces cells of the clean run; expected "
+                             f"'noising', got {direction!r}")
+        if verify_top_k:
+            raise ValueError(f"verify_top_k: the exact re-run patches images' activations; expected 0 with "
+                             f"ablation {abl.kind!r}, got {verify_top_k!r}")
+    return abl
+
+
 def _runs(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | str, direction: str,
-          hooks: list[str], source_hooks: list[str]) -> tuple[dict, dict, dict, Tensor, Tensor, Metric, str]:
-    """Source run (cached), target run forward + backward; returns source acts, target acts and grads."""
+          hooks: list[str], source_hooks: list[str], abl: Ablation | None = None,
+          ) -> tuple[dict, dict, dict, Tensor, Tensor, Metric, str]:
+    """Source run (cached), target run forward + backward; returns source acts, target acts and grads.
+
+    With an ablation other than ``"corrupted"`` (direction ``"noising"``) the source values are the ablation's
+    and the source score is the empty circuit's (every graph node ablated)."""
     source, target = source_target(direction, clean, corrupted)
     with torch.no_grad():
         source_logits, source_cache = model.run_with_cache(
@@ -66,6 +89,9 @@ def _runs(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | s
         (source_logits, target_logits_ng) if direction == "denoising" else (target_logits_ng, source_logits)
     )
     fn, name = resolve_metric(metric, clean_logits, corrupted_logits)
+    if abl is not None and abl.kind != "corrupted":
+        source_cache = ablation_values(model, abl, clean, corrupted, hooks=source_hooks)
+        source_logits = ablated_logits(model, clean, ablation_values(model, abl, clean, corrupted))
     target_logits, acts, grads = forward_backward(model, target, hooks, fn)
     ids = torch.arange(target.shape[0], device=target_logits.device)
     return source_cache, acts, grads, _wide(fn(source_logits, ids)).cpu(), _wide(fn(target_logits, ids)).cpu(), fn, name
@@ -95,6 +121,8 @@ def atp_layer_sweep(
     verify_top_k: int = 0,
     batch_size: int = 128,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
+    ablation: str | Ablation = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> PatchingResult:
     """Attribution-patching estimate of :func:`~vit_patching.patching.layer_sweep` (same axes and values).
 
@@ -111,6 +139,11 @@ def atp_layer_sweep(
         verify_top_k: Re-run this many cells (largest |mean estimate|) exactly through the engine.
         batch_size: Rows per forward pass of the verification runs.
         pixels: Optional display images for the figure's underlay.
+        ablation: What a cell is replaced by (:data:`~vit_patching.circuits.interventions.ABLATIONS`, or an
+            ``Ablation``): ``"corrupted"`` (the default) or, with ``direction="noising"``, ``"zero"`` / ``"mean"`` /
+            ``"mean_positional"`` / ``"resample"`` values written into the clean run (``"optimal"`` is fitted per
+            graph node, not per site). Not with ``verify_top_k``.
+        reference: Reference images for the ablations that use them.
 
     Returns:
         :class:`~vit_patching.patching.PatchingResult` with axes ``("site", "layer", "pos")``, kind
@@ -127,9 +160,11 @@ def atp_layer_sweep(
     pos_ids = check_indices(positions, layout.n_pos, "positions", "token position")
     k = _check_k(verify_top_k)
     check_batch_size(batch_size)
+    source_target(direction, clean, corrupted)  # the direction checked before the ablation's own check
+    abl = _check_ablation(model, clean, ablation, reference, direction, k)
     hooks = [get_act_name(s, l) for s in site_names for l in layer_ids]
     source_cache, acts, grads, source_score, target_score, fn, name = _runs(
-        model, clean, corrupted, metric, direction, hooks, hooks
+        model, clean, corrupted, metric, direction, hooks, hooks, abl
     )
     pos = torch.tensor(pos_ids, device=clean.device)
     est = torch.stack([
@@ -139,7 +174,8 @@ def atp_layer_sweep(
     values = target_score + _wide(est.permute(0, 1, 3, 2)).cpu()
     axes = {"site": site_names, "layer": layer_ids, "pos": pos_ids}
     opts = layout_options(layout, pixels)
-    opts.update(layer_indices=layer_ids, pos_indices=pos_ids, method="atp", batch_size=batch_size)
+    opts.update(layer_indices=layer_ids, pos_indices=pos_ids, method="atp", batch_size=batch_size,
+                ablation=abl.kind)
     result = PatchingResult(values, tuple(axes), {a: axis_labels(a, v, layout) for a, v in axes.items()},
                             target_score, source_score, name, direction, "atp_layer_sweep", opts, n_forwards=0)
     if k:
@@ -221,6 +257,8 @@ def atp_heads(
     verify_top_k: int = 0,
     batch_size: int = 128,
     pixels: Float[Tensor, "_batch _channel _height _width"] | None = None,
+    ablation: str | Ablation = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> PatchingResult:
     """Attribution-patching estimate of :func:`~vit_patching.patching.patch_heads` (same axes and values).
 
@@ -240,6 +278,8 @@ def atp_heads(
         verify_top_k: Re-run this many cells (largest |mean estimate|) exactly through the engine.
         batch_size: Rows per forward pass of the verification runs.
         pixels: Optional display images for by-position figures.
+        ablation: As :func:`atp_layer_sweep`.
+        reference: Reference images for the ablations that use them.
 
     Returns:
         :class:`~vit_patching.patching.PatchingResult`, axes ``("site", "layer", "head")`` or, with ``by_pos``,
@@ -262,6 +302,8 @@ def atp_heads(
     pos_ids = check_indices(positions, layout.n_pos, "positions", "token position") if by_pos else None
     k = _check_k(verify_top_k)
     check_batch_size(batch_size)
+    source_target(direction, clean, corrupted)  # the direction checked before the ablation's own check
+    abl = _check_ablation(model, clean, ablation, reference, direction, k)
     star = atp_star and bool({"q", "k"} & set(site_names))
     # The scores are computed from the queries and keys after RoPE (hook_rot_q/hook_rot_k); hook_q/hook_k sit
     # before the rotation. The rotation acts on each (position, head) alone, so patching hook_q/hook_k at a
@@ -274,7 +316,7 @@ def atp_heads(
         source_hooks += star_hooks
         hooks += star_hooks + [get_act_name(n, l) for n in (qk["q"], qk["k"], "pattern") for l in layer_ids]
     source_cache, acts, grads, source_score, target_score, fn, name = _runs(
-        model, clean, corrupted, metric, direction, sorted(set(hooks)), sorted(set(source_hooks))
+        model, clean, corrupted, metric, direction, sorted(set(hooks)), sorted(set(source_hooks)), abl
     )
     per_site = []
     for s in site_names:
@@ -311,7 +353,7 @@ def atp_heads(
     axes["head"] = head_ids
     opts = layout_options(layout, pixels)
     opts.update({f"{a}_indices": list(v) for a, v in axes.items() if a != "site"})
-    opts.update(method="atp*" if star else "atp", batch_size=batch_size)
+    opts.update(method="atp*" if star else "atp", batch_size=batch_size, ablation=abl.kind)
     kind = "atp_head_patch_by_pos" if by_pos else "atp_head_patch"
     result = PatchingResult(values, tuple(axes), {a: axis_labels(a, v, layout) for a, v in axes.items()},
                             target_score, source_score, name, direction, kind, opts, n_forwards=0)

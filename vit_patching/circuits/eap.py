@@ -31,17 +31,12 @@ from vit_patching.patching.engine import result_dtype
 
 from .common import Metric, check_pair, forward_backward, resolve_metric
 from .graph import EdgeScores, Graph
+from .interventions import Ablation, ablated_run_gradients, ablation_values, resolve_ablation, sender_hooks
 
 __all__ = ["EDGE_FLAGS", "eap", "eap_ig", "receiver_hooks", "sender_hooks", "sender_outputs", "stack_receivers"]
 
 #: Model flags that expose every receiver input as its own hook.
 EDGE_FLAGS = {"use_split_qkv_input": True, "use_hook_mlp_in": True}
-
-
-def sender_hooks(model: HookedViT) -> list[str]:
-    """Hooks whose values give every sender's output (block-0 input, each ``hook_z``, each ``hook_mlp_out``)."""
-    L = model.cfg.n_layers
-    return [get_act_name("resid_pre", 0)] + [get_act_name(n, l) for l in range(L) for n in ("z", "mlp_out")]
 
 
 def receiver_hooks(model: HookedViT) -> list[str]:
@@ -85,9 +80,11 @@ def stack_receivers(model: HookedViT, values: dict[str, Tensor]) -> Float[Tensor
 
 
 def _edge_scores(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | str, steps: int | None,
-                 by_pos: bool) -> EdgeScores:
+                 by_pos: bool, ablation: str | Ablation = "corrupted", reference: Tensor | None = None) -> EdgeScores:
     check_pair(model, clean, corrupted)
     check_bool(by_pos, "by_pos")
+    abl = resolve_ablation(ablation, reference)
+    abl.check(model, clean)
     graph = Graph.of(model)
     s_hooks, r_hooks = sender_hooks(model), receiver_hooks(model)
     with model.flags(**EDGE_FLAGS):
@@ -97,17 +94,18 @@ def _edge_scores(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Met
             corr_logits, corr_cache = model.run_with_cache(
                 corrupted, names_filter=lambda n: n in s_hooks, return_cache_object=False)
         fn, name = resolve_metric(metric, clean_logits, corr_logits)
+        abl_cache = ablation_values(model, abl, clean, corrupted, corrupted_cache=corr_cache)
         with torch.no_grad():
-            delta = sender_outputs(model, clean_cache) - sender_outputs(model, corr_cache)  # [b pos S d]
+            delta = sender_outputs(model, clean_cache) - sender_outputs(model, abl_cache)  # [b pos S d]
         if steps is None:
-            _, _, grads = forward_backward(model, corrupted, r_hooks, fn)
+            _, grads = ablated_run_gradients(model, corrupted, abl_cache, r_hooks, fn)
             grad = stack_receivers(model, grads)
         else:
             e0 = get_act_name("resid_pre", 0)
             grad = torch.zeros(*delta.shape[:2], len(graph.receivers), delta.shape[-1], device=delta.device,
                                dtype=delta.dtype)
             for k in range(1, steps + 1):
-                resid = corr_cache[e0] + (k / steps) * (clean_cache[e0] - corr_cache[e0])
+                resid = abl_cache[e0] + (k / steps) * (clean_cache[e0] - abl_cache[e0])
                 _, _, grads = forward_backward(model, resid, r_hooks, fn, start_layer=0)
                 grad += stack_receivers(model, grads) / steps
     dtype = result_dtype(delta.dtype)  # float64 models keep float64 scores
@@ -122,7 +120,7 @@ def _edge_scores(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Met
     return EdgeScores(
         graph, per_image.mean(-1), per_image, fn(clean_logits, ids).to(dtype).cpu(),
         fn(corr_logits, ids).to(dtype).cpu(),
-        name, "eap" if steps is None else "eap-ig", pos_scores, {"steps": steps},
+        name, "eap" if steps is None else "eap-ig", pos_scores, {"steps": steps, "ablation": abl.kind},
     )
 
 
@@ -133,6 +131,8 @@ def eap(
     metric: Metric | str = "logit_diff",
     *,
     by_pos: bool = False,
+    ablation: str | Ablation = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> EdgeScores:
     """Edge attribution patching: ``(clean_u - corrupted_u) . dm/d in_v`` in the corrupted run, every edge.
 
@@ -143,6 +143,12 @@ def eap(
         metric: A metric callable ``metric(logits, image_index) -> [rows]`` or ``"logit_diff"`` / ``"logit"`` /
             ``"prob"``.
         by_pos: Also keep the scores per token position (``EdgeScores.by_pos``, mean over images).
+        ablation: What an ablated edge carries: a name from
+            :data:`~vit_patching.circuits.interventions.ABLATIONS` or an
+            :class:`~vit_patching.circuits.interventions.Ablation`. The score uses ``clean_u - ablated_u`` and the
+            gradient of the ablated run (:func:`~vit_patching.circuits.interventions.ablated_run_gradients`; the
+            corrupted run for ``"corrupted"``).
+        reference: Reference images for ``mean`` / ``mean_positional`` / ``resample`` / ``optimal``.
 
     Returns:
         :class:`~vit_patching.circuits.graph.EdgeScores` (summed over positions, per image and mean).
@@ -151,7 +157,7 @@ def eap(
         >>> scores = eap(model, clean, corrupted, "logit_diff")
         >>> [(u, v) for u, v, _ in scores.top(2)]     # the two edges with the largest |score|
     """
-    return _edge_scores(model, clean, corrupted, metric, None, by_pos)
+    return _edge_scores(model, clean, corrupted, metric, None, by_pos, ablation, reference)
 
 
 def eap_ig(
@@ -162,6 +168,8 @@ def eap_ig(
     *,
     steps: int = 5,
     by_pos: bool = False,
+    ablation: str | Ablation = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> EdgeScores:
     """EAP-IG: EAP with the gradient averaged over ``steps`` interpolations from the corrupted to the clean
     embedding (``alpha = k / steps``, ``k = 1..steps``).
@@ -173,6 +181,9 @@ def eap_ig(
         metric: A metric callable or ``"logit_diff"`` / ``"logit"`` / ``"prob"``.
         steps: Interpolation steps (forward + backward passes).
         by_pos: Also keep the scores per token position.
+        ablation: As :func:`eap`; the interpolation runs from the ablated embedding (block-0 input) to the clean
+            one, everything downstream computed by the model.
+        reference: Reference images, as :func:`eap`.
 
     Returns:
         :class:`~vit_patching.circuits.graph.EdgeScores` with ``method="eap-ig"``.
@@ -180,4 +191,5 @@ def eap_ig(
     Example:
         >>> scores = eap_ig(model, clean, corrupted, "logit_diff", steps=5)
     """
-    return _edge_scores(model, clean, corrupted, metric, check_positive_int(steps, "steps"), by_pos)
+    return _edge_scores(model, clean, corrupted, metric, check_positive_int(steps, "steps"), by_pos, ablation,
+                        reference)

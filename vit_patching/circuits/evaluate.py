@@ -18,8 +18,11 @@ Removing one edge ``u -> v`` from the full graph equals
 ``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``; with ``path_patch``'s
 default ``freeze=("heads",)`` the two differ wherever an MLP lies between ``u`` and ``v``.
 
+``out_u(ablated)`` is what :class:`~vit_patching.circuits.interventions.Ablation` gives (the corrupted run by
+default; zero, mean, mean per position, resampled or optimal constants).
+
 Faithfulness = ``(m(circuit) - m(empty)) / (m(clean) - m(empty))`` of the image-mean metric: 1 for the full
-graph (the clean run), 0 for the empty circuit (the corrupted run, or the mean-ablated run).
+graph (the clean run), 0 for the empty circuit (the corrupted run, or the run with every node ablated).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vit_patching.checks import check_batch_size, check_choice, check_finite, is_int
+from vit_patching.checks import check_batch_size, check_finite, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
 from vit_patching.patching import Intervention, run_interventions
@@ -42,10 +45,10 @@ from vit_patching.patching.engine import result_dtype
 from .common import Metric, check_pair, resolve_metric
 from .eap import EDGE_FLAGS, head_outputs, receiver_hooks, sender_hooks, sender_outputs, stack_receivers
 from .graph import Circuit, EdgeScores, Graph, select_circuit
+from .interventions import ABLATIONS, Ablation, ablation_values, resolve_ablation
 
 __all__ = ["ABLATIONS", "CircuitEvaluation", "evaluate_circuit", "faithfulness_curve", "run_circuits"]
 
-ABLATIONS = ("corrupted", "mean")
 
 
 @dataclass
@@ -60,7 +63,7 @@ class CircuitEvaluation:
         corrupted_score: Corrupted-run metric per image ``[batch]``.
         empty_score: Metric with every edge ablated ``[batch]`` (= corrupted for ``ablation="corrupted"``).
         metric: Metric name.
-        ablation: ``"corrupted"`` or ``"mean"``.
+        ablation: The intervention's name (:data:`~vit_patching.circuits.interventions.ABLATIONS`).
         n_forwards: Forward passes run.
 
     Example:
@@ -120,8 +123,9 @@ def run_circuits(
     corrupted: Float[Tensor, "_batch _channel _height _width"],
     metric: Metric,
     *,
-    ablation: str = "corrupted",
+    ablation: str | Ablation = "corrupted",
     batch_size: int = 64,
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> tuple[Float[Tensor, "circuit batch"], Tensor, Tensor, int]:
     """Metric of the clean run with the edges outside each mask ablated; returns
     ``(values [circuit, batch], clean_logits, corrupted_logits, n_forwards)``.
@@ -129,7 +133,7 @@ def run_circuits(
     Example:
         >>> values, *_ = run_circuits(model, graph.mask[None], clean, corrupted, fn)   # the full graph
     """
-    check_choice(ablation, ABLATIONS, "ablation")
+    abl = resolve_ablation(ablation, reference)
     check_batch_size(batch_size)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     graph = Graph.of(model)
@@ -142,9 +146,7 @@ def run_circuits(
         corr_logits, xc = model.run_with_cache(corrupted, names_filter=lambda n: n in s_hooks,
                                                return_cache_object=False)
         out_clean = sender_outputs(model, cc)  # [b pos S d]
-        out_abl = sender_outputs(model, xc)
-        if ablation == "mean":
-            out_abl = out_abl.mean(0, keepdim=True).expand_as(out_abl)
+        out_abl = sender_outputs(model, ablation_values(model, abl, clean, corrupted, corrupted_cache=xc))
         in_clean = stack_receivers(model, cc)  # [b pos R d]
         d_abl = out_abl - out_clean
         n_c, batch = masks.shape[0], clean.shape[0]
@@ -200,8 +202,9 @@ def evaluate_circuit(
     corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
     metric: Metric | str = "logit_diff",
     *,
-    ablation: str = "corrupted",
+    ablation: str | Ablation = "corrupted",
     batch_size: int = 64,
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> CircuitEvaluation:
     """Faithfulness of one or several circuits: the clean run with every other edge ablated.
 
@@ -209,10 +212,16 @@ def evaluate_circuit(
         model: A HookedViT.
         circuit: A :class:`~vit_patching.circuits.graph.Circuit` or a list of them (rows of the same passes).
         clean: Clean images ``[batch, C, H, W]``.
-        corrupted: Corrupted images, same shape (the ablation values; their mean with ``ablation="mean"``).
+        corrupted: Corrupted images, same shape (the ablated values, and the default reference set of ``mean`` /
+            ``mean_positional`` / ``optimal``).
         metric: A metric callable or ``"logit_diff"`` / ``"logit"`` / ``"prob"``.
-        ablation: ``"corrupted"`` (each image's corrupted value) or ``"mean"`` (the corrupted batch's mean).
+        ablation: What an ablated edge carries: a name from
+            :data:`~vit_patching.circuits.interventions.ABLATIONS` (``"corrupted"``: each image's corrupted value,
+            the default; ``"zero"``, ``"mean"``, ``"mean_positional"``, ``"resample"``, ``"optimal"``) or an
+            :class:`~vit_patching.circuits.interventions.Ablation`.
         batch_size: Rows (circuit x image) per forward pass.
+        reference: Reference images for ``mean`` / ``mean_positional`` / ``resample`` / ``optimal`` (None: the
+            corrupted images; for ``resample`` the clean images).
 
     Returns:
         :class:`CircuitEvaluation`.
@@ -229,19 +238,20 @@ def evaluate_circuit(
     circuits = [circuit] if isinstance(circuit, Circuit) else list(circuit)
     graph = Graph.of(model)
     masks = _masks(circuits, graph)
-    check_choice(ablation, ABLATIONS, "ablation")
+    abl = resolve_ablation(ablation, reference)
+    abl.check(model, clean)
     check_batch_size(batch_size)
     with torch.no_grad():
         clean_logits, corr_logits = model(clean), model(corrupted)
     fn, name = resolve_metric(metric, clean_logits, corr_logits)
     empty = torch.zeros_like(graph.mask)[None]
     values, clean_logits, corr_logits, n = run_circuits(
-        model, torch.cat([masks, empty]), clean, corrupted, fn, ablation=ablation, batch_size=batch_size)
+        model, torch.cat([masks, empty]), clean, corrupted, fn, ablation=abl, batch_size=batch_size)
     ids = torch.arange(clean.shape[0], device=clean_logits.device)
     return CircuitEvaluation(
         circuits, values[:-1], fn(clean_logits, ids).to(values.dtype).cpu(),
         fn(corr_logits, ids).to(values.dtype).cpu(),
-        values[-1], name, ablation, n,
+        values[-1], name, abl.kind, n,
     )
 
 
@@ -254,8 +264,9 @@ def faithfulness_curve(
     *,
     sizes: Sequence[int] | None = None,
     prune: bool = True,
-    ablation: str = "corrupted",
+    ablation: str | Ablation = "corrupted",
     batch_size: int = 64,
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
 ) -> CircuitEvaluation:
     """Faithfulness of the top-``n`` circuits for each ``n`` in ``sizes`` (default: about 10 sizes, log-spaced).
 
@@ -272,6 +283,7 @@ def faithfulness_curve(
     if not sizes or any(not is_int(n) or n < 0 for n in sizes):
         raise ValueError(f"sizes: expected a non-empty list of non-negative ints (edges per circuit), got {sizes!r}")
     circuits = [select_circuit(scores, top_n=n, prune=prune) for n in sizes]
-    ev = evaluate_circuit(model, circuits, clean, corrupted, metric, ablation=ablation, batch_size=batch_size)
+    ev = evaluate_circuit(model, circuits, clean, corrupted, metric, ablation=ablation, batch_size=batch_size,
+                          reference=reference)
     ev.options["top_n"] = sizes
     return ev
