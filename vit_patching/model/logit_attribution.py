@@ -1,4 +1,4 @@
-"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head.
+"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head; the logit lens.
 
 TransformerLens's ``apply_ln_to_stack`` divides by ``ln_final.hook_scale`` per token, which is right for a
 per-token final norm read at one position but wrong for ViTs with average pooling followed by ``fc_norm``
@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 
+from ..hook_names import get_act_name
 from .hooked_vit import HookedViT
 
 
@@ -98,3 +99,39 @@ def head_bias(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "batch 
         total = total + b + (norm.b @ W if norm is not None and norm.b is not None else 0.0)
     bias = total / len(_head_weights(model))
     return torch.as_tensor(bias).expand(batch, cfg.n_classes)
+
+
+def logit_lens(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "layer_plus_one batch n_classes"]:
+    """The logit lens: the model's own readout applied to the residual stream after each number of blocks.
+
+    Row ``l`` is what the classifier would output if the network stopped after ``l`` blocks: the residual
+    entering block ``l`` (``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the last block's output) goes
+    through the final norm with its *own* statistics, the pooling, ``fc_norm`` and the head, exactly as
+    ``model(resid, start_at_layer=n_layers)`` computes them. It equals a timm model truncated to its first
+    ``l`` blocks, so it is defined for every pooling (for ``avg`` pooling it reads the mean token, for CLS
+    pooling the CLS stream). TransformerLens's ``cache.accumulated_resid(apply_ln=True)`` instead divides every
+    layer by the *last* layer's cached norm scale (a linearisation, as in direct logit attribution); both agree
+    at the last row.
+
+    Args:
+        model: The HookedViT the cache came from.
+        cache: Its ``ActivationCache`` with every ``blocks.{l}.hook_resid_pre`` and the last ``hook_resid_post``.
+
+    Returns:
+        ``[n_layers + 1, batch, n_classes]``; the last row equals the logits.
+
+    Raises:
+        ValueError: the model has no classifier head (it outputs pooled features: no class scores to read).
+        KeyError: the cache lacks a residual stream it needs.
+
+    Example:
+        >>> logits, cache = model.run_with_cache(images)
+        >>> lens = logit_lens(model, cache)                 # [n_layers + 1, batch, n_classes]
+        >>> torch.allclose(lens[-1], logits, atol=1e-5)
+        True
+    """
+    model._require_head()
+    L = model.cfg.n_layers
+    names = [get_act_name("resid_pre", l) for l in range(L)] + [get_act_name("resid_post", L - 1)]
+    resids = [_cached(cache, name) for name in names]  # all looked up before any compute
+    return torch.stack([model(r, start_at_layer=L) for r in resids])
