@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from plot_test_helpers import traces
+from plot_test_helpers import decode_image_trace, traces
 
 import vit_patching as vp
 from vit_patching.plotting import attention_figure
@@ -36,6 +36,11 @@ def test_facets_are_the_query_rows_of_the_pattern(run):
         assert (mark.xaxis, mark.yaxis) == (grid.xaxis, grid.yaxis)
         assert (mark.x[0], mark.y[0]) == (grid.x0 + 5 * grid.dx, grid.y0 + 2 * grid.dy)
     assert len(traces(fig, "image")) == 2
+    # The picture is drawn in grey (luma), so no image colour can be read as a value of the scale.
+    drawn = decode_image_trace(traces(fig, "image")[0]).astype(float)
+    luma = (0.299 * data.pixels[1, 0] + 0.587 * data.pixels[1, 1] + 0.114 * data.pixels[1, 2]).numpy() * 255
+    assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 0], drawn[..., 2])
+    assert np.abs(drawn[..., 0] - luma).max() <= 0.5 + 1e-6
     axis = fig.layout.coloraxis
     assert axis.cmin == 0.0 and axis.cmax == pytest.approx(float(pattern[[3, 0]].max()), rel=1e-6)
     assert axis.colorbar.title.text == "attention weight"

@@ -10,11 +10,14 @@ from transformer_lens import ActivationCache
 
 from vit_patching.checks import check_indices, is_int
 from vit_patching.hook_names import get_act_name
-from vit_patching.plotting._common import ArrayLike, Number
+from vit_patching.plotting._common import ArrayLike, Number, to_numpy
 from vit_patching.plotting.colors import SEQUENTIAL, faded_sequential_colorscale, sequential_coloraxis
 from vit_patching.plotting.grids import head_position_facets
 
 __all__ = ["attention_figure"]
+
+# ITU-R BT.601 luma: the image is drawn in grey so that no colour of the picture reads as a colour of the scale.
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def _query_pos(query: int | tuple[int, int], layout, n_pos: int) -> int:
@@ -46,8 +49,8 @@ def attention_figure(
     """One facet per head: the attention weights of one query token over every key, drawn as the patch grid.
 
     Each facet is row ``query`` of ``blocks.{layer}.attn.hook_pattern`` for image ``batch``: the patch keys as a
-    grid (over ``image`` when given), the prefix keys (CLS, registers) as a strip above it. The query is marked
-    with a white cross. Colours are a sequential scale from 0 (transparent over an image) to the largest weight
+    grid (over ``image``, drawn in grey, when given), the prefix keys (CLS, registers) as a strip above it. The
+    query is marked with a white, black-edged cross. Colours are a sequential scale from 0 (transparent over an image) to the largest weight
     shown, shared by every facet.
 
     Args:
@@ -95,6 +98,10 @@ def attention_figure(
         raise ValueError(f"cache: expected {layout.n_pos} positions (the model's default input), got {n_pos}")
     q = _query_pos(query, layout, n_pos)
     sel = check_indices(heads, n_heads, "heads", "head")
+    if image is not None:
+        image = to_numpy(image, "image")
+        if image.ndim == 3 and image.shape[0] == 3:  # other shapes: head_position_facets names the error
+            image = np.tensordot(LUMA, image, axes=1)[None]
     weights = pattern[batch, :, q, :].detach().float().cpu().numpy()  # [head, k_pos]
     label = layout.label(q)
     fig = head_position_facets(
@@ -114,7 +121,7 @@ def attention_figure(
 
 
 def _mark_query(fig: go.Figure, q: int, layout, n_facets: int) -> None:
-    """A white cross on the query's cell (patch grid or prefix strip) of every facet."""
+    """A white, black-edged cross (visible on any colour) on the query's cell (patch grid or prefix strip) of every facet."""
     for i in range(n_facets):
         kind = "grid" if q >= layout.n_prefix else "prefix"
         (trace,) = [t for t in fig.data if (t.meta or {}).get("kind") == kind and t.meta.get("facet") == i]
@@ -124,7 +131,7 @@ def _mark_query(fig: go.Figure, q: int, layout, n_facets: int) -> None:
         else:
             x, y = q, 0
         fig.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers", marker=dict(symbol="x-thin", size=12, line=dict(width=3, color="white")),
+            x=[x], y=[y], mode="markers", marker=dict(symbol="x", size=11, color="white", line=dict(width=1.5, color="black")),
             xaxis=trace.xaxis, yaxis=trace.yaxis, showlegend=False, hoverinfo="skip", name="query",
             meta=dict(kind="query", facet=i),
         ))
