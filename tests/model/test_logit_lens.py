@@ -33,6 +33,16 @@ def test_logit_lens_equals_truncated_timm_model(config):
     assert not torch.allclose(lens[0], lens[-1], atol=1e-2)  # the rows are different readings, not one repeated
 
 
+def test_logit_lens_equals_transformer_lens_recipe_on_a_cls_model():
+    """TransformerLens's logit lens: accumulated_resid(apply_ln=True) at CLS through the unembedding."""
+    _, model = make_pair(depth=3)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images(2))
+        lens = logit_lens(model, cache)
+        tl = cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U
+    torch.testing.assert_close(lens, tl, atol=2e-6, rtol=0)
+
+
 def test_logit_lens_refuses_a_model_without_head():
     _, model = make_pair(num_classes=0)
     with torch.no_grad():

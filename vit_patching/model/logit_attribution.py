@@ -108,10 +108,11 @@ def logit_lens(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "layer
     entering block ``l`` (``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the last block's output) goes
     through the final norm with its *own* statistics, the pooling, ``fc_norm`` and the head, exactly as
     ``model(resid, start_at_layer=n_layers)`` computes them. It equals a timm model truncated to its first
-    ``l`` blocks, so it is defined for every pooling (for ``avg`` pooling it reads the mean token, for CLS
-    pooling the CLS stream). TransformerLens's ``cache.accumulated_resid(apply_ln=True)`` instead divides every
-    layer by the *last* layer's cached norm scale (a linearisation, as in direct logit attribution); both agree
-    at the last row.
+    ``l`` blocks, so it is defined for every pooling (``avg`` pooling reads the mean of the pooled tokens,
+    CLS pooling the CLS stream, an attention pool runs on the whole residual). On a CLS-pooled model with a
+    per-token final norm it equals TransformerLens's
+    ``cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U`` (which recomputes the norm
+    for each layer); that recipe does not know ``fc_norm``, average or attention pooling, or distilled heads.
 
     Args:
         model: The HookedViT the cache came from.
