@@ -67,6 +67,8 @@ def test_prefix_query_and_negative_layer(run):
     (dict(layer=0, query=-1), r"query: .* got -1"),
     (dict(layer=0, batch=2), r"batch: expected an image index in \[0, 2\), got 2"),
     (dict(layer=0, heads=[4]), r"heads: expected head indices in \[0, 4\)"),
+    (dict(layer=0, max_alpha=1.5), r"max_alpha: .*got 1.5"),
+    (dict(layer=0, facet_px=0), r"facet_px: expected a positive int.*got 0"),
 ])
 def test_bad_arguments_are_named(run, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from jaxtyping import Float
 from transformer_lens import ActivationCache
 
-from vit_patching.checks import check_indices, is_int
+from vit_patching.checks import check_fraction, check_indices, check_positive_int, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.plotting._common import ArrayLike, Number, to_numpy
 from vit_patching.plotting.colors import SEQUENTIAL, faded_sequential_colorscale, sequential_coloraxis
@@ -50,8 +50,8 @@ def attention_figure(
 
     Each facet is row ``query`` of ``blocks.{layer}.attn.hook_pattern`` for image ``batch``: the patch keys as a
     grid (over ``image``, drawn in grey, when given), the prefix keys (CLS, registers) as a strip above it. The
-    query is marked with a white, black-edged cross. Colours are a sequential scale from 0 (transparent over an image) to the largest weight
-    shown, shared by every facet.
+    query is marked with a white, black-edged cross. Colours are a sequential scale from 0 (transparent over an
+    image) to the largest weight shown, shared by every facet.
 
     Args:
         cache: ``run_with_cache`` output of a HookedViT (needs that layer's ``hook_pattern``).
@@ -69,7 +69,7 @@ def attention_figure(
         A Plotly figure; each facet's grid trace has ``meta={"kind": "grid", "facet": i}``.
 
     Raises:
-        ValueError: a bad ``layer``, ``query``, ``batch`` or ``heads``.
+        ValueError: a bad ``layer``, ``query``, ``batch``, ``heads``, ``max_alpha`` or ``facet_px``.
         KeyError: the cache lacks the pattern.
 
     Example:
@@ -81,6 +81,8 @@ def attention_figure(
         >>> [a.text for a in fig.layout.annotations]
         ['L0 H0', 'L0 H1', 'L0 H2', 'L0 H3']
     """
+    max_alpha = check_fraction(max_alpha, "max_alpha")
+    facet_px = check_positive_int(facet_px, "facet_px")
     model = cache.model
     n_layers = model.cfg.n_layers
     if not is_int(layer) or not -n_layers <= layer < n_layers:
@@ -121,7 +123,7 @@ def attention_figure(
 
 
 def _mark_query(fig: go.Figure, q: int, layout, n_facets: int) -> None:
-    """A white, black-edged cross (visible on any colour) on the query's cell (patch grid or prefix strip) of every facet."""
+    """A white, black-edged cross (visible on any colour) on the query's cell, grid or prefix strip, of each facet."""
     for i in range(n_facets):
         kind = "grid" if q >= layout.n_prefix else "prefix"
         (trace,) = [t for t in fig.data if (t.meta or {}).get("kind") == kind and t.meta.get("facet") == i]
@@ -131,7 +133,8 @@ def _mark_query(fig: go.Figure, q: int, layout, n_facets: int) -> None:
         else:
             x, y = q, 0
         fig.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers", marker=dict(symbol="x", size=11, color="white", line=dict(width=1.5, color="black")),
+            x=[x], y=[y], mode="markers",
+            marker=dict(symbol="x", size=11, color="white", line=dict(width=1.5, color="black")),
             xaxis=trace.xaxis, yaxis=trace.yaxis, showlegend=False, hoverinfo="skip", name="query",
             meta=dict(kind="query", facet=i),
         ))
