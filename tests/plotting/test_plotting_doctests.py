@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-MODULES = ["attribution", "colors", "curves", "export", "grids", "report", "__init__"]
+MODULES = ["attention", "attribution", "colors", "curves", "export", "grids", "report", "__init__"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,5 @@
-"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head / readout.
+"""Direct logit attribution through a ViT classifier end: final norm / pooling / ``fc_norm`` / head / readout;
+the logit lens.
 
 TransformerLens's ``apply_ln_to_stack`` divides by ``ln_final.hook_scale`` per token, which is right for a
 per-token final norm read at one position but wrong for ViTs with average pooling followed by ``fc_norm``
@@ -14,8 +15,9 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 
+from ..hook_names import get_act_name
 from .readout import Readout
-from .hooked_vit import HookedViT
+from .hooked_vit import HookedViT, check_scores
 
 
 def _cached(cache: ActivationCache, name: str) -> Tensor:
@@ -158,3 +160,43 @@ def head_bias(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "batch 
     else:
         feats = nb @ model.head.W_H + model.head.b_H if _projection(model) else nb
     return ((feats @ W) / _frozen_scale(readout, cache) + b).expand(batch, cfg.n_classes)
+
+
+def logit_lens(model: HookedViT, cache: ActivationCache) -> Float[Tensor, "layer_plus_one batch n_classes"]:
+    """The logit lens: the model's own readout applied to the residual stream after each number of blocks.
+
+    Row ``l`` is what the classifier would output if the network stopped after ``l`` blocks: the residual
+    entering block ``l`` (``blocks.{l}.hook_resid_pre``; row ``n_layers`` is the last block's output) goes
+    through the final norm with its *own* statistics, the pooling, ``fc_norm`` and the head, exactly as
+    ``model(resid, start_at_layer=n_layers)`` computes them. It equals a timm model truncated to its first
+    ``l`` blocks, so it is defined for every pooling (``avg`` pooling reads the mean of the pooled tokens,
+    CLS pooling the CLS stream, an attention pool runs on the whole residual). On a CLS-pooled model with a
+    per-token final norm it equals TransformerLens's
+    ``cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U`` (which recomputes the norm
+    for each layer); that recipe does not know ``fc_norm``, average or attention pooling, or distilled heads.
+
+    Args:
+        model: The HookedViT the cache came from.
+        cache: Its ``ActivationCache`` with every ``blocks.{l}.hook_resid_pre`` and the last ``hook_resid_post``.
+
+    Returns:
+        ``[n_layers + 1, batch, n_classes]``; the last row equals the logits.
+
+    With a readout attached (``model.with_readout``: a zero-shot head, a probe) each row is that readout's
+    scores; a headless or projection-head model without one is refused (it outputs features, not scores).
+
+    Raises:
+        ValueError: the model gives no class scores (no classifier head and no readout).
+        KeyError: the cache lacks a residual stream it needs.
+
+    Example:
+        >>> logits, cache = model.run_with_cache(images)
+        >>> lens = logit_lens(model, cache)                 # [n_layers + 1, batch, n_classes]
+        >>> torch.allclose(lens[-1], logits, atol=1e-5)
+        True
+    """
+    check_scores(model)
+    L = model.cfg.n_layers
+    names = [get_act_name("resid_pre", l) for l in range(L)] + [get_act_name("resid_post", L - 1)]
+    resids = [_cached(cache, name) for name in names]  # all looked up before any compute
+    return torch.stack([model(r, start_at_layer=L) for r in resids])

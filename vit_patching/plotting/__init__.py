@@ -11,6 +11,7 @@ Example:
     >>> len(fig.layout.annotations)  # one title per layer facet
     4
 """
+from vit_patching.plotting.attention import attention_figure
 from vit_patching.plotting.attribution import (
     attribution_overlay,
     compare_maps,
@@ -23,6 +24,7 @@ from vit_patching.plotting.colors import (
     SEQUENTIAL,
     diverging_coloraxis,
     faded_colorscale,
+    faded_sequential_colorscale,
     sequential_coloraxis,
     symmetric_range,
 )
@@ -36,11 +38,13 @@ __all__ = [
     "DIVERGING",
     "SEQUENTIAL",
     "ReportSection",
+    "attention_figure",
     "attribution_overlay",
     "compare_maps",
     "curve_auc",
     "diverging_coloraxis",
     "faded_colorscale",
+    "faded_sequential_colorscale",
     "find_chromium",
     "head_position_facets",
     "layer_head_grid",

@@ -67,6 +67,26 @@ def faded_colorscale(colorscale: str = DIVERGING, max_alpha: Number = 0.7, n: in
     return out
 
 
+def faded_sequential_colorscale(colorscale: str = SEQUENTIAL, max_alpha: Number = 0.85, n: int = 21) -> list[list]:
+    """A sequential scale made transparent at its low end, for non-negative values drawn over images.
+
+    Alpha rises from 0 at the bottom of the scale to ``max_alpha`` at the top (square-root ramp, as
+    `faded_colorscale`), so the picture shows through where values are near zero.
+
+    Example:
+        >>> scale = faded_sequential_colorscale("Viridis", 0.8, n=2)
+        >>> [c for _, c in scale]
+        ['rgba(68,1,84,0)', 'rgba(253,231,37,0.8)']
+    """
+    ts = np.linspace(0.0, 1.0, n)
+    out = []
+    for t, color in zip(ts, plotly.colors.sample_colorscale(colorscale, list(ts), colortype="rgb")):
+        r, g, b = (int(round(v)) for v in plotly.colors.unlabel_rgb(color))
+        alpha = round(float(max_alpha) * float(t) ** 0.5, 4)
+        out.append([float(t), f"rgba({r},{g},{b},{alpha:g})"])
+    return out
+
+
 def overlay_colors(
     colorscale: str, opacity: Number | None, *, over_image: bool, fade: bool
 ) -> tuple[str | list, float]:
