@@ -22,7 +22,10 @@ from vit_patching.plotting._common import (
     esc,
     fmt,
     hover_safe,
+    ImageStyle,
+    greyscale_underlay,
     image_to_rgb,
+    underlay_rgb,
     labels_or_default,
     layout_key,
     to_numpy,
@@ -42,38 +45,12 @@ from vit_patching.plotting.colors import DIVERGING, SEQUENTIAL, diverging_colora
 __all__ = ["attribution_overlay", "compare_maps", "greyscale_underlay", "patch_map", "window_heatmap", "window_slider"]
 
 Upsample = Literal["nearest", "bilinear"]
-ImageStyle = Literal["grey", "colour"]
-IMAGE_STYLES = ("grey", "colour")
 
 
 def _check_map(m: ArrayLike, name: str) -> np.ndarray:
     arr = to_numpy(m, name)
     check_ndim(arr, 2, name, "grid_h grid_w or height width")
     return arr
-
-
-def greyscale_underlay(rgb: np.ndarray) -> np.ndarray:
-    """The image as a light greyscale ``[height, width, 3]`` uint8 array, to draw under a red/blue map.
-
-    A diverging map drawn over a colour image reads as the image's own red or blue objects; without colour
-    under it, every hue in the figure is the map's. Luminance uses ITU-R BT.601 weights
-    (``0.299 R + 0.587 G + 0.114 B``) and is lifted to ``[64, 255]`` (``64 + 0.75 * lum``) so that dark
-    map colours stay visible over dark pixels.
-
-    Example:
-        >>> greyscale_underlay(np.array([[[255, 0, 0], [0, 0, 0]]], dtype=np.uint8))[0, :, 0].tolist()
-        [121, 64]
-    """
-    lum = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    grey = np.round(64 + 0.75 * lum).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-
-
-def _underlay(image: ArrayLike, image_style: str) -> np.ndarray:
-    """The checked image as drawn under a map: greyscale (``"grey"``) or as it is (``"colour"``)."""
-    check_choice(image_style, IMAGE_STYLES, "image_style")
-    rgb = image_to_rgb(image)
-    return greyscale_underlay(rgb) if image_style == "grey" else rgb
 
 
 def _placed_map(arr: np.ndarray, rgb: np.ndarray | None, upsample: str) -> tuple[np.ndarray, tuple[float, float]]:
@@ -159,7 +136,7 @@ def attribution_overlay(
         ['image', 'heatmap']
     """
     check_choice(upsample, ("nearest", "bilinear"), "upsample")
-    rgb = _underlay(image, image_style)
+    rgb = underlay_rgb(image, image_style)
     z, cell = _placed_map(_check_map(attribution, "attribution"), rgb, upsample)
     colorscale, opacity = overlay_colors(colorscale, opacity, over_image=True, fade=fade)
     fig = go.Figure()
@@ -245,7 +222,7 @@ def compare_maps(
     check_choice(upsample, ("nearest", "bilinear"), "upsample")
     names = [str(k) for k in maps]
     arrays = [_check_map(m, f"maps[{k!r}]") for k, m in maps.items()]
-    rgb = _underlay(image, image_style) if image is not None else None
+    rgb = underlay_rgb(image, image_style) if image is not None else None
     placed = [_placed_map(a, rgb, upsample) for a in arrays]
     if rgb is not None:
         ext = (float(rgb.shape[1]), float(rgb.shape[0]))
@@ -421,7 +398,7 @@ def window_slider(
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"maps: expected maps of one shape, got shapes {sorted(shapes)}")
-    rgb = _underlay(image, image_style) if image is not None else None
+    rgb = underlay_rgb(image, image_style) if image is not None else None
     placed = [_placed_map(a, rgb, upsample) for a in arrays]
     shape = rgb.shape[:2] if rgb is not None else arrays[0].shape
     colorscale, opacity = overlay_colors(colorscale, opacity, over_image=rgb is not None, fade=fade)
