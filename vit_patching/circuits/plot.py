@@ -173,9 +173,6 @@ def circuit_figure(
 def faithfulness_figure(evaluation: "CircuitEvaluation", *, title: str = "faithfulness vs circuit size"):
     """Faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges.
 
-    The edge axis is logarithmic only when every size is positive: a log axis cannot draw the 0-edge point (the
-    corrupted run), which anchors the curve, so with it the axis is linear.
-
     Example:
         >>> fig = faithfulness_figure(faithfulness_curve(model, scores, clean, corrupted))
     """
@@ -190,7 +187,6 @@ def faithfulness_figure(evaluation: "CircuitEvaluation", *, title: str = "faithf
     ))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
     fig.add_hline(y=0.0, line_dash="dot", annotation_text=html.escape(f"empty ({evaluation.ablation})"))
-    fig.update_layout(title=html.escape(str(title)), template="plotly_white",
-                      xaxis_type="log" if min(sizes, default=1) > 0 else "linear",
+    fig.update_layout(title=html.escape(str(title)), template="plotly_white", xaxis_type="log",
                       xaxis_title="edges in circuit", yaxis_title=f"faithfulness ({html.escape(evaluation.metric)})")
     return fig
