@@ -186,6 +186,10 @@ def test_default_window_is_inside_the_model():
 def test_figures(model, images):
     attr = caap(model, images, window=(1, 3))
     assert [t.type for t in attr.overlay(0).data] == ["image", "heatmap"]
+    # the colour bar says what the values are, for both directions
+    assert attr.overlay(0).layout.coloraxis.colorbar.title.text == "CAAP score (logit)"
+    noising = caap(model, images[:1], window=(1, 3), direction="noising")
+    assert noising.overlay(0).layout.coloraxis.colorbar.title.text == "CAAP score drop (logit)"
     assert attr.plot(2).data[0].type == "heatmap"
     other = caap(model, images, window=(0, 1))
     fig = compare_attributions({"[1,3)": attr, "[0,1)": other}, i=1)

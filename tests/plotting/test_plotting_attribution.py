@@ -21,7 +21,7 @@ def test_overlay_nearest_draws_the_map_cells_over_the_image(image):
     fig = attribution_overlay(image, att, title="caap", value_label="score")
     (img,) = traces(fig, "image")
     (hm,) = traces(fig, "map")
-    np.testing.assert_array_equal(decode_image_trace(img), to_uint8(image))
+    np.testing.assert_array_equal(decode_image_trace(img), grey_by_hand(image))
     np.testing.assert_allclose(np.asarray(hm.z), att.double().numpy())
     assert (hm.dx, hm.dy, hm.x0, hm.y0) == (8.0, 8.0, 4.0, 4.0)
     assert fig.data.index(img) < fig.data.index(hm)
@@ -32,6 +32,41 @@ def test_overlay_nearest_draws_the_map_cells_over_the_image(image):
     assert fig.layout.title.text == "caap"
     plain = attribution_overlay(image, att, fade=False, opacity=0.3)
     assert traces(plain, "map")[0].opacity == 0.3 and not plain.layout.coloraxis.colorscale[0][1].startswith("rgba")
+
+
+def grey_by_hand(image: torch.Tensor) -> np.ndarray:
+    """BT.601 luminance of the uint8 pixels, lifted to [64, 255], in all three channels (an independent loop)."""
+    rgb = to_uint8(image).astype(np.float64)
+    out = np.zeros(rgb.shape, dtype=np.uint8)
+    for i in range(rgb.shape[0]):
+        for j in range(rgb.shape[1]):
+            r, g, b = rgb[i, j]
+            out[i, j, :] = round(64 + 0.75 * (0.299 * r + 0.587 * g + 0.114 * b))
+    return out
+
+
+def test_overlay_draws_a_grey_image_under_the_map_and_names_the_values():
+    # A red and a blue object: drawn in colour under a red/blue map they would read as map values.
+    image = torch.zeros(3, 16, 16)
+    image[0, :8, :8] = 1.0   # red square
+    image[2, 8:, 8:] = 1.0   # blue square
+    fig = attribution_overlay(image, torch.randn(2, 2), value_label="CAAP score (logit)")
+    under = decode_image_trace(traces(fig, "image")[0])
+    assert (under[..., 0] == under[..., 1]).all() and (under[..., 1] == under[..., 2]).all()   # no hue left
+    assert under[0, 0, 0] == round(64 + 0.75 * 0.299 * 255) and under[15, 15, 0] == round(64 + 0.75 * 0.114 * 255)
+    assert under.min() == 64                                                                   # black is lifted
+    assert fig.layout.coloraxis.colorbar.title.text == "CAAP score (logit)"
+    colour = attribution_overlay(image, torch.randn(2, 2), image_style="colour")
+    np.testing.assert_array_equal(decode_image_trace(traces(colour, "image")[0]), to_uint8(image))
+    with pytest.raises(ValueError, match=r"image_style: expected one of \['grey', 'colour'\], got 'sepia'"):
+        attribution_overlay.__wrapped__(image, torch.randn(2, 2), image_style="sepia")
+    # the same underlay in the side-by-side and slider figures, and every per-facet colour bar titled
+    both = compare_maps({"a": torch.randn(2, 2), "b": torch.randn(2, 2)}, image, shared_scale=False, value_label="v")
+    for t in traces(both, "image"):
+        np.testing.assert_array_equal(decode_image_trace(t), grey_by_hand(image))
+    assert both.layout.coloraxis.colorbar.title.text == "v" and both.layout.coloraxis2.colorbar.title.text == "v"
+    slider = window_slider([torch.randn(2, 2)], ["L0-1"], image)
+    np.testing.assert_array_equal(decode_image_trace(traces(slider, "image")[0]), grey_by_hand(image))
 
 
 def test_overlay_bilinear_interpolates_to_pixels():

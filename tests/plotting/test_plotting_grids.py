@@ -6,6 +6,7 @@ import pytest
 import torch
 from plot_test_helpers import decode_image_trace, render_hover, to_uint8, traces
 
+from vit_patching.plotting.attribution import greyscale_underlay
 from vit_patching.plotting import head_position_facets, layer_head_grid, layer_patch_grid, path_patching_heatmap
 
 GRID = (3, 4)  # asymmetric on purpose: a column-major mix-up changes shapes and hover text
@@ -85,7 +86,10 @@ def test_layer_patch_grid_image_underlay(values):
     fig = layer_patch_grid(values, grid_size=GRID, n_prefix=N_PREFIX, prefix_labels=PREFIX, image=image)
     images = traces(fig, "image")
     assert len(images) == 3
-    np.testing.assert_array_equal(decode_image_trace(images[0]), to_uint8(image))
+    np.testing.assert_array_equal(decode_image_trace(images[0]), greyscale_underlay(to_uint8(image)))   # default: grey
+    colour = layer_patch_grid(values, grid_size=GRID, n_prefix=N_PREFIX, prefix_labels=PREFIX, image=image,
+                              image_style="colour")
+    np.testing.assert_array_equal(decode_image_trace(traces(colour, "image")[0]), to_uint8(image))
     grid = traces(fig, "grid", facet=0)[0]
     assert (grid.dx, grid.dy, grid.x0, grid.y0) == (8.0, 8.0, 4.0, 4.0)
     # The image is drawn first (underneath) on the same axes.

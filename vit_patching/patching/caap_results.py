@@ -239,6 +239,12 @@ class Attribution(AttributionMaps):
         """What a map value is: the readout (denoising) or ``"{readout} drop"`` (noising)."""
         return f"{self.readout.removeprefix('delta_')} drop" if self.direction == "noising" else self.readout
 
+    @property
+    def score_label(self) -> str:
+        """A colour-bar title that says what a map value is: ``"CAAP score (logit)"``, or with noising
+        ``"CAAP score drop (logit)"`` (the readout in brackets)."""
+        return f"CAAP score {'drop ' if self.direction == 'noising' else ''}({self.readout})"
+
     @classmethod
     def cat(cls, parts: Sequence["Attribution"]) -> "Attribution":
         """Concatenate CAAP results of the same window and settings along the batch (seconds, forwards add up).
@@ -346,14 +352,19 @@ class Attribution(AttributionMaps):
             self.map[i], title=self._title(i) if title is None else title, value_label=self.value_label, zmid=self.zmid(i)
         )
 
-    def overlay(self, i: int = 0, title: str | None = None, upsample: str | None = None):
-        """The map of image ``i`` drawn over the image (Plotly figure)."""
+    def overlay(self, i: int = 0, title: str | None = None, upsample: str | None = None, image_style: str = "grey"):
+        """The map of image ``i`` drawn over the image (Plotly figure), its colour bar titled `score_label`.
+
+        ``image_style="grey"`` (default) draws the image desaturated under the map, so that red or blue objects
+        cannot be read as map values; ``"colour"`` draws it as it is.
+        """
         from vit_patching.plotting import attribution_overlay
 
         self._check_index(i)
         return attribution_overlay(
             self.pixels[i], self.map[i], upsample=upsample or self.options["upsample"],
-            title=self._title(i) if title is None else title, value_label=self.value_label, zmid=self.zmid(i),
+            title=self._title(i) if title is None else title, value_label=self.score_label, zmid=self.zmid(i),
+            image_style=image_style,
         )
 
     def __repr__(self) -> str:

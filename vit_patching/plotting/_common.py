@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -97,6 +97,35 @@ def image_to_rgb(image: Float[ArrayLike, "channel height width"], name: str = "i
     if arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+ImageStyle = Literal["grey", "colour"]
+IMAGE_STYLES = ("grey", "colour")
+
+
+def greyscale_underlay(rgb: np.ndarray) -> np.ndarray:
+    """The image as a light greyscale ``[height, width, 3]`` uint8 array, to draw under a red/blue map.
+
+    A diverging map drawn over a colour image reads as the image's own red or blue objects; without colour
+    under it, every hue in the figure is the map's. Luminance uses ITU-R BT.601 weights
+    (``0.299 R + 0.587 G + 0.114 B``) and is lifted to ``[64, 255]`` (``64 + 0.75 * lum``) so that dark
+    map colours stay visible over dark pixels.
+
+    Example:
+        >>> greyscale_underlay(np.array([[[255, 0, 0], [0, 0, 0]]], dtype=np.uint8))[0, :, 0].tolist()
+        [121, 64]
+    """
+    lum = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    grey = np.round(64 + 0.75 * lum).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def underlay_rgb(image: ArrayLike, image_style: str = "grey", name: str = "image") -> np.ndarray:
+    """The checked image as drawn under a map: greyscale (``"grey"``, see `greyscale_underlay`) or as it is
+    (``"colour"``); uint8 ``[height, width, 3]``."""
+    check_choice(image_style, IMAGE_STYLES, "image_style")
+    rgb = image_to_rgb(image, name)
+    return greyscale_underlay(rgb) if image_style == "grey" else rgb
 
 
 def esc(text: object) -> str:

@@ -22,7 +22,10 @@ from vit_patching.plotting._common import (
     esc,
     fmt,
     hover_safe,
+    ImageStyle,
+    greyscale_underlay,
     image_to_rgb,
+    underlay_rgb,
     labels_or_default,
     layout_key,
     to_numpy,
@@ -39,7 +42,7 @@ from vit_patching.plotting._traces import (
 )
 from vit_patching.plotting.colors import DIVERGING, SEQUENTIAL, diverging_coloraxis, overlay_colors, sequential_coloraxis
 
-__all__ = ["attribution_overlay", "compare_maps", "patch_map", "window_heatmap", "window_slider"]
+__all__ = ["attribution_overlay", "compare_maps", "greyscale_underlay", "patch_map", "window_heatmap", "window_slider"]
 
 Upsample = Literal["nearest", "bilinear"]
 
@@ -102,6 +105,7 @@ def attribution_overlay(
     title: str = "",
     value_label: str = "attribution",
     size_px: int = 420,
+    image_style: ImageStyle = "grey",
 ) -> go.Figure:
     """An attribution map drawn semi-transparently over the image it explains.
 
@@ -116,11 +120,14 @@ def attribution_overlay(
         colorscale: diverging Plotly colour scale, symmetric around ``zmid``.
         zmid: value at the centre of the scale.
         title: figure title.
-        value_label: colour bar title.
+        value_label: colour bar title: say what the values are (e.g. ``"CAAP score (logit)"``).
         size_px: size of the panel's longer side in pixels.
+        image_style: ``"grey"`` (default) draws the image desaturated under the map (`greyscale_underlay`), so
+            that red and blue objects in the picture cannot be read as map values; ``"colour"`` draws it as is.
 
     Raises:
-        ValueError: if the map is not 2-D, the image is not ``[1|3, H, W]`` in [0, 1], or ``upsample`` is unknown.
+        ValueError: if the map is not 2-D, the image is not ``[1|3, H, W]`` in [0, 1], or ``upsample`` or
+            ``image_style`` is unknown.
 
     Example:
         >>> import torch
@@ -129,7 +136,7 @@ def attribution_overlay(
         ['image', 'heatmap']
     """
     check_choice(upsample, ("nearest", "bilinear"), "upsample")
-    rgb = image_to_rgb(image)
+    rgb = underlay_rgb(image, image_style)
     z, cell = _placed_map(_check_map(attribution, "attribution"), rgb, upsample)
     colorscale, opacity = overlay_colors(colorscale, opacity, over_image=True, fade=fade)
     fig = go.Figure()
@@ -182,6 +189,7 @@ def compare_maps(
     zmid: Number = 0.0,
     colorscale: str = DIVERGING,
     facet_px: int = 200,
+    image_style: ImageStyle = "grey",
 ) -> go.Figure:
     """Several attribution maps side by side (one facet each, titled by its key), optionally over an image.
 
@@ -198,6 +206,7 @@ def compare_maps(
         zmid: value at the centre of the diverging scale(s).
         colorscale: diverging Plotly colour scale.
         facet_px: size of each facet's longer side in pixels.
+        image_style: the underlay, ``"grey"`` (default, desaturated) or ``"colour"`` (see `attribution_overlay`).
 
     Raises:
         ValueError: if ``maps`` is empty or a map is not 2-D.
@@ -213,7 +222,7 @@ def compare_maps(
     check_choice(upsample, ("nearest", "bilinear"), "upsample")
     names = [str(k) for k in maps]
     arrays = [_check_map(m, f"maps[{k!r}]") for k, m in maps.items()]
-    rgb = image_to_rgb(image) if image is not None else None
+    rgb = underlay_rgb(image, image_style) if image is not None else None
     placed = [_placed_map(a, rgb, upsample) for a in arrays]
     if rgb is not None:
         ext = (float(rgb.shape[1]), float(rgb.shape[0]))
@@ -244,7 +253,9 @@ def compare_maps(
                 thickness=10, x=facet.x_domain[1] + 0.01, xanchor="left", y=sum(facet.y_domain) / 2,
                 yanchor="middle", len=facet.y_domain[1] - facet.y_domain[0], tickfont=dict(size=9),
             )
-            fig.layout[axis] = diverging_coloraxis(z, zmid=zmid, colorscale=colorscale, colorbar=colorbar)
+            # each facet's own bar is titled too: a bare bar does not say what its numbers are
+            fig.layout[axis] = diverging_coloraxis(z, zmid=zmid, colorscale=colorscale, title=value_label,
+                                                   colorbar=colorbar)
     if shared_scale:
         fig.update_layout(coloraxis=diverging_coloraxis(
             *[z for z, _ in placed], zmid=zmid, colorscale=colorscale, title=value_label, colorbar=colorbar_for(fig),
@@ -349,6 +360,7 @@ def window_slider(
     zmid: Number = 0.0,
     colorscale: str = DIVERGING,
     size_px: int = 380,
+    image_style: ImageStyle = "grey",
 ) -> go.Figure:
     """One figure with a slider stepping through maps (e.g. one per layer window) on a shared colour scale.
 
@@ -367,6 +379,7 @@ def window_slider(
         zmid: value at the centre of the diverging scale.
         colorscale: diverging Plotly colour scale.
         size_px: size of the panel's longer side in pixels.
+        image_style: the underlay, ``"grey"`` (default, desaturated) or ``"colour"`` (see `attribution_overlay`).
 
     Raises:
         ValueError: if ``maps`` is empty, a map is not 2-D, shapes differ or the label count is wrong.
@@ -385,7 +398,7 @@ def window_slider(
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"maps: expected maps of one shape, got shapes {sorted(shapes)}")
-    rgb = image_to_rgb(image) if image is not None else None
+    rgb = underlay_rgb(image, image_style) if image is not None else None
     placed = [_placed_map(a, rgb, upsample) for a in arrays]
     shape = rgb.shape[:2] if rgb is not None else arrays[0].shape
     colorscale, opacity = overlay_colors(colorscale, opacity, over_image=rgb is not None, fade=fade)

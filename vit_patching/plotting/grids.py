@@ -20,7 +20,8 @@ from vit_patching.plotting._common import (
     check_ndim,
     esc,
     fmt,
-    image_to_rgb,
+    ImageStyle,
+    underlay_rgb,
     labels_or_default,
     layout_key,
     to_numpy,
@@ -49,10 +50,11 @@ def _patch_facets(
     opacity: Number | None,
     fade: bool,
     facet_px: int,
+    image_style: str = "grey",
 ) -> go.Figure:
     """One patch-grid facet per row of ``rows`` [n_facet, pos], with a prefix-token strip above each."""
     grid_h, grid_w = grid_size
-    rgb = image_to_rgb(image) if image is not None else None
+    rgb = underlay_rgb(image, image_style) if image is not None else None
     # Cell size in axis units: pixels when an image is drawn underneath (a cell covers one patch), else 1.
     cell = (rgb.shape[0] / grid_h, rgb.shape[1] / grid_w) if rgb is not None else (1.0, 1.0)
     ext_w, ext_h = grid_w * cell[1], grid_h * cell[0]
@@ -113,6 +115,7 @@ def layer_patch_grid(
     opacity: Number | None = None,
     fade: bool = True,
     facet_px: int = 180,
+    image_style: ImageStyle = "grey",
 ) -> go.Figure:
     """One facet per layer, each a grid_h x grid_w heatmap of the patch positions' values.
 
@@ -139,6 +142,8 @@ def layer_patch_grid(
         fade: over an image, make the colour scale transparent at ``zmid`` (see `faded_colorscale`)
             so the picture shows through where values are near neutral.
         facet_px: size in pixels of each facet's longer side.
+        image_style: the underlay, ``"grey"`` (default: desaturated, so that red and blue objects cannot be read
+            as values) or ``"colour"``.
 
     Returns:
         The figure; traces carry ``meta={"kind": "grid"|"prefix"|"image", "facet": l}``.
@@ -162,7 +167,7 @@ def layer_patch_grid(
         arr, titles, [f"layer: {esc(t)}" for t in titles], grid_size=grid_size, n_prefix=n_prefix,
         prefix_labels=prefix_labels, image=image, title=title, value_label=value_label,
         facet_cols=facet_cols or default_cols(arr.shape[0]), zmid=zmid, colorscale=colorscale,
-        opacity=opacity, fade=fade, facet_px=facet_px,
+        opacity=opacity, fade=fade, facet_px=facet_px, image_style=image_style,
     )
 
 
@@ -195,6 +200,7 @@ def head_position_facets(
     opacity: Number | None = None,
     fade: bool = True,
     facet_px: int = 130,
+    image_style: ImageStyle = "grey",
     max_facets: int = 64,
 ) -> go.Figure:
     """Patch grids for (layer, head) pairs: one facet row per selected layer, one column per selected head.
@@ -219,6 +225,8 @@ def head_position_facets(
         opacity: heatmap opacity (see `layer_patch_grid`).
         fade: over an image, fade the colour scale to transparent at ``zmid`` (see `layer_patch_grid`).
         facet_px: size in pixels of each facet's longer side.
+        image_style: the underlay, ``"grey"`` (default: desaturated, so that red and blue objects cannot be read
+            as values) or ``"colour"``.
         max_facets: refuse to draw more facets than this (pick ``layers``/``heads`` instead).
 
     Raises:
@@ -252,7 +260,7 @@ def head_position_facets(
     return _patch_facets(
         rows, titles, headers, grid_size=grid_size, n_prefix=n_prefix, prefix_labels=prefix_labels,
         image=image, title=title, value_label=value_label, facet_cols=len(sel_h), zmid=zmid,
-        colorscale=colorscale, opacity=opacity, fade=fade, facet_px=facet_px,
+        colorscale=colorscale, opacity=opacity, fade=fade, facet_px=facet_px, image_style=image_style,
     )
 
 
