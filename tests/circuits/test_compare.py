@@ -209,7 +209,7 @@ def test_compare_scorers_errors(model, pairs):
     calls = []
     spy = {"spy": lambda *a: calls.append(1)}
     with pytest.raises(ValueError, match="ablation: expected one of"):
-        compare_scorers(model, c, x, scorers=spy, ablation="zero")
+        compare_scorers(model, c, x, scorers=spy, ablation="median")
     with pytest.raises(ValueError, match="batch_size: expected a positive int"):
         compare_scorers(model, c, x, scorers=spy, batch_size=0)
     with pytest.raises(ValueError, match=r"corrupted: expected clean's shape \(4, 3, 32, 32\)"):
@@ -242,3 +242,21 @@ def test_atp_node_edges_are_node_atp_and_the_min_rule(model, pairs):
     assert at("L1H0", "logits") == abs(node["L1H0"])
     assert at("embed", "L0H1.k") == min(abs(node["embed"]), abs(node["L0H1"]))
     assert torch.isnan(s.scores[~g.mask]).all() and (s.scores[g.mask] >= 0).all()
+
+
+def test_faithfulness_by_size_passes_the_ablation_and_its_reference():
+    """Under ``mean`` with a reference set, each point equals evaluate_circuit of that circuit with the same settings."""
+    from vit_patching.circuits import eap, evaluate_circuit, select_circuit
+    from vit_patching.circuits.compare import faithfulness_by_size
+    from vit_patching.zoo.known_circuit import known_circuit_model, known_circuit_pairs
+
+    model, pairs = known_circuit_model(), known_circuit_pairs(4, seed=0)
+    reference = known_circuit_pairs(6, seed=1).clean
+    scores = eap(model, pairs.clean, pairs.corrupted, pairs.metric())
+    curve = faithfulness_by_size(model, scores, pairs.clean, pairs.corrupted, pairs.metric(), counts=[4, 20],
+                                 ablation="mean", reference=reference)
+    by_hand = evaluate_circuit(model, [select_circuit(scores, top_n=n) for n in (4, 20)], pairs.clean,
+                               pairs.corrupted, pairs.metric(), ablation="mean", reference=reference).faithfulness
+    torch.testing.assert_close(curve.faithfulness, by_hand, rtol=0, atol=0)
+    corrupted_curve = faithfulness_by_size(model, scores, pairs.clean, pairs.corrupted, pairs.metric(), counts=[4, 20])
+    assert not torch.equal(corrupted_curve.faithfulness, curve.faithfulness)  # the ablation reached the evaluation

@@ -71,3 +71,13 @@ def test_faded_colorscale_and_overlay_colors():
     assert overlay_colors("RdBu", 0.4, over_image=True, fade=False) == ("RdBu", 0.4)
     faded, opacity = overlay_colors("RdBu", None, over_image=True, fade=True)
     assert opacity == 1.0 and faded[0][1].endswith(",0.8)")
+
+
+def test_faithfulness_axis_keeps_the_empty_circuit():
+    """A size of 0 (the empty circuit) is drawn: the axis is linear then, logarithmic otherwise."""
+    from vit_patching.plotting.curves import faithfulness_vs_size
+
+    with_empty = faithfulness_vs_size([0, 10, 100], [0.0, 0.5, 0.9], ablation="corrupted", metric="logit_diff")
+    without = faithfulness_vs_size([1, 10, 100], [0.1, 0.5, 0.9], ablation="corrupted", metric="logit_diff")
+    assert with_empty.layout.xaxis.type == "linear" and list(with_empty.data[0].x) == [0, 10, 100]
+    assert without.layout.xaxis.type == "log"

@@ -178,6 +178,7 @@ def faithfulness_by_size(
     shares: Sequence[float] | None = None,
     counts: Sequence[int] | None = None,
     ablation: str = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
     prune: bool = True,
     batch_size: int = 64,
 ) -> FaithfulnessCurve:
@@ -192,7 +193,10 @@ def faithfulness_by_size(
         shares: Sizes as shares of the graph's edges, increasing in [0, 1] (default :data:`MIB_SHARES`);
             ``n = floor(share * edges)``.
         counts: Sizes as edge counts instead, increasing (exclusive with ``shares``).
-        ablation: How edges outside the circuit are ablated (``evaluate_circuit``'s ``ablation``).
+        ablation: How edges outside the circuit are ablated (``evaluate_circuit``'s ``ablation``: ``corrupted``,
+            ``zero``, ``mean``, ``mean_positional``, ``resample``, ``optimal``).
+        reference: The images ``mean`` / ``mean_positional`` / ``resample`` / ``optimal`` draw on
+            (``evaluate_circuit``'s ``reference``; default the corrupted images).
         prune: Prune each circuit to edges with a path to the logits (MIB prunes).
         batch_size: Rows (circuit x image) per forward pass.
 
@@ -214,7 +218,8 @@ def faithfulness_by_size(
     grid, top_n = _sizes(n_edges, shares, counts)
     unique = sorted(set(top_n))  # small graphs map several shares to one count: evaluate each circuit once
     circuits = [select_circuit(scores, top_n=n, prune=prune) for n in unique]
-    ev = evaluate_circuit(model, circuits, clean, corrupted, metric, ablation=ablation, batch_size=batch_size)
+    ev = evaluate_circuit(model, circuits, clean, corrupted, metric, ablation=ablation, reference=reference,
+                          batch_size=batch_size)
     f_unique = ev.faithfulness
     at = {n: i for i, n in enumerate(unique)}
     faith = torch.stack([f_unique[at[n]] for n in top_n])
@@ -267,6 +272,7 @@ def compare_scorers(
     shares: Sequence[float] | None = None,
     counts: Sequence[int] | None = None,
     ablation: str = "corrupted",
+    reference: Float[Tensor, "_n _channel _height _width"] | None = None,
     batch_size: int = 64,
     title: str = "faithfulness vs circuit size",
 ) -> ScorerComparison:
@@ -282,7 +288,9 @@ def compare_scorers(
         known_edges: The known circuit; adds an ``auroc`` column (:func:`~vit_patching.circuits.known.edge_auroc`).
         shares: Size grid as shares of edges (default :data:`MIB_SHARES`).
         counts: Size grid as edge counts instead.
-        ablation: How edges outside each circuit are ablated.
+        ablation: How edges outside each circuit are ablated in the evaluation (the scorers run as given: to score
+            under the same intervention, pass e.g. ``functools.partial(eap, ablation="mean", reference=...)``).
+        reference: The reference images of ``ablation`` (default the corrupted images).
         batch_size: Rows per forward pass of the evaluation.
         title: Figure title (HTML-escaped).
 
@@ -319,7 +327,7 @@ def compare_scorers(
         if not isinstance(s, EdgeScores):
             raise TypeError(f"scorers[{name!r}]: expected a function returning EdgeScores, got {type(s).__name__}")
         curve = faithfulness_by_size(model, s, clean, corrupted, metric, shares=shares, counts=counts,
-                                     ablation=ablation, batch_size=batch_size)
+                                     ablation=ablation, reference=reference, batch_size=batch_size)
         curve.scorer = name
         row = {"scorer": name, "cpr": cpr(curve), "cmd": cmd(curve)}
         if known_edges is not None:
@@ -331,8 +339,8 @@ def compare_scorers(
 
 
 def curves_figure(curves: Mapping[str, FaithfulnessCurve], *, title: str = "faithfulness vs circuit size"):
-    """Faithfulness against the share of edges (log axis: a share of 0 is not drawn), one line per scorer
-    (Plotly; names and title escaped).
+    """Faithfulness against the share of edges, one line per scorer (Plotly; names and title escaped); a log axis,
+    or a linear one when some curve has a share of 0 (a log axis would drop that point).
 
     Example:
         >>> curves_figure({"eap": curve}).data[0].name
@@ -350,6 +358,7 @@ def curves_figure(curves: Mapping[str, FaithfulnessCurve], *, title: str = "fait
         ))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean run")
     fig.add_hline(y=0.0, line_dash="dot", annotation_text="empty circuit")
-    fig.update_layout(title=html.escape(str(title)), template="plotly_white", xaxis_type="log",
+    has_zero = any(float(min(c.share)) <= 0 for c in curves.values())
+    fig.update_layout(title=html.escape(str(title)), template="plotly_white", xaxis_type="linear" if has_zero else "log",
                       xaxis_title="share of edges in circuit", yaxis_title="faithfulness")
     return fig

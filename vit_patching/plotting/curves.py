@@ -117,7 +117,8 @@ def faithfulness_vs_size(
     title: str = "faithfulness vs circuit size",
 ) -> go.Figure:
     """Circuit faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges, on a
-    log axis (``CircuitEvaluation.plot`` and :func:`vit_patching.circuits.faithfulness_figure` draw with it).
+    log axis, or a linear one when a size is 0 (a log axis would drop the empty circuit's point);
+    ``CircuitEvaluation.plot`` and :func:`vit_patching.circuits.faithfulness_figure` draw with it.
 
     Example:
         >>> fig = faithfulness_vs_size([10, 1, 100], [0.5, 0.1, 0.9], ablation="corrupted", metric="logit_diff")
@@ -131,6 +132,6 @@ def faithfulness_vs_size(
     ))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
     fig.add_hline(y=0.0, line_dash="dot", annotation_text=esc(f"empty ({ablation})"))
-    fig.update_layout(title=esc(title), template="plotly_white", xaxis_type="log",
+    fig.update_layout(title=esc(title), template="plotly_white", xaxis_type="log" if min(sizes) > 0 else "linear",
                       xaxis_title="edges in circuit", yaxis_title=f"faithfulness ({esc(metric)})")
     return fig
