@@ -98,6 +98,19 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+
+def _check_writable_ancestor(start: Path, text: str, name: str, plain: Path | None = None) -> None:
+    """The first existing folder at or above ``start`` (the one a write creates in) must be a writable folder; the
+    error names it plainly when it is ``plain`` (the output folder itself), else as where ``text`` is written."""
+    existing = start
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name}: cannot create {text!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == plain else f"cannot write {text!r}: the folder "
+        raise ValueError(f"{name}: {what}{str(existing)!r} is not writable")
+
 def check_output_file(path: PathLike, name: str) -> Path:
     """Check, before any work is done, that a file can be written at ``path`` (an existing file is replaced).
 
@@ -117,13 +130,7 @@ def check_output_file(path: PathLike, name: str) -> Path:
     p = Path(text)
     if p.is_dir():
         raise ValueError(f"{name}: expected a file path, got the existing folder {text!r}")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:  # the first existing ancestor is the one created in
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{name}: cannot create {text!r}: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}: cannot write {text!r}: the folder {str(parent)!r} is not writable")
+    _check_writable_ancestor(p.parent, text, name)
     if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
         raise ValueError(f"{name}: cannot overwrite {text!r}: permission denied")
     return p
@@ -154,14 +161,7 @@ def check_output_dir(path: PathLike, name: str, subfolders: tuple[str, ...] = ()
     p = Path(text)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{name}: expected a folder for a dataset run, got the file {text!r}")
-    existing = p
-    while not existing.exists() and existing != existing.parent:  # the first existing ancestor is created in
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{name}: cannot create {text!r}: {str(existing)!r} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "" if existing == p else f"cannot write {text!r}: the folder "
-        raise ValueError(f"{name}: {what}{str(existing)!r} is not writable")
+    _check_writable_ancestor(p, text, name, plain=p)
     for sub in subfolders:
         q = p / sub
         if q.exists() and not q.is_dir():
