@@ -437,3 +437,26 @@ def test_report_names_the_neutral_that_auto_picked():
         summary = report_sections(attr, model, info, "test", None, 5)[0].content
         assert f"'auto' neutral context (picked for this image: '{attr.neutral_choice[0]}')" in summary
     assert len(set(picked)) > 1  # the picks differ, so the line is not a constant
+
+
+def test_non_finite_model_output_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """A NaN in the weights gives a report of nothing: the CLI stops with one line naming what was not finite."""
+    import torch
+
+    import vit_patching.zoo as zoo
+
+    real = zoo.load_model
+
+    def with_nan(name="toy-shapes"):
+        model = real(name)
+        with torch.no_grad():
+            model.blocks[0].attn.W_Q[0, 0, 0] = float("nan")
+        return model
+
+    monkeypatch.setattr(zoo, "load_model", with_nan)
+    out = tmp_path / "r.html"
+    with pytest.raises(SystemExit) as e:
+        main(["caap", "--sample", "0", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "source logits" in err and "expected finite values" in err and not out.exists()
