@@ -168,12 +168,15 @@ def run_caap_dataset(
     progress: bool = False,
     title: str = "CAAP gallery",
     wait_timeout_s: float | None = None,
+    scores: str | None = None,
 ) -> dict[str, Path] | None:
     """This process's shard (rank/world from the environment), then, on rank 0, the merge.
 
     Args:
         wait_timeout_s: rank 0 gives up (:class:`PeerWaitError`) when no chunk of the other ranks has appeared for
             this many seconds; default ``$VIT_PATCHING_WAIT_TIMEOUT`` or :data:`DEFAULT_WAIT_TIMEOUT_S`.
+        scores: what produced the scores, for ``settings.json`` and the gallery (default: the model's readout,
+            ``model.readout.describe()``).
 
     Returns:
         The written paths on rank 0 (``maps``, ``table``, ``settings``, ``gallery``); ``None`` on other ranks.
@@ -196,4 +199,4 @@ def run_caap_dataset(
         if world > 1:
             _wait_for_peers(run.out_dir, lambda: sum(run.present(s, e) for s, e in run.chunks), len(run.chunks),
                             world, timeout_s)
-        return merge_run(run, title)
+        return merge_run(run, title, scores)

@@ -151,6 +151,7 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         paths = run_caap_dataset(
             model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
             title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)", wait_timeout_s=timeout_s,
+            scores=info.get("readout"),
         )
     except RunLockError as e:
         raise ValueError(f"--out: {e}") from None

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GALLERY_MAX", "STAGING", "csv_text", "finish_staged_merge", "merge_caap_chunks", "merge_run"]
+__all__ = ["GALLERY_MAX", "STAGING", "csv_text", "finish_staged_merge", "merge_caap_chunks", "merge_run", "scores_line"]
 
 STAGING = ".merge-staging"
 _OUTPUTS = {"maps": "maps.safetensors", "table": "results.csv", "settings": "settings.json", "gallery": "gallery.html"}
@@ -117,12 +117,15 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
 
 def merge_caap_chunks(
     model: "HookedViT", images: ImageSet, out_dir: str | os.PathLike, cfg: CAAPRunConfig | None = None,
-    *, title: str = "CAAP gallery",
+    *, title: str = "CAAP gallery", scores: str | None = None,
 ) -> dict[str, Path]:
     """Merge every chunk into ``maps.safetensors``, ``results.csv``, ``settings.json`` and ``gallery.html``.
 
     Chunks missing or not validating are computed first (see the module docstring). The four files change
     together or not at all. Holds the folder's lock (:func:`vit_patching.runs.lock.run_lock`).
+
+    ``scores`` names the readout that produced the scores (``settings.json``'s ``"scores"`` and the gallery's
+    "Scores: ..." line); default: ``model.readout.describe()``.
 
     Example:
         >>> paths = merge_caap_chunks(model, images, "out/caap")   # doctest: +SKIP
@@ -131,10 +134,24 @@ def merge_caap_chunks(
     """
     run = ChunkRun(model, images, cfg or CAAPRunConfig(), out_dir)
     with run_lock(run.out_dir, run.lock_digest, 1):
-        return merge_run(run, title)
+        return merge_run(run, title, scores)
 
 
-def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
+def scores_line(model: "HookedViT", scores: str | None = None) -> str:
+    """What produced a run's scores, for its settings and gallery: ``scores`` if given (the CLI's words, as in the
+    single-image report), else the model's readout (``model.readout.describe()``).
+
+    Example:
+        >>> scores_line(load_model("toy-clip"))[:34]
+        'ZeroShotHead (16 scores: a red cir'
+    """
+    if scores is not None:
+        return scores
+    readout = model.readout
+    return "the model's output" if readout is None else readout.describe()
+
+
+def merge_run(run: ChunkRun, title: str = "CAAP gallery", scores: str | None = None) -> dict[str, Path]:
     """:func:`merge_caap_chunks` of a :class:`ChunkRun` whose caller holds the folder's lock."""
     from safetensors.torch import save
 
@@ -157,7 +174,8 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
     rows = _rows(images, merged, strings)
     choices = Counter(r["neutral"] for r in rows if r["status"] == "ok")
     failed = [r["index"] for r in rows if r["status"] == "failed"]
-    settings = {"caap": run.settings, "model_digest": run.base["model"], "data": images.source,
+    settings = {"caap": run.settings, "scores": scores_line(run.model, scores), "model_digest": run.base["model"],
+                "data": images.source,
                 "chunk_size": cfg.chunk_size, "batch_size": run.batch_size(), "n_images": len(images),
                 "neutral_choice": dict(sorted(choices.items())), "failed": failed,
                 "n_warned": sum(bool(r["warning"]) for r in rows), "version": run.base["version"]}
@@ -170,7 +188,7 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery") -> dict[str, Path]:
         shown = {**settings, "caap": {**run.settings, "direction": cfg.direction}}
         shown_n = min(len(rows), GALLERY_MAX)
         thumbs = torch.cat([t["thumb"] for t in tensors if "thumb" in t])[:shown_n]
-        legend = _legend(cfg.direction, choices, failed)
+        legend = f"Scores: {settings['scores']}. " + _legend(cfg.direction, choices, failed)
         if shown_n < len(rows):
             legend += f" Showing the first {shown_n} of {len(rows)} images; every image is in results.csv."
         write_gallery(staging / _OUTPUTS["gallery"], title, rows[:shown_n], thumbs, merged["map"][:shown_n], shown,

@@ -56,7 +56,8 @@ def digest(*parts: Any) -> str:
         if isinstance(p, Tensor):
             t = p.detach().cpu().contiguous()
             h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            # reshape: a 0-dim tensor (a readout's logit_scale) cannot be viewed as bytes; same bytes otherwise
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(p, (bytes, bytearray)):
             h.update(bytes(p))
         else:

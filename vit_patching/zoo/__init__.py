@@ -17,6 +17,10 @@ Zero-shot models (``zero_shot_models()``; open_clip, the ``foundation`` extra):
   ``captions`` scenes; its classes are the 16 captions ``"a red circle"`` ... ``"a yellow plus"``. Load it with
   ``vit_patching.zoo.clip.load_open_clip_model("toy-clip")``; ``model_card("toy-clip")`` gives its card.
 
+Linear probes (``PROBES``): ``toy-clip-shape``, toy-clip's image tower read without a head (CLS after its final
+LayerNorm, before the projection) by a shipped ``LinearProbe`` predicting the object's shape;
+``load_probe("toy-clip-shape")`` gives the probe, ``load_probe_model("toy-clip-shape")`` the encoder reading it.
+
 Built in code, not trained: ``known_circuit_model()`` (:mod:`vit_patching.zoo.known_circuit`), a ViT whose task
 provably flows through the four edges ``KNOWN_EDGES``, with ``known_circuit_pairs(n)``; loaded lazily.
 
@@ -32,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vit_patching.zoo.datasets import TASKS, ToyBatch, ToyDataset, generate
-from vit_patching.zoo.clip import CLIP_MODELS
+from vit_patching.zoo.clip import CLIP_MODELS, PROBES, load_probe, load_probe_model
 from vit_patching.zoo.registry import DEFAULT_MODEL, MODEL_SPECS, WEIGHTS_DIR, ModelSpec, get_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +47,7 @@ __all__ = [
     "known_circuit_model",
     "known_circuit_pairs",
     "DEFAULT_MODEL",
+    "PROBES",
     "ModelSpec",
     "ToyBatch",
     "ToyDataset",
@@ -51,6 +56,8 @@ __all__ = [
     "get_spec",
     "load_dataset",
     "load_model",
+    "load_probe",
+    "load_probe_model",
     "load_timm_model",
     "model_card",
     "zero_shot_models",

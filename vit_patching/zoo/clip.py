@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CLIP_MODELS",
+    "PROBES",
+    "load_probe",
+    "load_probe_model",
     "load_zero_shot_model",
     "zero_shot_head",
     "TOY_CLIP_CONFIG",
@@ -52,6 +55,12 @@ __all__ = [
 
 #: The zero-shot models of the zoo and their dataset (the captions are that dataset's class names).
 CLIP_MODELS: dict[str, str] = {"toy-clip": "captions"}
+
+#: The linear probes of the zoo: name -> the zero-shot zoo model whose image tower they read. ``toy-clip-shape``
+#: reads toy-clip's image tower without a head (the CLS token after its final LayerNorm ``ln_post``, 128-d: no
+#: projection ``proj``, no text tower) and predicts the object's shape (``captions`` label % 4); its card is
+#: ``weights/toy-clip-shape-probe.md``, its recipe ``scripts/train_toy_probe.py``.
+PROBES: dict[str, str] = {"toy-clip-shape": "toy-clip"}
 
 #: open_clip tokenizer whose (bundled, offline) BPE vocabulary the text tower uses; any CLIP model name with the
 #: standard 49408-token vocabulary gives the same token ids.
@@ -264,3 +273,44 @@ def load_zero_shot_model(name: str = "toy-clip", class_names: Any = None, templa
 
     oc = load_open_clip_model(name)
     return HookedViT.from_open_clip(oc).with_readout(zero_shot_head(oc, name, class_names, templates))
+
+
+def load_probe(name: str = "toy-clip-shape") -> Any:
+    """The shipped :class:`~vit_patching.readouts.LinearProbe` ``name`` (``weights/<name>-probe.safetensors``).
+
+    The probe records the fingerprint of the encoder it was fitted on, so attaching it to another model is
+    refused (``model.with_readout(probe)`` raises a ValueError naming the fingerprints).
+
+    Args:
+        name: a zoo probe (``PROBES``): ``"toy-clip-shape"``.
+
+    Example:
+        >>> probe = load_probe("toy-clip-shape")
+        >>> probe.features, probe.class_names
+        ('cls', ['circle', 'square', 'triangle', 'plus'])
+    """
+    from vit_patching.readouts import LinearProbe
+
+    check_choice(name, sorted(PROBES), "name")
+    path = WEIGHTS_DIR / f"{name}-probe.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo probe {name!r}: {path.name} not found at {path}")
+    return LinearProbe.load(path)
+
+
+def load_probe_model(name: str = "toy-clip-shape") -> Any:
+    """The encoder of zoo probe ``name`` read through the probe: a HookedViT whose scores are the probe's.
+
+    ``HookedViT.from_open_clip(load_open_clip_model(PROBES[name])).with_readout(load_probe(name))``: the image
+    tower converted exactly; the probe reads its normed token stream, so the projection head and the text tower
+    take no part in the scores.
+
+    Example:
+        >>> model = load_probe_model("toy-clip-shape")
+        >>> model.cfg.n_classes, type(model.readout).__name__
+        (4, 'LinearProbe')
+    """
+    from vit_patching.model import HookedViT
+
+    probe = load_probe(name)
+    return HookedViT.from_open_clip(load_open_clip_model(PROBES[name])).with_readout(probe)
