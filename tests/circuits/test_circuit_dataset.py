@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from vit_patching.circuits import eap, eap_ig, information_flow_routes
 from vit_patching.circuits.dataset import (
-    EdgeScoreRun, folder_pairs, image_pairs, score_edges_dataset, validate_edge_chunk, zoo_pairs,
+    EdgeScoreRun, folder_pairs, image_pairs, load_edge_scores, score_edges_dataset, validate_edge_chunk, zoo_pairs,
 )
 from vit_patching.runs import PeerWaitError, zoo_images
 from vit_patching.zoo import load_dataset, load_model
@@ -77,6 +77,9 @@ def test_merged_scores_equal_one_scorer_call_on_all_pairs(model, all_pairs, tmp_
     assert int(merged["count"]) == N and torch.equal(merged["scores"].nan_to_num(),
                                                    (merged["sum"] / N).nan_to_num())
     assert torch.equal(got.scores.nan_to_num(), merged["scores"].float().nan_to_num())
+    again = load_edge_scores(model, tmp_path / "edge_scores.safetensors")
+    assert torch.equal(again.scores.nan_to_num(), got.scores.nan_to_num()) and again.options == got.options
+    assert torch.equal(again.clean_score, got.clean_score) and again.method == got.method
 
 
 def test_float64_model_gives_float64_scores_equal_to_one_call(tmp_path):
@@ -131,6 +134,8 @@ def test_killed_run_resumes_and_tampered_or_stale_chunks_are_recomputed(model, t
     assert EdgeScoreRun(model, pairs, out, scorer="eap", metric="logit", chunk_size=CHUNK).shard() == \
         {"computed": 3, "skipped": 0}
     other = load_model("toy-conjunction")
+    with pytest.raises(ValueError, match="computed with another model"):
+        load_edge_scores(other, out / "edge_scores.safetensors")
     assert EdgeScoreRun(other, pairs, out, scorer="eap", chunk_size=CHUNK).shard() == {"computed": 3, "skipped": 0}
 
 

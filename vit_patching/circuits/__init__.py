@@ -18,7 +18,7 @@ from .compare import (
     MIB_SHARES, FaithfulnessCurve, ScorerComparison, cmd, compare_scorers, cpr, curves_figure, default_scorers,
     faithfulness_by_size,
 )
-from .dataset import EdgeScoreRun, score_edges_dataset
+from .dataset import EdgeScoreRun, load_edge_scores, score_edges_dataset
 from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .graph import Circuit, EdgeScores, Graph, select_circuit
@@ -32,7 +32,7 @@ from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
 from .selection import node_scores, select_nodes
 
 __all__ = [
-    "EdgeScoreRun", "PairSet", "folder_pairs", "image_pairs", "score_edges_dataset", "zoo_pairs",
+    "EdgeScoreRun", "PairSet", "folder_pairs", "image_pairs", "load_edge_scores", "score_edges_dataset", "zoo_pairs",
     "MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
     "atp_node_edges", "default_scorers", "edge_auroc", "faithfulness_by_size",
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",

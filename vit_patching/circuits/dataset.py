@@ -68,8 +68,8 @@ from .scorers import atp_graddrop, eap_ig_activations, information_flow_routes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdgeScoreRun", "MERGED_NAME", "SCORERS", "PairSet", "folder_pairs", "image_pairs", "score_edges_dataset",
-           "validate_edge_chunk", "zoo_pairs"]
+__all__ = ["EdgeScoreRun", "MERGED_NAME", "SCORERS", "PairSet", "folder_pairs", "image_pairs", "load_edge_scores",
+           "score_edges_dataset", "validate_edge_chunk", "zoo_pairs"]
 
 #: Scorers a data-set run can use, by name (each ``fn(model, clean, corrupted, metric, **kwargs) -> EdgeScores``).
 SCORERS: dict[str, Callable[..., EdgeScores]] = {
@@ -327,9 +327,38 @@ class EdgeScoreRun:
                     "options": json.dumps(options, sort_keys=True, default=str),
                     "settings": json.dumps(self.base, sort_keys=True, default=str)}
             atomic_write_bytes(self.out_dir / MERGED_NAME, save(out, metadata=info))
-        dtype = result_dtype(self.model.dtype)
-        return EdgeScores(self.graph, mean.to(dtype), None, out["clean_score"].to(dtype),
-                          out["corrupted_score"].to(dtype), meta["metric"], meta["method"], None, options)
+        return _edge_scores(self.model, self.graph, out, info)
+
+
+def _edge_scores(model: HookedViT, graph: Graph, out: dict[str, Tensor], info: dict[str, str]) -> EdgeScores:
+    dtype = result_dtype(model.dtype)
+    return EdgeScores(graph, out["scores"].to(dtype), None, out["clean_score"].to(dtype),
+                      out["corrupted_score"].to(dtype), info["metric"], info["method"], None, json.loads(info["options"]))
+
+
+def load_edge_scores(model: HookedViT, path: str | os.PathLike) -> EdgeScores:
+    """The merged result of a data-set run (``out_dir/edge_scores.safetensors``) as :class:`EdgeScores` again.
+
+    Raises:
+        ValueError: ``path`` is not a merged edge-score file, or was computed with another model (weights digest).
+
+    Example:
+        >>> scores = load_edge_scores(model, "out/edges/edge_scores.safetensors")   # doctest: +SKIP
+        >>> scores.options["n_pairs"]
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = dict(f.metadata() or {})
+            out = {k: f.get_tensor(k) for k in f.keys()}
+        settings = json.loads(info["settings"])
+    except Exception as err:
+        raise ValueError(f"path: expected a merged edge-score file ({MERGED_NAME}), got {str(path)!r} ({err})") from err
+    if settings.get("model") != model_digest(model):
+        raise ValueError(f"model: {str(path)!r} was computed with another model (weights digest "
+                         f"{settings.get('model')}, this model's {model_digest(model)})")
+    return _edge_scores(model, Graph.of(model), out, info)
 
 
 def score_edges_dataset(
