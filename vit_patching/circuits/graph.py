@@ -115,7 +115,8 @@ class EdgeScores:
     Attributes:
         graph: The graph.
         scores: Mean over images of each edge's score ``[sender, receiver]`` (NaN where there is no edge).
-        per_image: Scores per image ``[sender, receiver, batch]``.
+        per_image: Scores per image ``[sender, receiver, batch]`` (None for data-set runs, which keep the sum
+            over images: :func:`~vit_patching.circuits.dataset.score_edges_dataset`).
         clean_score: Clean-run metric per image ``[batch]``.
         corrupted_score: Corrupted-run metric per image ``[batch]``.
         metric: Metric name.
@@ -129,7 +130,7 @@ class EdgeScores:
 
     graph: Graph
     scores: Float[Tensor, "sender receiver"]
-    per_image: Float[Tensor, "sender receiver batch"]
+    per_image: Float[Tensor, "sender receiver batch"] | None
     clean_score: Float[Tensor, " batch"]
     corrupted_score: Float[Tensor, " batch"]
     metric: str
@@ -153,7 +154,7 @@ class EdgeScores:
 
     def __repr__(self) -> str:
         return (f"EdgeScores(method={self.method!r}, edges={int(self.graph.mask.sum())}, "
-                f"batch={self.per_image.shape[-1]}, metric={self.metric!r})")
+                f"batch={self.clean_score.shape[-1]}, metric={self.metric!r})")
 
 
 @dataclass

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CAAPRunConfig", "DEFAULT_WAIT_TIMEOUT_S", "PeerWaitError", "THUMB_SIDE", "WAIT_TIMEOUT_ENV", "merge_caap_chunks",
-    "run_caap_dataset", "run_caap_shard", "wait_timeout",
+    "run_caap_dataset", "run_caap_shard", "wait_for_peers", "wait_timeout",
 ]
 
 #: Seconds rank 0 waits for a new chunk of the other ranks before it gives up.
@@ -138,11 +138,15 @@ def run_caap_shard(
     return counts
 
 
-def _wait_for_peers(run_dir: Path, count: Callable[[], int], total: int, world_size: int, timeout_s: float) -> None:
+def wait_for_peers(run_dir: Path, count: Callable[[], int], total: int, world_size: int, timeout_s: float) -> None:
     """Rank 0: poll until ``count()`` (chunks present) reaches ``total``; fail after ``timeout_s`` without progress.
 
     A plain file poll for torchrun and bare ``RANK``/``WORLD_SIZE`` alike: unlike a collective barrier, it tells a
-    slow rank (new chunks keep appearing) from a crashed one (none for ``timeout_s``).
+    slow rank (new chunks keep appearing) from a crashed one (none for ``timeout_s``). Shared by every sharded
+    run (CAAP, :func:`vit_patching.circuits.dataset.score_edges_dataset`).
+
+    Example:
+        >>> wait_for_peers(Path("out"), lambda: 3, 3, 2, 1.0)   # every chunk present: returns at once
     """
     last, since = count(), time.monotonic()
     while last < total:
@@ -197,6 +201,6 @@ def run_caap_dataset(
         if rank != 0:
             return None
         if world > 1:
-            _wait_for_peers(run.out_dir, lambda: sum(run.present(s, e) for s, e in run.chunks), len(run.chunks),
-                            world, timeout_s)
+            wait_for_peers(run.out_dir, lambda: sum(run.present(s, e) for s, e in run.chunks), len(run.chunks),
+                           world, timeout_s)
         return merge_run(run, title, scores)

@@ -40,7 +40,7 @@ from vit_patching.patching.caap import (
 from vit_patching.patching.caap_results import neutral_warnings
 from vit_patching.patching import memory
 
-from .chunks import ROW_FIELDS, chunk_path, validate_chunk
+from .chunks import ROW_FIELDS, chunk_path, read_chunk, read_chunk_header, validate_chunk
 from .dataset import ImageSet
 from .sharding import atomic_write_bytes, chunk_ranges, digest, model_digest
 
@@ -139,16 +139,7 @@ class ChunkRun:
         return digest(self.base, s, e, key)
 
     def _header(self, s: int, e: int) -> dict[str, str] | None:
-        from safetensors import safe_open
-
-        path = chunk_path(self.out_dir, s, e)
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return dict(f.metadata() or {})
-        except Exception:  # truncated / corrupt: load() says so
-            return None
+        return read_chunk_header(chunk_path(self.out_dir, s, e))
 
     def present(self, s: int, e: int) -> bool:
         """The chunk file exists and carries this run's fingerprint (cheap: the header only)."""
@@ -175,21 +166,15 @@ class ChunkRun:
     def load(self, s: int, e: int) -> tuple[dict[str, Tensor], dict[str, str]] | None:
         """The chunk's tensors and metadata if its file exists, reads, carries the expected fingerprint and batch
         size and passes :func:`~vit_patching.runs.chunks.validate_chunk`; else ``None`` (recompute it)."""
-        from safetensors import safe_open
-
         path = chunk_path(self.out_dir, s, e)
-        if not path.is_file():
+        read = read_chunk(path, self.fingerprint(s, e, self.expected_key(s, e)))
+        if isinstance(read, str):
+            if read == "stale fingerprint":
+                logger.info("chunk [%d, %d): stale fingerprint, recomputing", s, e)
+            elif read != "missing":
+                logger.warning("chunk [%d, %d): %s, recomputing", s, e, read)
             return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                if meta.get("fingerprint") != self.fingerprint(s, e, self.expected_key(s, e)):
-                    logger.info("chunk [%d, %d): stale fingerprint, recomputing", s, e)
-                    return None
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # truncated / corrupt file: recompute it
-            logger.warning("chunk [%d, %d): unreadable (%s), recomputing", s, e, " ".join(str(err).split()))
-            return None
+        tensors, meta = read
         cfg = self.model.cfg
         problem = validate_chunk(tensors, meta, e - s, cfg.n_classes, tuple(cfg.grid_size))
         if problem is None and meta["batch_size"] != str(self.batch_size()):

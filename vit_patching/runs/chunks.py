@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ROW_FIELDS", "chunk_path", "row_strings", "validate_chunk"]
+__all__ = ["ROW_FIELDS", "chunk_path", "read_chunk", "read_chunk_header", "row_strings", "validate_chunk"]
 
 #: Per-image strings stored as JSON in a chunk's ``rows`` metadata.
 ROW_FIELDS = ("neutral", "warning", "error")
@@ -53,6 +53,47 @@ def chunk_path(out_dir: Path, s: int, e: int) -> Path:
         'run/chunks/000000-000016.safetensors'
     """
     return out_dir / "chunks" / f"{s:06d}-{e:06d}.safetensors"
+
+
+def read_chunk_header(path: Path) -> dict[str, str] | None:
+    """A chunk file's string metadata (the header only: cheap), or ``None`` if it is missing or unreadable.
+
+    Example:
+        >>> read_chunk_header(Path("no/such/chunk.safetensors")) is None
+        True
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # truncated / corrupt: the caller recomputes it
+        return None
+
+
+def read_chunk(path: Path, fingerprint: str) -> tuple[dict[str, Tensor], dict[str, str]] | str:
+    """A chunk file's tensors and metadata if it reads and carries ``fingerprint``, else why not (a string).
+
+    The contents are not checked here: each kind of run validates its own keys, shapes and values.
+
+    Example:
+        >>> read_chunk(Path("no/such/chunk.safetensors"), "abc")
+        'missing'
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return "missing"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("fingerprint") != fingerprint:
+                return "stale fingerprint"
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as err:  # truncated / corrupt file: recompute it
+        return "unreadable (" + " ".join(str(err).split()) + ")"
 
 
 def _spec(n: int, n_classes: int, grid: tuple[int, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
