@@ -133,8 +133,11 @@ def test_gradients_flow_to_latents_and_upstream_gradients_are_unchanged(model):
     grads = {}
     with model.saes([_sae("jumprelu", hook)], use_error_term=True):
         model.add_hook(f"{hook}.sae.hook_sae_acts_post", lambda g, hook: grads.update(g=g), dir="bwd")
+        model.add_hook(f"{hook}.sae.hook_sae_error", lambda g, hook: grads.update(err=g), dir="bwd")
+        assert f"{hook}.sae.module.W_enc" in model.state_dict()  # the SAE is a submodule while spliced
         (g,) = torch.autograd.grad(model(x)[:, 3].sum(), x)
     assert grads["g"].shape == (2, 17, 64) and grads["g"].abs().max() > 0
+    assert grads["err"].shape == (2, 17, 32) and grads["err"].abs().max() > 0  # an error node
     torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-5)
     assert not model.hook_dict[hook]._backward_hooks and not spliced_saes(model)
 
