@@ -142,6 +142,18 @@ def test_gradients_flow_to_latents_and_upstream_gradients_are_unchanged(model):
     assert not model.hook_dict[hook]._backward_hooks and not spliced_saes(model)
 
 
+def test_an_sae_in_another_dtype_keeps_the_model_dtype_and_exactness(model):
+    x = images(2)
+    with torch.no_grad():
+        ref = model(x)
+        sae = _sae("topk", dtype="float64")
+        with model.saes([sae], use_error_term=True):
+            out, cache = model.run_with_cache(x, names_filter=["blocks.0.hook_resid_post.sae.hook_sae_acts_post",
+                                                               "blocks.1.hook_resid_pre"])
+    assert cache["blocks.0.hook_resid_post.sae.hook_sae_acts_post"].dtype == torch.float64
+    assert cache["blocks.1.hook_resid_pre"].dtype == torch.float32 and torch.equal(out, ref)
+
+
 def test_context_manager_removes_everything_also_after_an_exception(model):
     before_names, before_params = list(model.hook_dict), len(list(model.parameters()))
     sae = _sae("gated", "blocks.1.hook_resid_pre")
@@ -237,6 +249,18 @@ def test_bad_arguments_are_refused_naming_them(model):
     with model.saes([sae]):
         with pytest.raises(ValueError, match="already has an SAE spliced"):
             model.add_sae(_sae("topk"))
+    x = images(2)
+    with model.saes([_sae("standard", d_in=16)]):
+        with pytest.raises(ValueError, match=r"sae: expected an SAE whose d_in is the last axis of "
+                                             r"'blocks.0.hook_resid_post' \(32\), got d_in=16"):
+            model(x)
+    with model.saes([_sae("standard", "blocks.0.attn.hook_z", d_in=16, reshape="hook_z")]):
+        with pytest.raises(ValueError, match=r"d_in is the head \* d_head of 'blocks.0.attn.hook_z' \(32\)"):
+            model(x)
+    with model.saes([_sae("standard", "hook_pooled", positions="patches")]):
+        with pytest.raises(ValueError, match="positions: expected 'all' for 'hook_pooled'"):
+            model(x)
+    assert list(model.hook_dict) == before
     _, gap = make_pair(class_token=False, global_pool="avg")
     with pytest.raises(ValueError, match="positions: expected 'all' or 'patches' for a model without a CLS"):
         gap.add_sae(sae, positions="cls")

@@ -94,15 +94,29 @@ class SAESplice(nn.Module):
         # Both differences are exactly 0 when nothing was patched, so the output is x bit for bit.
         return self.hook_sae_output(x + (recons - recons_clean) + (error - error_clean))
 
+    def _check_width(self, act: Tensor) -> None:
+        d_in = getattr(self.module, "d_in", None)
+        if not isinstance(d_in, int):  # a foreign module states no width: its own encode will complain
+            return
+        flat = getattr(getattr(self.module, "cfg", None), "reshape_activations", "none") == "hook_z"
+        width = act.shape[-2] * act.shape[-1] if flat and act.ndim >= 2 else act.shape[-1]
+        if width != d_in:
+            what = "head * d_head" if flat else "last axis"
+            raise ValueError(f"sae: expected an SAE whose d_in is the {what} of {self.hook_name!r} ({width}), "
+                             f"got d_in={d_in}")
+
     def forward(self, act: Tensor) -> Tensor:
+        self._check_width(act)
         if self.positions == "all":
-            return self.splice(act)
-        if act.ndim < 3:
-            raise ValueError(f"SAE at {self.hook_name!r}: positions={self.positions!r} needs activations "
-                             f"[batch, pos, ...], got shape {tuple(act.shape)}")
-        if self.positions == "cls":
-            return torch.cat([self.splice(act[:, :1]), act[:, 1:]], dim=1)
-        return torch.cat([act[:, : self.n_prefix], self.splice(act[:, self.n_prefix:])], dim=1)
+            out = self.splice(act)
+        elif act.ndim < 3:
+            raise ValueError(f"positions: expected 'all' for {self.hook_name!r}, whose activations "
+                             f"{tuple(act.shape)} have no pos axis, got {self.positions!r}")
+        elif self.positions == "cls":
+            out = torch.cat([self.splice(act[:, :1]), act[:, 1:]], dim=1)
+        else:
+            out = torch.cat([act[:, : self.n_prefix], self.splice(act[:, self.n_prefix:])], dim=1)
+        return out.to(act.dtype)  # an SAE kept in another dtype must not change the model's
 
     def extra_repr(self) -> str:
         return f"hook_name={self.hook_name!r}, use_error_term={self.use_error_term}, positions={self.positions!r}"
