@@ -10,6 +10,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from model_helpers import images, make_pair  # noqa: E402
 
+from vit_patching.patching import PatchSpec, Site, run_patch_spec, target_logit  # noqa: E402
 from vit_patching.sae import SAE_HOOKS, SAEConfig, make_sae, spliced_saes  # noqa: E402
 
 ARCHS = ["standard", "topk", "jumprelu", "gated"]
@@ -265,3 +266,25 @@ def test_bad_arguments_are_refused_naming_them(model):
     with pytest.raises(ValueError, match="positions: expected 'all' or 'patches' for a model without a CLS"):
         gap.add_sae(sae, positions="cls")
     assert not spliced_saes(gap)
+
+
+@pytest.mark.parametrize("sae_hook, site_hook", [("blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre"),
+                                                 ("blocks.1.hook_resid_mid", "blocks.0.hook_resid_post")])
+def test_the_patching_engine_runs_on_a_spliced_model(model, sae_hook, site_hook):
+    """The engine starts from cached residuals (which hold the SAE's input at its hook, so the SAE runs once) and
+    must not prune the last block under an SAE there: its values equal hand-written hooked runs."""
+    src, tgt = images(2, seed=3), images(2, seed=4)
+    positions = (0, 3, 9)
+    spec = PatchSpec([(Site(site_hook, pos=p),) for p in positions])
+    metric = target_logit(torch.tensor([2, 7]))
+    with torch.no_grad(), model.saes([_sae("topk", sae_hook)]):
+        run = run_patch_spec(model, spec, metric, target=tgt, source=src, batch_size=4, progress=False)
+        _, src_cache = model.run_with_cache(src, names_filter=[site_hook])
+        for i, p in enumerate(positions):
+            def write(a, hook, p=p):
+                a[:, p] = src_cache[site_hook][:, p]
+                return a
+
+            hand = metric(model.run_with_hooks(tgt, fwd_hooks=[(site_hook, write)]), torch.arange(2))
+            torch.testing.assert_close(run.values[i], hand, atol=5e-7, rtol=0)  # batching: observed 1.2e-7
+        assert not torch.allclose(run.values[1], metric(model(tgt), torch.arange(2)))  # the patch matters
