@@ -288,3 +288,13 @@ def test_the_patching_engine_runs_on_a_spliced_model(model, sae_hook, site_hook)
             hand = metric(model.run_with_hooks(tgt, fwd_hooks=[(site_hook, write)]), torch.arange(2))
             torch.testing.assert_close(run.values[i], hand, atol=5e-7, rtol=0)  # batching: observed 1.2e-7
         assert not torch.allclose(run.values[1], metric(model(tgt), torch.arange(2)))  # the patch matters
+
+
+def test_activation_cache_helpers_read_a_spliced_run(model):
+    x = images(2)
+    with torch.no_grad():
+        _, ref = model.run_with_cache(x)
+        with model.saes([_sae("standard")], use_error_term=True):
+            _, cache = model.run_with_cache(x)
+    assert torch.equal(cache.decompose_resid(), ref.decompose_resid())
+    assert torch.equal(cache.accumulated_resid(), ref.accumulated_resid())
