@@ -112,6 +112,26 @@ def test_normalisations_and_hook_z_reshaping_follow_saelens(tmp_path):
         assert torch.equal(sae.decode(lat), (lat @ t["W_dec"] + t["b_dec"]).reshape(3, 7, 3, 4))
 
 
+def test_top_k_rescaled_by_decoder_norms(tmp_path):
+    """Newer SAELens top-k: pre-activations times ||W_dec[i]|| before the top-k, latents divided by it to decode."""
+    t = _write(tmp_path / "r", "topk", rescale_acts_by_decoder_norm=True)
+    sae = load_saelens(tmp_path / "r")
+    norms = t["W_dec"].norm(dim=-1)
+    with torch.no_grad():
+        h = ((X - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * norms
+        kth = h.sort(dim=-1, descending=True).values[..., K - 1 : K]
+        lat = torch.where(h >= kth, _relu(h), torch.zeros_like(h))
+        assert torch.equal(sae.encode(X), lat)
+        assert not torch.equal(lat, documented_latents("topk", t, X))  # the rescaling changes the code
+        torch.testing.assert_close(sae.decode(lat), (lat / norms) @ t["W_dec"] + t["b_dec"], atol=0, rtol=0)
+    save_saelens(sae, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "cfg.json").read_text())["rescale_acts_by_decoder_norm"] is True
+    assert load_saelens(tmp_path / "again").cfg.rescale_acts_by_decoder_norm
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm: expected False for a 'standard' SAE"):
+        _write(tmp_path / "s", "standard", rescale_acts_by_decoder_norm=True)
+        load_saelens(tmp_path / "s")
+
+
 def test_pre_6_configs_load(tmp_path):
     """SAELens < 6: hook name at top level (or as hook_point), top-k's k in activation_fn_kwargs, a bool
     normalize_activations, dtype as 'torch.float32'."""

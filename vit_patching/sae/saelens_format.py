@@ -66,6 +66,7 @@ def _read_cfg(folder: Path) -> SAEConfig:
             architecture=arch, d_in=raw["d_in"], d_sae=raw["d_sae"], hook_name=hook,
             apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True), normalize_activations=norm,
             reshape_activations=raw.get("reshape_activations", "none"), k=k,
+            rescale_acts_by_decoder_norm=raw.get("rescale_acts_by_decoder_norm", False),
             positions=raw.get("positions", "all"), dtype=dtype, metadata=meta)
     except (TypeError, ValueError) as err:  # the config's own check names the field
         raise ValueError(f"{folder / CFG_FILE}: {err}") from None
@@ -134,6 +135,8 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
     }
     if cfg.k is not None:
         out["k"] = cfg.k
+    if cfg.rescale_acts_by_decoder_norm:  # written only when on: older SAELens configs have no such key
+        out["rescale_acts_by_decoder_norm"] = True
     out["positions"] = cfg.positions  # ours; SAELens ignores keys its config class does not have
     out["metadata"] = {**cfg.metadata, "hook_name": cfg.hook_name,
                        "sae_lens_version": cfg.metadata.get("sae_lens_version", LAYOUT_VERSION)}

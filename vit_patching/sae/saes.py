@@ -48,6 +48,8 @@ class SAEConfig:
         normalize_activations: One of :data:`NORMALIZATIONS`.
         reshape_activations: ``"hook_z"`` flattens ``[..., head, d_head]`` to ``[..., head * d_head]``.
         k: Latents kept per token (top-k only).
+        rescale_acts_by_decoder_norm: Top-k only (newer SAELens): pre-activations are multiplied by the decoder
+            row norms before the top-k, and latents divided by them before decoding.
         positions: Tokens it applies to when spliced: ``"all"``, ``"patches"`` (not CLS/registers) or ``"cls"``.
         dtype: Parameter dtype name (``"float32"``, ...).
         metadata: Other SAELens metadata (model name, ...), kept so a save/load round trip loses nothing.
@@ -61,6 +63,7 @@ class SAEConfig:
     normalize_activations: str = "none"
     reshape_activations: str = "none"
     k: int | None = None
+    rescale_acts_by_decoder_norm: bool = False
     positions: str = "all"
     dtype: str = "float32"
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +77,10 @@ class SAEConfig:
         check_bool(self.apply_b_dec_to_input, "apply_b_dec_to_input")
         check_choice(self.normalize_activations, NORMALIZATIONS, "normalize_activations")
         check_choice(self.reshape_activations, RESHAPES, "reshape_activations")
+        check_bool(self.rescale_acts_by_decoder_norm, "rescale_acts_by_decoder_norm")
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise ValueError(f"rescale_acts_by_decoder_norm: expected False for a {self.architecture!r} SAE (SAELens "
+                             f"has it for top-k only), got True")
         check_choice(self.positions, POSITIONS, "positions")
         check_choice(self.dtype, tuple(DTYPES), "dtype")
         if self.architecture == "topk":
@@ -186,6 +193,8 @@ class SAE(nn.Module):
             >>> torch.equal(sae.decode(torch.zeros(16)), sae.b_dec.detach())
             True
         """
+        if self.cfg.rescale_acts_by_decoder_norm:
+            latents = latents / self.W_dec.norm(dim=-1)
         out = latents @ self.W_dec + self.b_dec
         norm = self.cfg.normalize_activations
         if norm == "constant_norm_rescale":
@@ -215,11 +224,16 @@ class StandardSAE(SAE):
 
 
 class TopKSAE(SAE):
-    """The ``k`` largest pre-activations per token, through ReLU; every other latent 0 (SAELens's ``TopK``)."""
+    """The ``k`` largest pre-activations per token, through ReLU; every other latent 0 (SAELens's ``TopK``).
+
+    With ``rescale_acts_by_decoder_norm`` the pre-activations are first multiplied by ``||W_dec[i]||`` and
+    :meth:`decode` divides the latents by it again."""
 
     architecture = "topk"
 
     def activation(self, hidden_pre: Tensor, x: Tensor) -> Tensor:
+        if self.cfg.rescale_acts_by_decoder_norm:
+            hidden_pre = hidden_pre * self.W_dec.norm(dim=-1)
         top = torch.topk(hidden_pre, k=self.cfg.k, dim=-1)
         return torch.zeros_like(hidden_pre).scatter(-1, top.indices, torch.relu(top.values))
 
