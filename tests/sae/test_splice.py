@@ -79,6 +79,7 @@ def test_without_it_the_model_runs_on_decode_encode(model, arch, hook, d_in, res
     latents = cache[f"{hook}.sae.hook_sae_acts_post"]
     assert latents.shape == (2, 17, 64) and torch.equal(latents, sae.encode(cache[hook]))
     assert torch.equal(cache[f"{hook}.sae.hook_sae_output"], cache[f"{hook}.sae.hook_sae_recons"])
+    assert f"{hook}.sae.hook_sae_error" not in cache.keys()  # no error term, no error hook point
 
 
 def test_patching_one_latent_at_one_position_equals_a_hand_written_hooked_run(model):

@@ -9,7 +9,7 @@ output. Its intermediate values are hook points under ``{H}.sae.``:
 | ``hook_sae_input`` | ``[batch pos d_in]`` | the activation the SAE encodes |
 | ``hook_sae_acts_post`` | ``[batch pos d_sae]`` | the latents |
 | ``hook_sae_recons`` | ``[batch pos d_in]`` | ``decode(latents)`` |
-| ``hook_sae_error`` | ``[batch pos d_in]`` | ``input - recons`` of the unpatched run (only with the error term) |
+| ``hook_sae_error`` | ``[batch pos d_in]`` | ``input - recons`` of the unpatched run (exists only with the error term) |
 | ``hook_sae_output`` | ``[batch pos d_in]`` | what the model continues with |
 
 (``pos`` counts only the SAE's tokens when it applies to ``"patches"`` or ``"cls"``; a ``hook_z`` SAE's
@@ -46,6 +46,7 @@ from vit_patching.model.components import is_hooked
 from vit_patching.sae.saes import POSITIONS
 
 SPLICE_NAME = "sae"  # the spliced module's attribute on the hook point, hence the ``{hook}.sae.`` prefix
+# The hook points of a splice, as SAELens names them (hook_sae_error only with the error term).
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
 
 
@@ -70,7 +71,8 @@ class SAESplice(nn.Module):
         self.hook_sae_input = HookPoint()  # [batch, pos, d_in]
         self.hook_sae_acts_post = HookPoint()  # [batch, pos, d_sae]
         self.hook_sae_recons = HookPoint()  # [batch, pos, d_in]
-        self.hook_sae_error = HookPoint()  # [batch, pos, d_in]; fires only with the error term
+        if use_error_term:  # absent otherwise, so that no listed hook point stays silent
+            self.hook_sae_error = HookPoint()  # [batch, pos, d_in]
         self.hook_sae_output = HookPoint()  # [batch, pos, d_in]
 
     def splice(self, x: Tensor) -> Tensor:
@@ -215,8 +217,9 @@ def add_sae(
 def _unsplice(model: HookedRootModule, point: HookPoint) -> None:
     point.__class__ = HookPoint
     if SPLICE_NAME in point._modules:
-        for name in SAE_HOOKS:  # hooks added to the SAE's points go with it
-            getattr(point, SPLICE_NAME).get_submodule(name).remove_hooks("both", including_permanent=True)
+        for hp in getattr(point, SPLICE_NAME).children():  # hooks added to the SAE's points go with it
+            if isinstance(hp, HookPoint):
+                hp.remove_hooks("both", including_permanent=True)
         delattr(point, SPLICE_NAME)
     model.setup()
 
