@@ -112,6 +112,29 @@ def test_patching_one_latent_at_one_position_equals_a_hand_written_hooked_run(mo
     torch.testing.assert_close(patched, expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["standard", "gated"])
+def test_pre_activations_are_cached_and_patchable(model, arch):
+    hook = "blocks.0.hook_resid_post"
+    sae, x = _sae(arch, hook), images(2)
+    pre = f"{hook}.sae.hook_sae_acts_pre"
+    with torch.no_grad():
+        with model.saes([sae], use_error_term=True):
+            _, cache = model.run_with_cache(x, names_filter=[hook, pre])
+            patched = model.run_with_hooks(x, fwd_hooks=[(pre, lambda h, hook: h + 1.0)])
+        xc = cache[hook] - sae.b_dec
+        expected_pre = (xc @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag if arch == "gated"
+                        else xc @ sae.W_enc + sae.b_enc)
+        assert torch.equal(cache[pre], expected_pre)
+
+        def by_hand(a, hook):  # latents from the shifted pre-activation; the error term keeps the rest exact
+            shifted = sae.activation(sae.hidden_pre(sae.process_input(a)) + 1.0, sae.process_input(a))
+            return a + (sae.decode(shifted) - sae.decode(sae.encode(a)))
+
+        expected = model.run_with_hooks(x, fwd_hooks=[(hook, by_hand)])
+    assert (patched - model(x)).abs().max() > 1e-3
+    torch.testing.assert_close(patched, expected, atol=0, rtol=0)
+
+
 def test_hooks_on_the_hook_name_see_and_patch_the_sae_input(model):
     hook = "blocks.0.hook_resid_post"
     sae = _sae("topk", hook)
@@ -229,6 +252,7 @@ def test_any_module_with_encode_decode_and_a_stated_hook(model):
     with torch.no_grad():
         expected = model.run_with_hooks(x, fwd_hooks=[(hook, lambda a, hook: ae.decode(ae.encode(a)))])
         model.add_sae(ae, hook_name=hook)
+        assert f"{hook}.sae.hook_sae_acts_pre" not in model.hook_dict  # a foreign encode has no pre-activation
         try:
             out, cache = model.run_with_cache(x, names_filter=[f"{hook}.sae.hook_sae_acts_post"])
         finally:

@@ -7,6 +7,7 @@ output. Its intermediate values are hook points under ``{H}.sae.``:
 | hook point | shape | value |
 | --- | --- | --- |
 | ``hook_sae_input`` | ``[batch pos d_in]`` | the activation the SAE encodes |
+| ``hook_sae_acts_pre`` | ``[batch pos d_sae]`` | the pre-activation (this project's SAEs only; gated: the magnitude path) |
 | ``hook_sae_acts_post`` | ``[batch pos d_sae]`` | the latents |
 | ``hook_sae_recons`` | ``[batch pos d_in]`` | ``decode(latents)`` |
 | ``hook_sae_error`` | ``[batch pos d_in]`` | ``input - recons`` of the unpatched run (exists only with the error term) |
@@ -43,11 +44,12 @@ from transformer_lens.hook_points import HookPoint
 
 from vit_patching.checks import check_bool, check_choice
 from vit_patching.model.components import is_hooked
-from vit_patching.sae.saes import POSITIONS
+from vit_patching.sae.saes import POSITIONS, SAE
 
 SPLICE_NAME = "sae"  # the spliced module's attribute on the hook point, hence the ``{hook}.sae.`` prefix
-# The hook points of a splice, as SAELens names them (hook_sae_error only with the error term).
-SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
+# The hook points of a splice, as SAELens names them (hook_sae_acts_pre only for this project's SAEs, hook_sae_error only with
+# the error term).
+SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
 
 
 class SAESplice(nn.Module):
@@ -69,22 +71,34 @@ class SAESplice(nn.Module):
         self.positions = positions
         self.n_prefix = n_prefix
         self.hook_sae_input = HookPoint()  # [batch, pos, d_in]
+        if isinstance(module, SAE):  # our SAEs expose their pre-activation; a foreign encode() does not
+            self.hook_sae_acts_pre = HookPoint()  # [batch, pos, d_sae]
         self.hook_sae_acts_post = HookPoint()  # [batch, pos, d_sae]
         self.hook_sae_recons = HookPoint()  # [batch, pos, d_in]
         if use_error_term:  # absent otherwise, so that no listed hook point stays silent
             self.hook_sae_error = HookPoint()  # [batch, pos, d_in]
         self.hook_sae_output = HookPoint()  # [batch, pos, d_in]
 
+    def _encode(self, x: Tensor) -> Tensor:
+        sae = self.module
+        if not isinstance(sae, SAE):
+            return sae.encode(x)
+        processed = sae.process_input(x)
+        return sae.activation(self.hook_sae_acts_pre(sae.hidden_pre(processed)), processed)
+
     def splice(self, x: Tensor) -> Tensor:
         """The SAE's output for activations ``x`` of its tokens."""
         sae = self.module
         x_in = self.hook_sae_input(x)
         recons_clean = None
-        # The clean reconstruction reads the activation the model gave (as SAELens's error term does): a patch of
-        # hook_sae_input then acts only through the SAE. Computed before the latents' hooks, which may edit in place.
-        if self.use_error_term and is_hooked(self.hook_sae_input):
+        # The clean reconstruction reads the activation the model gave, without hooks (as SAELens's error term
+        # does): a patch of hook_sae_input or hook_sae_acts_pre then acts only through the SAE. It is computed
+        # before the latents' hooks, which may edit in place.
+        pre_hooked = is_hooked(self.hook_sae_input) or (hasattr(self, "hook_sae_acts_pre")
+                                                        and is_hooked(self.hook_sae_acts_pre))
+        if self.use_error_term and pre_hooked:
             recons_clean = sae.decode(sae.encode(x))
-        latents = sae.encode(x_in)
+        latents = self._encode(x_in)
         if self.use_error_term and recons_clean is None:
             recons_clean = sae.decode(latents)
         latents = self.hook_sae_acts_post(latents)
