@@ -135,6 +135,30 @@ def test_pre_activations_are_cached_and_patchable(model, arch):
     torch.testing.assert_close(patched, expected, atol=0, rtol=0)
 
 
+def test_in_place_edits_by_hooks_act_like_returned_copies(model):
+    hook = "blocks.0.hook_resid_post"
+    sae, x = _sae("standard", hook), images(2)
+
+    def in_place(a, hook):
+        a[:, 3] += 1.0
+        return a
+
+    def copy(a, hook):
+        a = a.clone()
+        a[:, 3] += 1.0
+        return a
+
+    with model.saes([sae], use_error_term=True):
+        for name in (f"{hook}.sae.hook_sae_input", f"{hook}.sae.hook_sae_acts_post"):
+            with torch.no_grad():
+                expected = model.run_with_hooks(x, fwd_hooks=[(name, copy)])
+                assert (expected - model(x)).abs().max() > 1e-3
+            out = model.run_with_hooks(x, fwd_hooks=[(name, in_place)])  # with autograd on: backward must work
+            out[:, 0].sum().backward()
+            assert torch.equal(out.detach(), expected), name
+    model.zero_grad(set_to_none=True)
+
+
 def test_hooks_on_the_hook_name_see_and_patch_the_sae_input(model):
     hook = "blocks.0.hook_resid_post"
     sae = _sae("topk", hook)

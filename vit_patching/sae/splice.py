@@ -88,22 +88,24 @@ class SAESplice(nn.Module):
 
     def splice(self, x: Tensor) -> Tensor:
         """The SAE's output for activations ``x`` of its tokens."""
-        sae = self.module
-        x_in = self.hook_sae_input(x)
+        sae, exact = self.module, self.use_error_term
+        # With the error term, hooks get copies where they might edit in place a tensor the clean path still needs
+        # (x, and the latents autograd saved for the clean decode).
+        x_in = self.hook_sae_input(x.clone() if exact and is_hooked(self.hook_sae_input) else x)
         recons_clean = None
         # The clean reconstruction reads the activation the model gave, without hooks (as SAELens's error term
-        # does): a patch of hook_sae_input or hook_sae_acts_pre then acts only through the SAE. It is computed
-        # before the latents' hooks, which may edit in place.
+        # does): a patch of hook_sae_input or hook_sae_acts_pre then acts only through the SAE.
         pre_hooked = is_hooked(self.hook_sae_input) or (hasattr(self, "hook_sae_acts_pre")
                                                         and is_hooked(self.hook_sae_acts_pre))
-        if self.use_error_term and pre_hooked:
+        if exact and pre_hooked:
             recons_clean = sae.decode(sae.encode(x))
         latents = self._encode(x_in)
-        if self.use_error_term and recons_clean is None:
+        if exact and recons_clean is None:
             recons_clean = sae.decode(latents)
-        latents = self.hook_sae_acts_post(latents)
+        latents = self.hook_sae_acts_post(latents.clone() if exact and is_hooked(self.hook_sae_acts_post)
+                                          else latents)
         recons = self.hook_sae_recons(sae.decode(latents))
-        if not self.use_error_term:
+        if not exact:
             return self.hook_sae_output(recons)
         error_clean = x - recons_clean
         error = self.hook_sae_error(x - recons_clean)  # a tensor of its own: a hook may edit it in place
