@@ -14,6 +14,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from ..checks import check_bool
+from ..sae import splice as sae_splice
 from .attn_pool import AttentionPool
 from .cache import ViTActivationCache
 from .components import Embed, Head, LayerNorm, PosEmbed, TransformerBlock, is_hooked
@@ -417,9 +418,12 @@ class HookedViT(ImageInputs, WeightViews, HookGates, HookedRootModule):
         after = {n for n in self.hook_dict if (n.startswith(last) and n != last + "hook_resid_pre")
                  or n.startswith("ln_final.")}  # the final norm runs on the kept tokens only
         named = set(hooks)
+        spliced = sae_splice.spliced_saes(self)  # an SAE there would run on the kept tokens only
         for n in sorted(after):
             if n in named or is_hooked(self.hook_dict[n]):
                 reasons.append(f"hook {n!r} reads every token of the last block")
+            if n in spliced:
+                reasons.append(f"an SAE spliced at {n!r} reads every token of the last block")
         return reasons + self._module_hook_blockers()
 
     def _module_hook_blockers(self) -> list[str]:
@@ -443,6 +447,31 @@ class HookedViT(ImageInputs, WeightViews, HookGates, HookedRootModule):
         return reasons
 
     # ------------------------------------------------------------------ hooks and caches
+    # ------------------------------------------------------------------ SAEs (vit_patching.sae.splice)
+    def add_sae(self, sae: nn.Module, hook_name: str | None = None, use_error_term: bool = False,
+                positions: str | None = None) -> nn.Module:
+        """Splice ``sae`` at ``hook_name`` (default ``sae.cfg.hook_name``); its latents become the hook point
+        ``{hook_name}.sae.hook_sae_acts_post`` (:func:`vit_patching.sae.splice.add_sae`, ``docs/sae.md``).
+
+        Example:
+            >>> model.add_sae(sae, use_error_term=True)   # logits unchanged bit for bit until a latent is patched
+        """
+        return sae_splice.add_sae(self, sae, hook_name, use_error_term, positions)
+
+    def saes(self, saes: nn.Module | Iterable[nn.Module] = (), use_error_term: bool = False,
+             positions: str | None = None):
+        """Context manager: splice ``saes`` for the block, removed on exit (also after an exception).
+
+        Example:
+            >>> with model.saes([sae], use_error_term=True):
+            ...     logits, cache = model.run_with_cache(images)
+        """
+        return sae_splice.saes(self, saes, use_error_term, positions)
+
+    def reset_saes(self) -> None:
+        """Remove every spliced SAE (:func:`vit_patching.sae.splice.reset_saes`)."""
+        sae_splice.reset_saes(self)
+
     @contextmanager
     def hooks(self, fwd_hooks=[], bwd_hooks=[], reset_hooks_end=True, clear_contexts=False):  # noqa: B006
         """TransformerLens's ``hooks`` context manager; hooks added before a failure are removed too."""
