@@ -36,11 +36,13 @@ def test_facets_are_the_query_rows_of_the_pattern(run):
         assert (mark.xaxis, mark.yaxis) == (grid.xaxis, grid.yaxis)
         assert (mark.x[0], mark.y[0]) == (grid.x0 + 5 * grid.dx, grid.y0 + 2 * grid.dy)
     assert len(traces(fig, "image")) == 2
-    # The picture is drawn in grey (luma), so no image colour can be read as a value of the scale.
+    # The picture is drawn in grey (BT.601 luma lifted to [64, 255], the underlay of every map figure), so no
+    # image colour can be read as a value of the scale.
     drawn = decode_image_trace(traces(fig, "image")[0]).astype(float)
-    luma = (0.299 * data.pixels[1, 0] + 0.587 * data.pixels[1, 1] + 0.114 * data.pixels[1, 2]).numpy() * 255
+    rgb8 = np.round(np.clip(data.pixels[1].numpy().astype(np.float64), 0, 1) * 255)        # the 8-bit picture
+    luma = 0.299 * rgb8[0] + 0.587 * rgb8[1] + 0.114 * rgb8[2]
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 0], drawn[..., 2])
-    assert np.abs(drawn[..., 0] - luma).max() <= 0.5 + 1e-6
+    assert np.array_equal(drawn[..., 0], np.round(64 + 0.75 * luma))
     axis = fig.layout.coloraxis
     assert axis.cmin == 0.0 and axis.cmax == pytest.approx(float(pattern[[3, 0]].max()), rel=1e-6)
     assert axis.colorbar.title.text == "attention weight"

@@ -18,7 +18,6 @@ forward + backward passes.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from jaxtyping import Float

@@ -237,7 +237,7 @@ def information_flow_routes(
     check_pair(model, clean, corrupted)
     _check_metric(metric)
     graph = Graph.of(model)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L = model.cfg.n_layers
     s_hooks, r_hooks = sender_hooks(model), receiver_hooks(model)
     patterns = [get_act_name("pattern", l) for l in range(L)]
     with model.flags(**EDGE_FLAGS):

@@ -16,10 +16,6 @@ from vit_patching.plotting.grids import head_position_facets
 
 __all__ = ["attention_figure"]
 
-# ITU-R BT.601 luma: the image is drawn in grey so that no colour of the picture reads as a colour of the scale.
-LUMA = np.array([0.299, 0.587, 0.114])
-
-
 def _query_pos(query: int | tuple[int, int], layout, n_pos: int) -> int:
     """Sequence position of ``query``: a position, or ``(row, col)`` of a patch."""
     if is_int(query) and 0 <= query < n_pos:
@@ -100,10 +96,8 @@ def attention_figure(
         raise ValueError(f"cache: expected {layout.n_pos} positions (the model's default input), got {n_pos}")
     q = _query_pos(query, layout, n_pos)
     sel = check_indices(heads, n_heads, "heads", "head")
-    if image is not None:
+    if image is not None:  # drawn in grey by head_position_facets (image_style="grey": plotting._common's underlay)
         image = to_numpy(image, "image")
-        if image.ndim == 3 and image.shape[0] == 3:  # other shapes: head_position_facets names the error
-            image = np.tensordot(LUMA, image, axes=1)[None]
     weights = pattern[batch, :, q, :].detach().float().cpu().numpy()  # [head, k_pos]
     label = layout.label(q)
     fig = head_position_facets(

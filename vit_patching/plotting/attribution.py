@@ -24,7 +24,6 @@ from vit_patching.plotting._common import (
     hover_safe,
     ImageStyle,
     greyscale_underlay,
-    image_to_rgb,
     underlay_rgb,
     labels_or_default,
     layout_key,
