@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from caap_toys import tiny_images, tiny_model
 
 from vit_patching.evaluation import statistics
 from vit_patching.evaluation.statistics import holm, paired_t_test
@@ -100,23 +101,26 @@ def test_bad_input_is_named():
         decide_window({DEFAULT: [1.0], (0, 1): [1.0]}, {DEFAULT: [1.0], (0, 1): [1.0]}, DEFAULT, alpha=1.5)
 
 
-def test_confirm_window_on_the_toy_model_and_doctests():
+def test_confirm_window_end_to_end_and_doctests():
     from vit_patching.patching.windows import select_window
-    from vit_patching.zoo import load_dataset, load_model
 
-    model = load_model("toy-shapes")
-    a, b = load_dataset("shapes", n=4, seed=1), load_dataset("shapes", n=4, seed=2)
+    model = tiny_model(seed=1)  # 4 blocks: default window [0, 2)
+    x = tiny_images(8, seed=3)
+    a, b = x[:4], x[4:]
     windows = [(0, 1), (1, 2), (2, 4)]
-    kw = dict(eval_kwargs={"step": 16})
-    dec = confirm_window(model, a.images, b.images, windows, n_candidates=2, **kw)
+    kw = dict(eval_kwargs={"step": 8})
+    dec = confirm_window(model, a, b, windows, n_candidates=2, **kw)
     assert dec.default == (0, 2) and len(dec.candidates) == 2 and dec.settings["n_confirmation"] == 4
-    # The evidence is select_window's per-image scores, paired, on the confirmation split.
-    conf = select_window(model, b.images, [*dec.candidates, (0, 2)], **kw).per_image
-    wide = conf.pivot_table(index="image", columns=["start", "end"], values="ins_minus_del")
-    row = dec.evidence[0]
-    want = statistics.paired_ci(wide[row["window"]].tolist(), wide[(0, 2)].tolist())
-    assert row["diff"] == pytest.approx(want[0], abs=1e-12) and row["diff_ci"] == pytest.approx(want[1], abs=1e-12)
-    result = doctest.testmod(window_protocol, optionflags=doctest.NORMALIZE_WHITESPACE)
+    # The evidence is select_window's per-image scores, paired, on each split.
+    for split, images in (("selection", a), ("confirmation", b)):
+        per_image = select_window(model, images, [*windows, (0, 2)], **kw).per_image
+        wide = per_image.pivot_table(index="image", columns=["start", "end"], values="ins_minus_del")
+        for row in dec.evidence:
+            want = statistics.paired_ci(wide[row["window"]].tolist(), wide[(0, 2)].tolist(), 0.95)
+            key = "selection_diff" if split == "selection" else "diff"
+            assert row[key] == pytest.approx(want[0], abs=1e-12)
+    result = doctest.testmod(window_protocol, extraglobs=dict(model=model, images=x),
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted >= 5
     with pytest.raises(ValueError, match="windows: expected at least one window besides the default"):
-        confirm_window(model, a.images, b.images, [(0, 2)])
+        confirm_window(model, a, b, [(0, 2)])

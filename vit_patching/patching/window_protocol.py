@@ -213,11 +213,10 @@ def confirm_window(
             ``batch_size``, ...), the same on both splits.
 
     Example:
-        >>> from vit_patching.zoo import load_model, load_dataset
-        >>> model = load_model("toy-shapes")
-        >>> a, b = load_dataset("shapes", n=4, seed=1).images, load_dataset("shapes", n=4, seed=2).images
-        >>> confirm_window(model, a, b, [(0, 1), (0, 2), (1, 2)], n_candidates=1, eval_kwargs={"step": 16}).default
-        (0, 2)
+        >>> dec = confirm_window(model, images[:2], images[2:4], [(0, 1), (0, 2), (1, 2)], n_candidates=1,
+        ...                      eval_kwargs={"step": 8})   # a 4-block model: default [0, 2)
+        >>> dec.default, len(dec.evidence), dec.settings["n_confirmation"]
+        ((0, 2), 1, 2)
     """
     check_choice(criterion, list(CRITERIA), "criterion")
     L = model.cfg.n_layers
