@@ -405,6 +405,9 @@ def caap_shapley(
         model, images, starts=[start], layers=range(start, end), target=target, neutral=neutral, site=site,
         reference=reference, blur_sigma=blur_sigma, batch_size=batch_size, direction=direction,
     )
+    # Named in CAAP's words before the engine's own check (which says target/source, here neutral/images).
+    check_finite(ctx.source_logits, "source logits (the images' own run)")
+    check_finite(ctx.neutral_logits[start], "neutral logits (the unpatched neutral run)")
     n_players = len(players)
     perms = antithetic_permutations(n_players, n_permutations, seed)
     # Distinct coalitions (players' patches as sorted tuples): every permutation prefix and every singleton.
