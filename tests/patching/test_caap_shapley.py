@@ -201,6 +201,8 @@ def test_bad_arguments_are_named():
         caap_shapley(model, x, groups=torch.zeros(3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="window"):
         caap_shapley(model, x, window=(2, 9))
+    with pytest.raises(ValueError, match="warn_share"):
+        caap_shapley(model, x, warn_share=-1.0)
     with pytest.raises(ValueError, match="k: expected at most the 16 patches"):
         caap_interactions(model, x, caap(model, x, window=(0, 1)), k=17)
     with pytest.raises(ValueError, match="n_permutations"):

@@ -6,7 +6,6 @@ import doctest
 import math
 
 import pytest
-import torch
 from caap_toys import tiny_images, tiny_model
 
 from vit_patching.evaluation import statistics

@@ -38,7 +38,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -46,7 +45,8 @@ from torch import Tensor
 
 from vit_patching import images as image_ops
 from vit_patching.checks import (
-    check_batch_size, check_bool, check_choice, check_finite, check_positive_int, check_seed, check_window,
+    check_batch_size, check_bool, check_choice, check_finite, check_positive_int, check_positive_number, check_seed,
+    check_window,
 )
 from vit_patching.hook_names import get_act_name
 from vit_patching.images import DEFAULT_UPSAMPLE, UPSAMPLE_MODES, upsample_map
@@ -397,6 +397,7 @@ def caap_shapley(
     check_choice(upsample, UPSAMPLE_MODES, "upsample")
     check_bool(include_prefix, "include_prefix")
     check_batch_size(batch_size)
+    warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
     model.check_images(images)
     start, end = window = check_window(default_window(model.cfg.n_layers) if window is None else window, model.cfg.n_layers)
     grid = model.grid_size_for(images)
