@@ -186,6 +186,7 @@ def _split_result(**selection) -> BenchmarkResult:
     per_image = {
         "caap": {"insertion": [0.70, 0.72, 0.74, 0.76, 0.60, 0.62, 0.64, 0.66]},
         "caap_noising": {"insertion": [0.99] * 8},  # a CAAP variant: never the "other" method
+        "caap_shapley": {"insertion": [0.98] * 8},  # another
         "a": {"insertion": [0.80, 0.82, 0.84, 0.86, 0.10, 0.12, 0.10, 0.12]},
         "b": {"insertion": [0.50, 0.52, 0.54, 0.56, 0.70, 0.71, 0.73, 0.74]},
     }
@@ -197,7 +198,7 @@ def test_best_other_method_is_chosen_on_the_selection_split_and_tested_on_the_re
     result = _split_result()
     # over all 8 images b (0.625) beats a (0.470); on the selection half (images 0-3) a wins (0.83 > 0.53)
     assert result.row("b", "insertion")["rank"] < result.row("a", "insertion")["rank"]
-    for method in ("caap", "caap_noising"):
+    for method in ("caap", "caap_noising", "caap_shapley"):
         (c,) = result.paired(method)
         assert c["versus"] == "a" and c["n_selection"] == 4 and c["n"] == 4
         expected = mean_ci([x - y for x, y in zip(result.per_image[method]["insertion"][4:], result.per_image["a"]["insertion"][4:])])
@@ -213,7 +214,7 @@ def test_best_other_method_is_chosen_on_the_selection_split_and_tested_on_the_re
     table = markdown_table(result)
     assert "`caap` against the best other method" in table and "`caap_noising` against the best other method" in table
     assert "first 4 of 8" in table and "Means ± 95 % CI over all 8 images" in table
-    assert "| **caap_noising** |" in table
+    assert "| **caap_noising** |" in table and "| **caap_shapley** |" in table
 
 
 def test_selection_split_known_answers_and_errors():

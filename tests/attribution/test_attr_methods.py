@@ -18,6 +18,7 @@ FAST = {
     "smoothgrad": dict(n_samples=4),
     "rise": dict(n_masks=32),
     "caap": dict(window=(0, 1)),
+    "caap_shapley": dict(window=(0, 1), n_permutations=2),
 }
 MODEL_BASED = [m for m in available_methods() if m not in ("random", "center")]
 

@@ -15,6 +15,7 @@ from vit_patching.circuits import (
 from vit_patching.circuits.evaluate import run_circuits
 from vit_patching.patching import direct_path_patch, layer_sweep, patch_heads, path_patch, select_window
 from vit_patching.patching.caap import caap
+from vit_patching.patching.caap_shapley import caap_shapley
 
 BATCH = 2
 MODEL = tiny(depth=2)
@@ -49,6 +50,7 @@ FAMILIES = {
     "eap_ig": (lambda m: eap_ig(m, CLEAN, CORRUPTED, "logit", steps=2), PAIR),
     "evaluate_circuit": (lambda m: evaluate_circuit(m, CIRCUIT, CLEAN, CORRUPTED, "logit"), PAIR),
     "caap_estimate": (lambda m: caap_estimate(m, CLEAN, window=(0, 1)), CAAP),
+    "caap_shapley": (lambda m: caap_shapley(m, CLEAN, window=(0, 1), n_permutations=2), CAAP),
 }
 for _name in ("rollout", "gradcam", "integrated_gradients", "occlusion", "caap"):
     FAMILIES[f"attribution:{_name}"] = (

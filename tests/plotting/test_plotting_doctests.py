@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-MODULES = ["attention", "attribution", "colors", "curves", "export", "grids", "report", "__init__"]
+MODULES = ["attention", "attribution", "colors", "curves", "export", "grids", "interactions", "report", "__init__"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -15,6 +15,7 @@ name                    method                                                  
 ``rise``                RISE random masks                                          pixel   M fwd
 ``atman``               AtMan attention suppression                                patch   1 + N fwd
 ``caap``                CAAP (:func:`vit_patching.patching.caap.caap`)             patch   ~N fwd (partial)
+``caap_shapley``        coalition (Shapley) CAAP, k permutations                   patch   ~kN fwd (partial)
 ``random``              random map (sanity)                                        patch   0
 ``center``              centred Gaussian (sanity)                                  patch   0
 ======================  =========================================================  ======  ====================

@@ -247,6 +247,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "atman": ("vit_patching.attribution.perturbation", "AtMan"),
     "caap": ("vit_patching.attribution.caap", "CAAPMethod"),
     "caap_noising": ("vit_patching.attribution.caap", "CAAPNoising"),
+    "caap_shapley": ("vit_patching.attribution.caap", "CAAPShapley"),
     "random": ("vit_patching.attribution.sanity", "RandomMap"),
     "center": ("vit_patching.attribution.sanity", "CenterGaussian"),
 }
@@ -261,7 +262,7 @@ def available_methods(include_registered: bool = True) -> list[str]:
 
     Example:
         >>> available_methods()[:3], len(available_methods(include_registered=False))
-        (['raw_attention', 'rollout', 'gae'], 13)
+        (['raw_attention', 'rollout', 'gae'], 14)
     """
     return list(_BUILTIN) + ([n for n in _USER if n not in _BUILTIN] if include_registered else [])
 

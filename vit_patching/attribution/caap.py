@@ -12,11 +12,11 @@ from typing import Any
 from torch import Tensor
 
 from vit_patching.attribution.base import AttributionMethod
-from vit_patching.checks import check_bool, check_choice, check_window
+from vit_patching.checks import check_bool, check_choice, check_positive_int, check_seed, check_window
 from vit_patching.images import DEFAULT_UPSAMPLE
 from vit_patching.model import HookedViT
 
-__all__ = ["CAAPMethod", "CAAPNoising"]
+__all__ = ["CAAPMethod", "CAAPNoising", "CAAPShapley"]
 
 
 class CAAPMethod(AttributionMethod):
@@ -111,3 +111,53 @@ class CAAPNoising(CAAPMethod):
 
     name = "caap_noising"
     default_direction = "noising"
+
+
+class CAAPShapley(CAAPMethod):
+    """Coalition CAAP (:func:`vit_patching.patching.caap_shapley.caap_shapley`): each patch's Shapley value in
+    the game of pinning sets of patches, the built-in method ``"caap_shapley"``. The CAAP options of
+    :class:`CAAPMethod` (``direction`` too), plus:
+
+    Args:
+        n_permutations: Sampled permutations, even (antithetic pairs); cost about ``n_permutations * N`` patched
+            rows per image (``N`` players), against ``N`` for ``"caap"``.
+        groups: Players: ``None`` = patches, ``k`` = k x k blocks, or a ``[grid_h, grid_w]`` label tensor.
+        seed: Seed of the permutations.
+
+    Example:
+        >>> CAAPShapley(model, window=(0, 2), n_permutations=2).attribute(images).patch_map.shape
+        torch.Size([2, 4, 4])
+    """
+
+    name = "caap_shapley"
+
+    def __init__(self, model: HookedViT, *, n_permutations: int = 8, groups: int | Tensor | None = None, seed: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.n_permutations = check_positive_int(n_permutations, "n_permutations")
+        if self.n_permutations % 2:
+            raise ValueError(f"n_permutations: expected an even number (antithetic pairs), got {n_permutations}")
+        if groups is not None and not isinstance(groups, Tensor):
+            check_positive_int(groups, "groups")
+        self.groups = groups
+        self.seed = check_seed(seed)
+
+    def rows_per_image_for(self, images: Tensor) -> int:
+        gh, gw = self.model.grid_size_for(images)
+        n = gh * gw if self.groups is None or isinstance(self.groups, Tensor) else (
+            -(-gh // self.groups) * -(-gw // self.groups))
+        return self.n_permutations * n + n
+
+    def options(self) -> dict[str, Any]:
+        groups = f"segments{list(self.groups.shape)}" if isinstance(self.groups, Tensor) else self.groups
+        return {**super().options(), "n_permutations": self.n_permutations, "groups": groups, "seed": self.seed}
+
+    def _attribute(self, images: Tensor, target: Tensor, batch_size: int) -> Tensor:
+        from vit_patching.patching.caap_shapley import caap_shapley
+
+        attr = caap_shapley(
+            self.model, images, target, self.window, n_permutations=self.n_permutations, groups=self.groups,
+            seed=self.seed, neutral=self.neutral, site=self.site, readout=self.readout,
+            include_prefix=self.include_prefix, direction=self.direction, batch_size=batch_size,
+        )
+        return attr.map

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: The CAAP variants (denoising and noising): each is compared with the best method that is none of them.
-CAAP_METHODS: tuple[str, ...] = ("caap", "caap_noising")
+CAAP_METHODS: tuple[str, ...] = ("caap", "caap_noising", "caap_shapley")
 #: Share of the images (the first ones, by index) that chooses the best other method of each metric.
 DEFAULT_SELECTION_FRACTION = 0.5
 

@@ -16,7 +16,7 @@ from statistics import NormalDist
 
 from vit_patching.checks import check_fraction, check_positive_int
 
-__all__ = ["mean_ci", "paired_ci", "t_quantile"]
+__all__ = ["holm", "mean_ci", "paired_ci", "paired_t_test", "t_quantile"]
 
 
 def _t_central_mass(x: float, df: int) -> float:
@@ -114,3 +114,49 @@ def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tu
         raise ValueError(f"b: expected as many values as a ({len(a)}), got {len(b)}")
     diffs = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
     return mean_ci(diffs, level)
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """Two-sided paired Student-t test of ``a - b`` (items where both are finite).
+
+    Returns:
+        ``(mean difference, half-width of its interval at level, p-value, n)``; the p-value is NaN with fewer
+        than 2 items, 1 when every difference is 0, 0 when they are equal and non-zero.
+
+    Example:
+        >>> d, hw, p, n = paired_t_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])   # t = 2 sqrt(3), df = 2
+        >>> round(p, 6)                                                      # 1 - sqrt(12 / 14)
+        0.07418
+    """
+    mean, hw, n = paired_ci(a, b, level)
+    if n < 2:
+        return mean, hw, float("nan"), n
+    diffs = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in diffs) / (n - 1))
+    if sd == 0:
+        return mean, hw, 1.0 if mean == 0 else 0.0, n
+    t = abs(mean) / (sd / math.sqrt(n))
+    return mean, hw, max(0.0, 1.0 - _t_central_mass(t, n - 1)), n
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): the ``k``-th smallest p (1-based) times
+    ``m - k + 1``, made non-decreasing in that order and capped at 1. Reject at ``alpha`` where the adjusted
+    p-value is <= ``alpha``: the family-wise error rate over the ``m`` tests is then at most ``alpha``.
+
+    Example:
+        >>> [round(p, 6) for p in holm([0.01, 0.04, 0.03, 0.005])]   # sorted: 0.005*4, 0.01*3, 0.03*2, 0.04*1
+        [0.03, 0.06, 0.06, 0.02]
+    """
+    ps = [float(p) for p in p_values]
+    for p in ps:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_values: expected probabilities in [0, 1], got {p!r}")
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out

@@ -10,6 +10,10 @@ from .sweeps import BLOCK_EVERY_SITES, SWEEP_SITES, block_every, layer_sweep
 # the submodule ``vit_patching.patching.caap`` (``from vit_patching.patching import caap`` must give the module).
 from .caap import Attribution, compare_attributions
 from .windows import WindowSelection, select_window
+# As for caap: caap_shapley / caap_interactions stay the submodules' names (the functions live inside them).
+from .caap_shapley import ShapleyAttribution
+from .caap_interactions import Interactions
+from .window_protocol import WindowDecision, confirm_window, decide_window
 
 __all__ = [
     "Intervention", "PatchRun", "PatchSpec", "Site", "run_interventions", "run_patch_spec",
@@ -17,4 +21,5 @@ __all__ = [
     "HEAD_SITES", "patch_heads", "Node", "all_heads", "all_senders", "direct_path_patch", "path_patch",
     "BLOCK_EVERY_SITES", "SWEEP_SITES", "block_every", "layer_sweep",
     "Attribution", "compare_attributions", "WindowSelection", "select_window",
+    "ShapleyAttribution", "Interactions", "WindowDecision", "confirm_window", "decide_window",
 ]
