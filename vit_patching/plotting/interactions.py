@@ -4,15 +4,15 @@ its width and colour by the interaction's value.
 Example:
     >>> import torch
     >>> fig = interaction_figure(torch.rand(3, 32, 32), (4, 4), [0, 5, 10], torch.tensor([[0, 1.0, -0.5], [1.0, 0, 0.2], [-0.5, 0.2, 0]]))
-    >>> [t.type for t in fig.data].count("scatter")   # 3 pairs, then the patch markers
-    4
+    >>> [t.type for t in fig.data].count("scatter")   # 3 pairs, the patch markers, 2 legend entries
+    6
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from vit_patching.plotting._common import ArrayLike, esc, fmt, hover_safe, to_numpy, underlay_rgb
 from vit_patching.plotting._traces import image_trace
@@ -20,10 +20,14 @@ from vit_patching.plotting._traces import image_trace
 __all__ = ["interaction_figure"]
 
 
+# The ends of Plotly's RdBu, as every map figure of the package draws them: blue = positive, red = negative.
+POSITIVE, NEGATIVE = "rgb(5,48,97)", "rgb(103,0,31)"
+
+
 def interaction_figure(
     image: Float[ArrayLike, "channel height width"],
     grid_size: tuple[int, int],
-    patches: Sequence[int],
+    patches: Sequence[int] | Int[ArrayLike, " k"],
     matrix: Float[ArrayLike, "k k"],
     *,
     n_pairs: int = 10,
@@ -50,7 +54,7 @@ def interaction_figure(
         >>> import torch
         >>> m = torch.tensor([[0.0, 2.0, 0.1], [2.0, 0.0, -1.0], [0.1, -1.0, 0.0]])
         >>> fig = interaction_figure(torch.rand(3, 32, 32), (4, 4), [0, 5, 15], m, n_pairs=2)
-        >>> [t.name for t in fig.data if t.type == "scatter" and t.mode == "lines"]   # strongest first: 2.0, -1.0
+        >>> [t.name for t in fig.data if t.type == "scatter" and t.mode == "lines" and not t.showlegend]  # 2.0, -1.0
         ['0-5', '5-15']
     """
     m = to_numpy(matrix, "matrix").astype(float)
@@ -70,7 +74,7 @@ def interaction_figure(
     fig.add_trace(image_trace(rgb, ("x", "y")))
     for a, i, j in pairs:
         v = m[i, j]
-        colour = "rgb(178,24,43)" if v >= 0 else "rgb(33,102,172)"  # the ends of the diverging scale: red = synergy
+        colour = POSITIVE if v >= 0 else NEGATIVE
         (x0, y0), (x1, y1) = centre[i], centre[j]
         fig.add_trace(go.Scatter(
             x=[x0, x1], y=[y0, y1], mode="lines", line=dict(width=1 + 7 * a / vmax, color=colour),
@@ -82,6 +86,10 @@ def interaction_figure(
         textposition="top center", marker=dict(size=8, color="black"), showlegend=False, name="patches",
         hovertemplate="patch %{text}<extra></extra>",
     ))
+    for colour, what in ((POSITIVE, "positive: the pair does more together (synergy)"),
+                         (NEGATIVE, "negative: less together (redundancy)")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=4), name=what,
+                                 showlegend=True, hoverinfo="skip"))
     fig.update_xaxes(range=[0.5, w + 0.5], visible=False, constrain="domain")
     fig.update_yaxes(range=[h + 0.5, 0.5], visible=False, scaleanchor="x")
     fig.update_layout(title=esc(title), width=size_px, height=size_px, margin=dict(l=10, r=10, t=40, b=10),
