@@ -56,7 +56,7 @@ def test_merged_scores_equal_one_scorer_call_on_all_pairs(model, all_pairs, tmp_
     if kwargs.get("ablation") == "mean":  # one reference set for every chunk
         direct_kwargs["reference"] = run_kwargs["reference"] = ref_images
     if kwargs.get("ablation") == "optimal":  # constants fitted on the reference set, again in every chunk
-        direct_kwargs["ablation"] = run_kwargs["ablation"] = Ablation("optimal", reference=ref_images, steps=5)
+        direct_kwargs["ablation"] = run_kwargs["ablation"] = Ablation("optimal", reference=ref_images, steps=2)
     fn = {"eap_ig": eap_ig, "eap": eap, "ifr": information_flow_routes}[scorer]
     ref = fn(model, clean, corrupted, "logit_diff", **direct_kwargs)
     got = score_edges_dataset(model, zoo_pairs("shapes", n=N), tmp_path, scorer=scorer, chunk_size=CHUNK,
