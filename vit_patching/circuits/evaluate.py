@@ -12,7 +12,9 @@ are patched). This is computed stage by stage, in forward order (the heads of bl
 block 1, ...): each stage is one batched forward of the engine's
 :func:`~vit_patching.patching.run_interventions` that writes the stage's receiver inputs and records its
 senders' outputs, so the next stage's inputs are known. The last stage writes the final residual and gives the
-logits. All circuits and images are rows of the same passes.
+logits. All circuits and images are rows of the same passes. Each stage pass stops after its block, and a chunk
+of rows skips the stages before its first ablated edge (their outputs are the clean run's), which makes one
+circuit per edge (:func:`~vit_patching.circuits.exact.exact_edge_scores`) affordable.
 
 Removing one edge ``u -> v`` from the full graph equals
 ``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``; with ``path_patch``'s
