@@ -124,7 +124,7 @@ def scorers(ig_steps: int) -> dict[str, Callable]:
     }
 
 
-def exact_node_effects(model, clean, corrupted, metric) -> torch.Tensor:
+def exact_node_effects(model, clean, corrupted, metric, batch_size: int = 64) -> torch.Tensor:
     """``m(clean) - m(clean with every edge out of node u ablated)`` per sender, image mean (run_circuits)."""
     graph = Graph.of(model)
     masks = graph.mask[None].repeat(len(graph.senders), 1, 1)
@@ -132,7 +132,7 @@ def exact_node_effects(model, clean, corrupted, metric) -> torch.Tensor:
         masks[s, s, :] = False  # circuit s: the full graph without node s's outputs
     with torch.no_grad():
         fn, _ = resolve_metric(metric, model(clean), model(corrupted))
-    values, clean_logits, _, _ = run_circuits(model, masks, clean, corrupted, fn)
+    values, clean_logits, _, _ = run_circuits(model, masks, clean, corrupted, fn, batch_size=batch_size)
     base = fn(clean_logits, torch.arange(clean.shape[0])).to(values.dtype)
     return (base[None] - values).mean(-1)
 
@@ -150,7 +150,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def edge_rows(name: str, model, clean, corrupted, metric, *, ig_steps: int, interventions: list[str],
-              known_edges=None) -> list[dict]:
+              known_edges=None, batch_size: int = 64) -> list[dict]:
     n_edges = int(Graph.of(model).mask.sum())
     results: dict[str, tuple] = {}
     for sname, fn in scorers(ig_steps).items():
@@ -164,7 +164,7 @@ def edge_rows(name: str, model, clean, corrupted, metric, *, ig_steps: int, inte
         # circuit's 106 edges without effect would otherwise be ranked by noise)
         ref = exact.scores[exact.graph.mask]
         ref = torch.where(ref.abs() <= 1e-6 * ref.abs().max(), torch.zeros_like(ref), ref)
-    nodes_exact, t_nodes = timed(lambda: exact_node_effects(model, clean, corrupted, metric))
+    nodes_exact, t_nodes = timed(lambda: exact_node_effects(model, clean, corrupted, metric, batch_size))
     rows = []
     for sname, (s, t) in results.items():
         row = {"model": name, "edges": n_edges, "pairs": clean.shape[0], "scorer": sname, "time_s": round(t, 2)}
@@ -174,7 +174,7 @@ def edge_rows(name: str, model, clean, corrupted, metric, *, ig_steps: int, inte
         if known_edges is not None:
             row["auroc"] = round(edge_auroc(s, known_edges), 3)
         for kind in interventions:
-            curve = faithfulness_by_size(model, s, clean, corrupted, metric, ablation=kind)
+            curve = faithfulness_by_size(model, s, clean, corrupted, metric, ablation=kind, batch_size=batch_size)
             row[f"cpr_{kind}"], row[f"cmd_{kind}"] = round(cpr(curve), 3), round(cmd(curve), 3)
         rows.append(row)
         print(row, flush=True)
@@ -212,7 +212,9 @@ def part1(args) -> pd.DataFrame:
         rows += edge_rows(name, model, clean.images, corrupted.images, metric, ig_steps=steps, interventions=kinds)
     if not args.skip_vits and not args.quick:
         model, c, x, metric = vits_pair(args.vits_batch)
-        rows += edge_rows("vit_small_patch16_224", model, c, x, metric, ig_steps=steps, interventions=kinds)
+        # run_circuits holds [rows, pos, senders, d_model] buffers: 64 rows of ViT-S are 1.2 GB each
+        rows += edge_rows("vit_small_patch16_224", model, c, x, metric, ig_steps=steps, interventions=kinds,
+                          batch_size=args.vits_rows)
     return pd.DataFrame(rows)
 
 
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     ap.add_argument("--known-batch", type=int, default=8, help="image pairs for the known-circuit model")
     ap.add_argument("--vits-batch", type=int, default=2, help="image pairs for ViT-S/16 (resample needs 2)")
     ap.add_argument("--vits-positions", type=int, default=24, help="positions of the exact ViT-S resid_pre sweep")
+    ap.add_argument("--vits-rows", type=int, default=8, help="rows per pass of ViT-S circuit evaluation (memory)")
     ap.add_argument("--ig-steps", type=int, default=5)
     ap.add_argument("--interventions", default="corrupted,mean,zero,resample",
                     help="evaluation interventions for CPR / CMD")
