@@ -257,3 +257,12 @@ def test_evaluate_neurons_equals_a_hand_patched_run(setup):
     assert (ev.values[0] - ev.clean_score).abs().max() > 1e-3
     keep = select_neurons(neuron_scores(model, clean, corrupted, metric()), top_n=7)
     assert keep.n_neurons == 7
+
+
+@pytest.mark.parametrize("scorer", [eap_ig_activations, atp_graddrop, information_flow_routes])
+def test_scores_are_detached(scorer, setup):
+    # a score tensor that still requires grad keeps the whole autograd graph of its passes alive
+    model, clean, corrupted = setup
+    s = scorer(model, clean, corrupted, metric())
+    assert not s.scores.requires_grad and not s.per_image.requires_grad
+    assert s.scores.grad_fn is None and s.per_image.grad_fn is None

@@ -1,5 +1,5 @@
 """Circuit discovery on ViTs: attribution patching (AtP/AtP*), a first-order CAAP estimate, edge attribution
-patching (EAP, EAP-IG on inputs and on activations), AtP* GradDrop and information flow routes over the
+patching (EAP, EAP-IG on inputs and on activations), exact per-edge patching, AtP* GradDrop and information flow routes over the
 head/MLP graph, interventions (corrupted, zero, mean, mean_positional, resample, optimal), circuit selection and
 faithfulness evaluation through the patching engine, MIB-style scorer comparison (CPR / CMD, AUROC against a
 known circuit), figures, and scoring over whole data sets of image pairs (chunked, sharded, resumable).
@@ -21,6 +21,7 @@ from .compare import (
 from .dataset import EdgeScoreRun, load_edge_scores, score_edges_dataset
 from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
+from .exact import exact_edge_cost, exact_edge_scores
 from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .known import edge_auroc
 from .node_edges import atp_node_edges
@@ -34,7 +35,7 @@ from .selection import node_scores, select_nodes
 __all__ = [
     "EdgeScoreRun", "PairSet", "folder_pairs", "image_pairs", "load_edge_scores", "score_edges_dataset", "zoo_pairs",
     "MIB_SHARES", "FaithfulnessCurve", "ScorerComparison", "cmd", "compare_scorers", "cpr", "curves_figure",
-    "atp_node_edges", "default_scorers", "edge_auroc", "faithfulness_by_size",
+    "atp_node_edges", "default_scorers", "edge_auroc", "exact_edge_cost", "exact_edge_scores", "faithfulness_by_size",
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
     "information_flow_routes", "node_scores", "select_nodes", "NeuronCircuit", "NeuronEvaluation", "NeuronScores",
     "evaluate_neurons", "neuron_scores", "select_neurons",

@@ -12,7 +12,9 @@ are patched). This is computed stage by stage, in forward order (the heads of bl
 block 1, ...): each stage is one batched forward of the engine's
 :func:`~vit_patching.patching.run_interventions` that writes the stage's receiver inputs and records its
 senders' outputs, so the next stage's inputs are known. The last stage writes the final residual and gives the
-logits. All circuits and images are rows of the same passes.
+logits. All circuits and images are rows of the same passes. Each stage pass stops after its block, and a chunk
+of rows skips the stages before its first ablated edge (their outputs are the clean run's), which makes one
+circuit per edge (:func:`~vit_patching.circuits.exact.exact_edge_scores`) affordable.
 
 Removing one edge ``u -> v`` from the full graph equals
 ``path_patch(senders=[u], receivers=[v], freeze=("heads", "mlps"), direction="noising")``; with ``path_patch``'s
@@ -167,25 +169,40 @@ def run_circuits(
             # out(run) - out(clean)
             d_cur = torch.zeros(len(part), *out_clean.shape[1:], device=clean.device, dtype=act_dtype)
 
+            d_abl_rows = d_abl[img]
+            changed = False  # no stage of this chunk differs from the clean run yet
+
             def inputs(r_cols: list[int]) -> Tensor:
-                return in_clean[img][:, :, r_cols] + torch.einsum("nsr,npsd->nprd", m[:, :, r_cols], d_cur) + \
-                    torch.einsum("nsr,npsd->nprd", ablate[:, :, r_cols], d_abl[img])
+                return in_clean[:, :, r_cols][img] + torch.einsum("nsr,npsd->nprd", m[:, :, r_cols], d_cur) + \
+                    torch.einsum("nsr,npsd->nprd", ablate[:, :, r_cols], d_abl_rows)
 
             all_rows = torch.arange(len(part), device=clean.device)
             for l in range(L):
                 base = cc[prefix[l]][img]
+                # Each stage pass stops after block l: only its z / mlp_out are read from it.
                 cols = [r_of[f"L{l}H{h}.{c}"] for h in range(H) for c in "qkv"]
-                qkv = inputs(cols).unflatten(2, (H, 3))  # [n pos H 3 d]
-                ivs = [Intervention(get_act_name(n, l), all_rows, (), qkv[:, :, :, j])
-                       for j, n in enumerate(("q_input", "k_input", "v_input"))]
-                _, rec = run_interventions(model, base, ivs, start_layer=l, record=[get_act_name("z", l)])
-                heads = [s_of[f"L{l}H{h}"] for h in range(H)]
-                d_cur[:, :, heads] = head_outputs(model, rec[get_act_name("z", l)], l) - out_clean[img][:, :, heads]
-                mlp_in = inputs([r_of[f"MLP{l}"]])[:, :, 0]
-                ivs = [Intervention(get_act_name("mlp_in", l), all_rows, (), mlp_in)]
-                _, rec = run_interventions(model, base, ivs, start_layer=l, record=[get_act_name("mlp_out", l)])
-                d_cur[:, :, s_of[f"MLP{l}"]] = rec[get_act_name("mlp_out", l)] - out_clean[img][:, :, s_of[f"MLP{l}"]]
-                n_forwards += 2
+                # Until some edge into a stage is ablated, every input is the clean one and so is every output:
+                # d_cur stays exactly 0 and the stage is skipped (exact per-edge rows start at their edge).
+                changed = changed or bool(ablate[:, :, cols].any())
+                if changed:
+                    qkv = inputs(cols).unflatten(2, (H, 3))  # [n pos H 3 d]
+                    ivs = [Intervention(get_act_name(n, l), all_rows, (), qkv[:, :, :, j])
+                           for j, n in enumerate(("q_input", "k_input", "v_input"))]
+                    _, rec = run_interventions(model, base, ivs, start_layer=l, stop_layer=l + 1,
+                                               record=[get_act_name("z", l)])
+                    heads = [s_of[f"L{l}H{h}"] for h in range(H)]
+                    d_cur[:, :, heads] = head_outputs(model, rec[get_act_name("z", l)], l) - \
+                        out_clean[:, :, heads][img]
+                    n_forwards += 1
+                changed = changed or bool(ablate[:, :, r_of[f"MLP{l}"]].any())
+                if changed:
+                    mlp_in = inputs([r_of[f"MLP{l}"]])[:, :, 0]
+                    ivs = [Intervention(get_act_name("mlp_in", l), all_rows, (), mlp_in)]
+                    _, rec = run_interventions(model, base, ivs, start_layer=l, stop_layer=l + 1,
+                                               record=[get_act_name("mlp_out", l)])
+                    s = s_of[f"MLP{l}"]
+                    d_cur[:, :, s] = rec[get_act_name("mlp_out", l)] - out_clean[:, :, s][img]
+                    n_forwards += 1
             final = inputs([r_of["logits"]])[:, :, 0]
             ivs = [Intervention(get_act_name("resid_post", L - 1), all_rows, (), final)]
             logits, _ = run_interventions(model, cc[prefix[L - 1]][img], ivs, start_layer=L - 1)

@@ -73,7 +73,9 @@ def _baselines(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metri
 def _result(graph: Graph, per_image: Tensor, fn: Callable, clean_logits: Tensor, corr_logits: Tensor, name: str,
             method: str, options: dict[str, Any]) -> EdgeScores:
     dtype = result_dtype(per_image.dtype)
-    per_image = torch.where(graph.mask[..., None], per_image.to(dtype).cpu(), torch.tensor(float("nan"), dtype=dtype))
+    # detached: scores that require grad would keep every pass's autograd graph alive
+    per_image = torch.where(graph.mask[..., None], per_image.detach().to(dtype).cpu(),
+                            torch.tensor(float("nan"), dtype=dtype))
     ids = torch.arange(clean_logits.shape[0], device=clean_logits.device)
     return EdgeScores(graph, per_image.mean(-1), per_image, fn(clean_logits, ids).to(dtype).cpu(),
                       fn(corr_logits, ids).to(dtype).cpu(), name, method, None, options)

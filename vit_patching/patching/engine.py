@@ -87,6 +87,7 @@ def run_interventions(
     start_layer: int | None = None,
     record: Sequence[str] = (),
     inplace: bool = False,
+    stop_layer: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward pass with vectorised writes, starting from images or a cached residual.
 
@@ -100,13 +101,16 @@ def run_interventions(
         inplace: The caller owns ``start_input`` (it may be overwritten) and records nothing: writes to the
             residual hooks (:data:`INPLACE_SUFFIXES`) then skip the copy of the whole activation they otherwise
             make. Same values either way; other hooks are always copied once before their writes.
+        stop_layer: Stop before this block (``HookedViT.forward``'s ``stop_at_layer``); the output is then the
+            residual entering it. For runs that only need recorded hooks of earlier blocks.
 
     The last block computes only the tokens the head reads (``HookedViT.forward(readout_only=True)``) unless a
     hook of this run, or one already attached, sits after its ``hook_resid_pre`` or the pooling reads every token
     (:meth:`HookedViT.readout_only_blockers`): the logits agree with the full forward to float32 rounding.
 
     Returns:
-        ``(output, recorded)`` — logits ``[rows, n_classes]`` and ``{hook: activation}``.
+        ``(output, recorded)`` — logits ``[rows, n_classes]`` (with ``stop_layer``: the residual entering that
+        block) and ``{hook: activation}``.
 
     Example:
         >>> iv = Intervention("blocks.1.hook_resid_pre", torch.tensor([0]), (torch.tensor([3]),), values)
@@ -141,11 +145,11 @@ def run_interventions(
     names = sorted(set(by_hook) | set(record))
     # Only the logits are returned: when no hook of this run reads the last block's tokens, that block computes
     # just the head's tokens (HookedViT.forward readout_only; same logits to float32 rounding, ~1/L less work).
-    readout_only = not model.readout_only_blockers(names)
+    readout_only = stop_layer is None and not model.readout_only_blockers(names)
     with torch.no_grad():
         out = model.run_with_hooks(
             start_input, fwd_hooks=[(n, make_hook(n)) for n in names], start_at_layer=start_layer,
-            readout_only=readout_only,
+            stop_at_layer=stop_layer, readout_only=readout_only,
         )
     missing = set(names) - fired
     if missing:  # a write that silently did nothing would corrupt every result downstream
