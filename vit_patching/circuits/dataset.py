@@ -56,7 +56,7 @@ from vit_patching.model import HookedViT
 from vit_patching.patching.engine import result_dtype
 from vit_patching.runs.caap_run import wait_for_peers, wait_timeout
 from vit_patching.runs.chunks import chunk_path, read_chunk, read_chunk_header
-from vit_patching.runs.lock import run_lock
+from vit_patching.runs.lock import compute_shard, run_lock
 from vit_patching.runs.sharding import atomic_write_bytes, chunk_ranges, digest, dist_rank_world, model_digest
 
 from .common import METRIC_NAMES
@@ -274,25 +274,10 @@ class EdgeScoreRun:
             >>> run.shard(rank=1, world_size=2)
             {'computed': 1, 'skipped': 0}
         """
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         check_bool(resume, "resume")
         check_bool(progress, "progress")
-        from tqdm.auto import tqdm
-
-        counts = {"computed": 0, "skipped": 0}
-        with run_lock(self.out_dir, self.lock_digest, world_size):
-            for s, e in tqdm(self.chunks[rank::world_size], desc=f"edge scores rank {rank}", unit="chunk",
-                             disable=not progress):
-                if resume and self.load(s, e) is not None:
-                    counts["skipped"] += 1
-                    continue
-                self.compute(s, e)
-                counts["computed"] += 1
-                if stop_after is not None and counts["computed"] >= stop_after:
-                    raise KeyboardInterrupt(f"stop_after={stop_after} chunks (simulated kill)")
-        logger.info("rank %d/%d: %s", rank, world_size, counts)
-        return counts
+        return compute_shard(self, rank, world_size, resume=resume, progress=progress, stop_after=stop_after,
+                             desc="edge scores")
 
     def merge(self) -> EdgeScores:
         """Add every chunk's sums and counts (computing chunks missing or invalid), save and return the mean.

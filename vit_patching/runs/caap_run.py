@@ -42,7 +42,7 @@ from vit_patching.checks import check_positive_number
 
 from .chunk_run import THUMB_SIDE, CAAPRunConfig, ChunkRun
 from .dataset import ImageSet
-from .lock import run_lock
+from .lock import check_rank, compute_shard, run_lock
 from .merge import finish_staged_merge, merge_caap_chunks, merge_run
 from .sharding import dist_rank_world
 
@@ -118,24 +118,9 @@ def run_caap_shard(
         >>> run_caap_shard(model, zoo_images("shapes", n=16), "out/caap", CAAPRunConfig(chunk_size=4), rank=1, world_size=2)
         {'computed': 2, 'skipped': 0}
     """
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    check_rank(rank, world_size)  # before the run is set up
     run = ChunkRun(model, images, cfg or CAAPRunConfig(), out_dir)
-    mine = run.chunks[rank::world_size]
-    counts = {"computed": 0, "skipped": 0}
-    from tqdm.auto import tqdm
-
-    with run_lock(run.out_dir, run.lock_digest, world_size):
-        for s, e in tqdm(mine, desc=f"CAAP rank {rank}", unit="chunk", disable=not progress):
-            if resume and run.load(s, e) is not None:
-                counts["skipped"] += 1
-                continue
-            run.compute(s, e)
-            counts["computed"] += 1
-            if stop_after is not None and counts["computed"] >= stop_after:
-                raise KeyboardInterrupt(f"stop_after={stop_after} chunks (simulated kill)")
-    logger.info("rank %d/%d: %s", rank, world_size, counts)
-    return counts
+    return compute_shard(run, rank, world_size, resume=resume, progress=progress, stop_after=stop_after, desc="CAAP")
 
 
 def wait_for_peers(run_dir: Path, count: Callable[[], int], total: int, world_size: int, timeout_s: float) -> None:

@@ -128,3 +128,41 @@ def run_lock(out_dir: str | os.PathLike, settings: str, world_size: int) -> Iter
             if holder is not None and holder["pid"] == os.getpid() and holder.get("host") == host:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def check_rank(rank: Any, world_size: Any) -> None:
+    """``0 <= rank < world_size`` (ints), else a ValueError naming both."""
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+
+
+def compute_shard(run: Any, rank: int, world_size: int, *, resume: bool, progress: bool, stop_after: int | None,
+                  desc: str) -> dict[str, int]:
+    """Compute this rank's chunks of ``run`` under the run's lock: every ``world_size``-th chunk from ``rank``,
+    skipping valid saved ones when ``resume``. The one shard loop of the CAAP dataset runs and the circuit
+    edge-score runs; ``run`` has ``out_dir``, ``lock_digest``, ``chunks``, ``load(s, e)`` (``None`` when the chunk
+    must be computed) and ``compute(s, e)``.
+
+    Returns:
+        ``{"computed": k, "skipped": j}``.
+
+    Raises:
+        ValueError: a rank outside ``[0, world_size)``.
+        RunLockError: another run writes ``run.out_dir`` with other settings.
+        KeyboardInterrupt: after ``stop_after`` computed chunks (tests simulate a killed run with it).
+    """
+    from tqdm.auto import tqdm
+
+    check_rank(rank, world_size)
+    counts = {"computed": 0, "skipped": 0}
+    with run_lock(run.out_dir, run.lock_digest, world_size):
+        for s, e in tqdm(run.chunks[rank::world_size], desc=f"{desc} rank {rank}", unit="chunk", disable=not progress):
+            if resume and run.load(s, e) is not None:
+                counts["skipped"] += 1
+                continue
+            run.compute(s, e)
+            counts["computed"] += 1
+            if stop_after is not None and counts["computed"] >= stop_after:
+                raise KeyboardInterrupt(f"stop_after={stop_after} chunks (simulated kill)")
+    logger.info("rank %d/%d: %s", rank, world_size, counts)
+    return counts
