@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,6 +71,39 @@ def test_single_image_report_equals_caap_shapley_and_its_interactions(model, tmp
     assert sections["settings"]["method"] == "coalition CAAP (Shapley, 4 permutations, groups 2)"
     text = out.read_text(encoding="utf-8")
     assert ">Standard error per patch</h2>" in text and ">Interactions of the top 3 patches</h2>" in text
+    assert "The 3 strongest pairs by |pairwise interaction|" in text  # 3 patches: 3 pairs
+
+
+def _drawn(fig, value: float) -> str:
+    """"red" or "blue": the colour the figure's heatmap draws for ``value``, from its own colour axis."""
+    import plotly.colors
+
+    heatmap = next(t for t in fig.data if t.type == "heatmap")
+    axis = fig.layout[heatmap.coloraxis]
+    scale = [(float(t), c) for t, c in axis.colorscale]
+    if axis.reversescale:
+        scale = [(1 - t, c) for t, c in reversed(scale)]
+    rgb = [c if c.startswith("rgb(") else "rgb(" + ",".join(c[5:].split(",")[:3]) + ")" for _, c in scale]
+    t = min(max((value - axis.cmin) / (axis.cmax - axis.cmin), 0.0), 1.0)
+    r, _, b = plotly.colors.sample_colorscale([[s, c] for (s, _), c in zip(scale, rgb)], [t], colortype="tuple")[0]
+    return "red" if r > b else "blue"
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_colour_sentence_of_shapley_values_matches_the_colours_drawn(tmp_path, sections, direction):
+    argv = ["caap", "--sample", "0", *COALITION, "--direction", direction, "--out", str(tmp_path / "r.html")]
+    assert main(argv) == 0
+    sentence = next(p for p in sections["Summary"].content.split("\n\n") if p.startswith("Colours:"))
+    positive = re.search(r"(\w+) = a positive Shapley value", sentence).group(1)
+    negative = re.search(r"(\w+) = a negative one", sentence).group(1)
+    for heading in ("Attribution over the image", "Patch-grid map"):
+        fig = sections[heading].content
+        heatmap = next(t for t in fig.data if t.type == "heatmap")
+        axis = fig.layout[heatmap.coloraxis]
+        assert (axis.cmin + axis.cmax) / 2 == pytest.approx(0.0, abs=1e-9)  # Shapley values: centred on 0
+        z = np.asarray(heatmap.z, dtype=float)
+        assert np.nanmax(z) > 0 > np.nanmin(z)  # both signs occur in this map
+        assert _drawn(fig, float(np.nanmax(z))) == positive and _drawn(fig, float(np.nanmin(z))) == negative
 
 
 def test_shapley_interaction_kind_in_the_report(model, tmp_path, sections):
@@ -164,3 +198,19 @@ def test_groups_that_do_not_tile_the_grid_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o" / "chunks").glob("*.safetensors"))
     _one_line(capsys, ["caap", "--sample", "0", "--interactions", "65", "--out", str(tmp_path / "o.html")],
               "--interactions: expected at most the 64 patches of the grid, got 65")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import vit_patching.cli_coalition as cli_coalition
+    from vit_patching import checks
+    from vit_patching.runs import chunks
+
+    result = doctest.testmod(cli_coalition, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 2
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for fn in (checks.check_coalitions, checks.check_block_size, chunks.validate_chunk):
+        for test in doctest.DocTestFinder().find(fn, globs={fn.__name__: fn, "torch": torch}):
+            runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0 and runner.tries >= 5

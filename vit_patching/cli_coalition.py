@@ -159,13 +159,14 @@ def coalition_sections(attr: Any, inter: Any) -> list[Any]:
         sections.append(ReportSection.table("Efficiency check", rows))
     if inter is not None:
         label = "Shapley interaction index" if inter.settings["kind"] == "shapley" else "pairwise interaction"
+        k = inter.patches.shape[1]
+        shown = min(10, k * (k - 1) // 2)
         sections.append(ReportSection.figure(
-            f"Interactions of the top {inter.patches.shape[1]} patches", inter.plot(0, n_pairs=10),
-            caption=f"The 10 strongest pairs by |{label}|: blue = synergy (more together than apart), red = "
+            f"Interactions of the top {k} patches", inter.plot(0, n_pairs=shown),
+            caption=f"The {shown} strongest pairs by |{label}|: blue = synergy (more together than apart), red = "
                     f"redundancy; hover for values."))
         gw = inter.grid_size[1]
         names = [f"({p // gw}, {p % gw})" for p in inter.patches[0].tolist()]
-        k = len(names)
         pairs = [{"patch i (row, col)": names[i], "patch j (row, col)": names[j], label: float(inter.matrix[0, i, j]),
                   "joint effect v(ij) - v(empty)": float(inter.joint[0, i, j])}
                  for i in range(k) for j in range(i + 1, k)]
