@@ -94,3 +94,34 @@ def test_bad_coalition_settings_are_named(model):
         CAAPRunConfig(coalition_groups=2)
     with pytest.raises(ValueError, match="coalition_groups: expected a block side that divides the 8x8 patch grid"):
         ChunkRun(model, zoo_images("shapes", n=2), CAAPRunConfig(coalitions=4, coalition_groups=3), "unused")
+
+
+def test_an_image_that_fails_leaves_the_others_equal_to_a_clean_run(model, tmp_path, monkeypatch):
+    import csv
+
+    from vit_patching.checks import NonFiniteError
+    from vit_patching.patching.caap_shapley import caap_shapley
+    from vit_patching.runs import chunk_run, run_caap_dataset
+    from vit_patching.zoo import load_dataset
+
+    x = load_dataset("shapes", n=2, seed=0).images
+    real = chunk_run.caap_shapley
+
+    def planted(m, images, *args, **kwargs):  # image 1's run is refused as a non-finite output would be
+        hit = [i for i in range(len(images)) if torch.equal(images[i].cpu(), x[1])]
+        if hit:
+            raise NonFiniteError("logits", hit, f"logits: expected finite values, got NaN in batch row(s) {hit}")
+        return real(m, images, *args, **kwargs)
+
+    monkeypatch.setattr(chunk_run, "caap_shapley", planted)
+    cfg = CAAPRunConfig(window=(0, 2), chunk_size=2, coalitions=4, coalition_groups=2)
+    paths = run_caap_dataset(model, zoo_images("shapes", n=2), tmp_path, cfg)
+    merged = load_file(paths["maps"])
+    with torch.inference_mode():
+        clean = caap_shapley(model, x, None, (0, 2), n_permutations=4, groups=2)
+    for key in ("map", "standard_error", "v_all", "v_empty"):
+        assert torch.equal(merged[key][0], getattr(clean, key)[0]), key  # the explained image, bit for bit
+        assert bool(merged[key][1].isnan().all()), key
+    rows = list(csv.DictReader(paths["table"].open()))
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[1]["v_all"] == rows[1]["mean_se"] == "" and float(rows[0]["v_all"]) == float(clean.v_all[0])
