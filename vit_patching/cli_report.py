@@ -18,12 +18,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vit_patching.cli_coalition import efficiency_line
 from vit_patching.model import HookedViT
 from vit_patching.patching.caap import Attribution
 from vit_patching.patching.caap_shapley import ShapleyAttribution
 from vit_patching.plotting import ReportSection
-
-from vit_patching.cli_coalition import efficiency_line
 
 __all__ = ["class_label", "colour_line", "colour_name", "report_sections", "scale_colours"]
 
