@@ -176,7 +176,7 @@ def no_model(monkeypatch):
                              "(antithetic pairs; the standard error needs two pairs), got -2"),
     (["--coalitions", "2"], "--coalitions: expected 0"),
     (["--coalitions", "4", "--coalition-groups", "0"], "--coalition-groups: expected a positive int"),
-    (["--coalitions", "4", "--coalition-seed", "-1"], "--coalition-seed"),
+    (["--coalitions", "4", "--coalition-seed", "-1"], "--coalition-seed: expected"),
     (["--coalition-groups", "2"], "--coalition-groups/--coalition-seed: they set coalition CAAP; add --coalitions"),
 ])
 def test_bad_values_are_one_line_before_any_model(tmp_path, capsys, no_model, source, extra, expected):
