@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "NonFiniteError", "OneLineArgumentParser", "check_finite", "check_finite_number", "check_bool", "check_batch_size",
-    "check_choice", "check_fraction", "check_indices", "check_names",
+    "check_block_size", "check_choice", "check_coalitions", "check_fraction", "check_indices", "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
@@ -159,6 +159,45 @@ def check_window(window: Any, n_layers: int, name: str = "window") -> tuple[int,
             f"got {window!r} ({what})"
         )
     return start, end
+
+
+def check_coalitions(value: Any, name: str = "coalitions") -> int:
+    """0 (single-patch CAAP) or an even number >= 4 of antithetic permutations for coalition CAAP.
+
+    Coalition CAAP samples permutations in antithetic pairs (a permutation and its reverse), so the count is even;
+    its standard error is the spread over the pairs, which needs two pairs at least (four permutations).
+
+    Example:
+        >>> check_coalitions(8), check_coalitions(0)
+        (8, 0)
+        >>> check_coalitions(3)
+        Traceback (most recent call last):
+        ...
+        ValueError: coalitions: expected 0 (single-patch CAAP) or an even number >= 4 of permutations (antithetic pairs; the standard error needs two pairs), got 3
+    """
+    if not is_int(value) or value < 0 or value in (1, 2) or value % 2:
+        raise ValueError(f"{name}: expected 0 (single-patch CAAP) or an even number >= 4 of permutations (antithetic "
+                         f"pairs; the standard error needs two pairs), got {value!r}")
+    return value
+
+
+def check_block_size(value: Any, grid: Sequence[int], name: str = "groups") -> int:
+    """A positive int ``k`` that divides both sides of the patch grid ``grid`` (k x k blocks of patches tile it).
+
+    Example:
+        >>> check_block_size(2, (8, 8))
+        2
+        >>> check_block_size(3, (8, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: groups: expected a block side that divides the 8x8 patch grid (1, 2, 4, 8), got 3
+    """
+    gh, gw = (int(g) for g in grid)
+    divisors = [k for k in range(1, min(gh, gw) + 1) if gh % k == 0 and gw % k == 0]
+    if not is_int(value) or value not in divisors:
+        raise ValueError(f"{name}: expected a block side that divides the {gh}x{gw} patch grid "
+                         f"({', '.join(map(str, divisors))}), got {value!r}")
+    return value
 
 
 class NonFiniteError(ValueError):

@@ -9,6 +9,7 @@ Other uses::
     vit-patching caap --model toy-conjunction --sample 3 --window 1:3 --out conj.html
     vit-patching caap --model vit_base_patch16_224 --pretrained --image cat.jpg --target 281 --out cat.html
     vit-patching caap --model vit_tiny_patch16_224 --image cat.jpg --out random.html   # random weights
+    vit-patching caap --model toy-conjunction --sample 3 --coalitions 8 --interactions 5 --out shapley.html
 
 Example:
     >>> from vit_patching.cli import main
@@ -30,6 +31,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vit_patching.checks import OneLineArgumentParser, check_choice, check_window
+from vit_patching.cli_coalition import (
+    add_coalition_arguments, check_coalition_options, coalition_sections, run_single, single_settings,
+)
 from vit_patching.files import check_output_file, load_image
 
 logger = logging.getLogger(__name__)
@@ -57,7 +61,9 @@ OPTION_OF_PARAMETER = {
     "n": "--n", "chunk_size": "--chunk-size", "batch_size": "--batch-size", "seed": "--seed", "window": "--window",
     "neutral": "--neutral", "site": "--site", "readout": "--readout", "upsample": "--upsample",
     "direction": "--direction", "target": "--target", "include_prefix": "--include-prefix", "images": "--images",
-    "image": "--image", "top": "--top", "device": "--device",
+    "image": "--image", "top": "--top", "device": "--device", "coalitions": "--coalitions",
+    "n_permutations": "--coalitions", "coalition_groups": "--coalition-groups", "groups": "--coalition-groups",
+    "coalition_seed": "--coalition-seed", "k": "--interactions", "kind": "--interaction-kind",
 }
 
 #: errno values of an I/O fault (exit status 1) rather than a user's choice of path (status 2).
@@ -179,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoising (default): each patch of the input into the neutral context, map = restored "
                         "score; noising: each neutral patch into the input, map = score drop")
     p.add_argument("--upsample", choices=["nearest", "bilinear"], default="nearest", help="patch map -> image")
+    add_coalition_arguments(p)  # --coalitions N, --coalition-groups K, --coalition-seed, --interactions K, ...
     p.add_argument("--top", type=int, default=10, help="number of top patches listed (default 10)")
     p.add_argument("--batch-size", type=_parse_batch_size, default=64,
                    help="patched rows per forward pass, or 'auto' (from free memory; default 64)")
@@ -354,9 +361,7 @@ def _load_input(args: argparse.Namespace, model: Any, info: dict[str, Any], pil:
 
 
 def _run_caap(args: argparse.Namespace) -> Path:
-    import torch
-
-    from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, caap, default_window
+    from vit_patching.patching.caap import DEFAULT_NEUTRAL, DEFAULT_READOUT, default_window
     from vit_patching.cli_report import report_sections
     from vit_patching.plotting import write_report
 
@@ -404,13 +409,8 @@ def _run_caap(args: argparse.Namespace) -> Path:
     window = default_window(model.cfg.n_layers) if args.window is None else args.window
     neutral = args.neutral or DEFAULT_NEUTRAL
     readout = args.readout or DEFAULT_READOUT
-    try:
-        with torch.inference_mode():
-            attr = caap(
-                model, image, args.target, window, neutral=neutral, site=args.site, readout=readout,
-                include_prefix=args.include_prefix, direction=args.direction, upsample=args.upsample,
-                batch_size=args.batch_size,
-            )
+    try:  # single-patch or coalition CAAP, and the interactions asked for
+        attr, inter = run_single(args, model, image, window, neutral, readout)
     except (ValueError, TypeError) as e:  # CAAP's errors name the argument (window, target, ...)
         raise _UsageError(str(e)) from e
     settings = {
@@ -418,9 +418,11 @@ def _run_caap(args: argparse.Namespace) -> Path:
         "target source": attr.options["target_source"], "window": list(attr.window), "neutral": neutral,
         "site": args.site, "readout": readout, "scores from": info.get("readout") or model.readout.describe(), "include prefix": args.include_prefix, "direction": attr.direction, "upsample": args.upsample,
         "batch size": args.batch_size, "device": args.device, "patched forward passes": attr.n_forwards,
+        **single_settings(args),
     }
     title = args.title or f"CAAP report: {args.model}"
     sections = report_sections(attr, model, info, source, label, args.top)
+    sections[-1:-1] = coalition_sections(attr, inter)  # before the input image
     try:
         return write_report(args.out, title, sections, settings)  # atomic: a failed write keeps the old report
     except OSError as e:
@@ -458,6 +460,7 @@ def _run_command(args: argparse.Namespace) -> Path | None:
     # Checked here, before either mode (single image or dataset run), so that these errors come before any model.
     try:
         check_choice(args.direction, DIRECTIONS, "--direction")
+        check_coalition_options(args, dataset=args.images is not None or args.dataset is not None)
         args.device = str(check_device(args.device))
     except ValueError as e:
         raise _UsageError(str(e)) from None

@@ -18,8 +18,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vit_patching.cli_coalition import efficiency_line
 from vit_patching.model import HookedViT
 from vit_patching.patching.caap import Attribution
+from vit_patching.patching.caap_shapley import ShapleyAttribution
 from vit_patching.plotting import ReportSection
 
 __all__ = ["class_label", "colour_line", "colour_name", "report_sections", "scale_colours"]
@@ -112,6 +114,11 @@ def colour_line(attr: Attribution, figures: Mapping[str, Any]) -> str:
         centre = next(iter(centres.values()))
     else:
         centre = ", ".join(f"{name} {where}" for where, name in centres.items())
+    if isinstance(attr, ShapleyAttribution):  # Shapley values: shares of v(all) - v(empty), centred on 0
+        effect = "the drop of the explained class's score" if attr.direction == "noising" else \
+            "the explained class's score"
+        return (f"Colours: {above} = a positive Shapley value (averaged over the coalitions it joins, this patch "
+                f"adds to {effect}), {below} = a negative one; {centre} = 0 (no contribution).")
     if attr.direction == "noising":
         return (f"Colours: {above} = replacing this patch with the neutral's lowers the explained class's score (the "
                 f"patch is needed: evidence for the class), {below} = it raises the score; {centre} = no change.")
@@ -126,6 +133,17 @@ def direction_line(attr: Attribution) -> str:
     context = f"'{neutral}' neutral context"
     if neutral == "auto":  # say which context was used, not only that one was picked
         context += f" (picked for this image: '{attr.neutral_choice[0]}')"
+    if isinstance(attr, ShapleyAttribution):
+        groups = attr.settings["groups"]
+        players = "each patch" if groups in (None, 1) else f"each {groups}x{groups} block of patches"
+        game = ("v(S) = the drop of the explained class's " + readout.removeprefix("delta_") + " when the patches in "
+                f"S are written from the {context} into the run on the input") if attr.direction == "noising" else (
+                f"v(S) = the {readout.removeprefix('delta_')} of the explained class in the {context} with the "
+                f"patches in S pinned to the input's {site} activations")
+        return (f"Coalition CAAP ({attr.direction}; Shapley values, {attr.n_permutations} antithetic permutations, "
+                f"players: {players}, {len(attr.players)} in all): {game} at blocks {s} to {e - 1} (window [{s}, "
+                f"{e})); a patch's score is its Shapley value in that game, its marginal contribution averaged over "
+                f"the sampled orders (a group's value shared equally by its patches).")
     if attr.direction == "noising":
         return (f"Direction: noising. Each patch's {site} activations from the {context} were "
                 f"written into the run on the input at blocks {s} to {e - 1} (window [{s}, {e})); its score is the "
@@ -165,8 +183,9 @@ def report_sections(
     s, e = attr.window
     readout = attr.readout
     gh, gw = attr.map.shape[-2:]
-    overlay = attr.overlay(0, title=f"CAAP ({attr.direction}) window [{s}, {e})")
-    grid = attr.plot(0, title=f"CAAP {attr.value_label}, {gh}x{gw} patches")
+    method = "Coalition CAAP" if isinstance(attr, ShapleyAttribution) else "CAAP"
+    overlay = attr.overlay(0, title=f"{method} ({attr.direction}) window [{s}, {e})")
+    grid = attr.plot(0, title=f"{method} {attr.value_label}, {gh}x{gw} patches")
     lines = [
         f"Input: {source}.",
         f"Scores: {info.get('readout') or model.readout.describe()}.",
@@ -178,6 +197,8 @@ def report_sections(
         direction_line(attr),
         colour_line(attr, {"over the image": overlay, "on the patch grid": grid}),  # from the figures shown below
     ]
+    if isinstance(attr, ShapleyAttribution):
+        lines.append(efficiency_line(attr))
     n_pred = int(attr.neutral_prediction[0])
     lines.append(
         f"The neutral context alone is classified {class_label(n_pred, names)} with probability "

@@ -77,3 +77,26 @@ def and_model() -> HookedViT:
         blk.mlp.fc1.weight[0, 5] = scale
         blk.mlp.fc1.bias[0] = -scale * (pre["both"] + pre["one"]) / 2  # -20 with one patch, +20 with both
     return HookedViT.from_timm(m)
+
+
+@torch.no_grad()
+def naive_value(model, images, coalition, window, target, direction="denoising"):
+    """v(S) by one full hooked forward per image: the zeros neutral (denoising) or the source (noising) with the
+    patches of ``coalition`` pinned over ``window`` to the other run's resid_pre; logit readout."""
+    layout = model.layout_for(images)
+    neutral = torch.zeros_like(images)
+    hooks = [f"blocks.{l}.hook_resid_pre" for l in range(*window)]
+    pos = [layout.patch_positions()[i] for i in coalition]
+    into, frm = (neutral, images) if direction == "denoising" else (images, neutral)
+    _, cache = model.run_with_cache(frm, return_cache_object=False)
+
+    def write(act, hook):
+        act = act.clone()
+        act[:, pos] = cache[hook.name][:, pos]
+        return act
+
+    logits = model.run_with_hooks(into, fwd_hooks=[(h, write) for h in hooks])
+    v = logits.double().gather(1, target[:, None])[:, 0]
+    if direction == "noising":
+        return model(images).double().gather(1, target[:, None])[:, 0] - v
+    return v

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from caap_toys import tiny_images, tiny_model
-from shapley_toys import A, B, additive_model, and_images, and_model
+from shapley_toys import A, B, additive_model, and_images, and_model, naive_value
 
 from vit_patching.attribution import available_methods, get_method
 from vit_patching.patching import caap_interactions as interactions_module
@@ -23,29 +23,6 @@ from vit_patching.patching.caap_shapley import caap_shapley, coalition_logits, p
 @pytest.fixture(scope="module")
 def and_setup():
     return and_model(), and_images(2)
-
-
-@torch.no_grad()
-def naive_value(model, images, coalition, window, target, direction="denoising"):
-    """v(S) by one full hooked forward per image: the zeros neutral (denoising) or the source (noising) with the
-    patches of ``coalition`` pinned over ``window`` to the other run's resid_pre; logit readout."""
-    layout = model.layout_for(images)
-    neutral = torch.zeros_like(images)
-    hooks = [f"blocks.{l}.hook_resid_pre" for l in range(*window)]
-    pos = [layout.patch_positions()[i] for i in coalition]
-    into, frm = (neutral, images) if direction == "denoising" else (images, neutral)
-    _, cache = model.run_with_cache(frm, return_cache_object=False)
-
-    def write(act, hook):
-        act = act.clone()
-        act[:, pos] = cache[hook.name][:, pos]
-        return act
-
-    logits = model.run_with_hooks(into, fwd_hooks=[(h, write) for h in hooks])
-    v = logits.double().gather(1, target[:, None])[:, 0]
-    if direction == "noising":
-        return model(images).double().gather(1, target[:, None])[:, 0] - v
-    return v
 
 
 def enumerated_shapley(model, images, window, target, n, direction="denoising"):

@@ -31,13 +31,17 @@ import torch
 from torch import Tensor
 
 from vit_patching import __version__
-from vit_patching.checks import NonFiniteError, check_bool, check_choice, check_finite, check_positive_int
+from vit_patching.checks import (
+    NonFiniteError, check_block_size, check_bool, check_choice, check_coalitions, check_finite, check_positive_int,
+    check_seed,
+)
 from vit_patching.images import to_pixels
 from vit_patching.patching.caap import (
     DEFAULT_DIRECTION, DEFAULT_NEUTRAL, DEFAULT_READOUT, DEFAULT_WARN_SHARE, DIRECTIONS, NEUTRALS, READOUTS, SITES,
     caap, default_window,
 )
 from vit_patching.patching.caap_results import neutral_warnings
+from vit_patching.patching.caap_shapley import caap_shapley
 from vit_patching.patching import memory
 
 from .chunks import ROW_FIELDS, chunk_path, read_chunk, read_chunk_header, validate_chunk
@@ -61,6 +65,12 @@ class CAAPRunConfig:
 
     ``batch_size`` is rows per forward (an int or ``"auto"``); it is saved with every chunk and a chunk computed
     with another batch size is recomputed (see the module docstring).
+
+    ``coalitions`` > 0 runs coalition CAAP (:func:`~vit_patching.patching.caap_shapley.caap_shapley`) with that
+    many antithetic permutations (an even number >= 4), ``coalition_groups`` x ``coalition_groups`` blocks of
+    patches as players (dividing the grid) and ``coalition_seed`` as the permutations' seed; 0 (default):
+    single-patch CAAP. The three are part of the fingerprint only when ``coalitions`` > 0, so single-patch runs
+    keep the fingerprints (and chunks) they had before coalitions existed.
     """
 
     window: tuple[int, int] | None = None
@@ -72,6 +82,9 @@ class CAAPRunConfig:
     direction: str = DEFAULT_DIRECTION
     chunk_size: int = 16
     batch_size: int | str = 64
+    coalitions: int = 0
+    coalition_groups: int = 1
+    coalition_seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice(self.neutral, [n for n in NEUTRALS if n != "mean_activations"], "neutral")
@@ -83,6 +96,18 @@ class CAAPRunConfig:
         check_positive_int(self.chunk_size, "chunk_size")
         if self.batch_size != "auto":
             check_positive_int(self.batch_size, "batch_size")
+        check_coalitions(self.coalitions, "coalitions")
+        check_positive_int(self.coalition_groups, "coalition_groups")
+        check_seed(self.coalition_seed, "coalition_seed")
+        if not self.coalitions and (self.coalition_groups != 1 or self.coalition_seed != 0):
+            raise ValueError("coalition_groups/coalition_seed: they set coalition CAAP; set coalitions (>= 4) too")
+
+    @property
+    def method(self) -> str:
+        """What the run computes, in words: ``"CAAP"`` or ``"coalition CAAP (Shapley, N permutations, groups K)"``."""
+        if not self.coalitions:
+            return "CAAP"
+        return f"coalition CAAP (Shapley, {self.coalitions} permutations, groups {self.coalition_groups})"
 
     def fingerprinted(self, n_layers: int) -> dict[str, Any]:
         """The settings that decide the numbers (window resolved), as stored in every chunk's fingerprint."""
@@ -92,6 +117,9 @@ class CAAPRunConfig:
         d["window"] = list(default_window(n_layers) if self.window is None else self.window)
         if d["direction"] == DEFAULT_DIRECTION:  # runs made before directions existed keep their fingerprints
             d.pop("direction")
+        if not self.coalitions:  # likewise single-patch runs made before coalition CAAP existed
+            for key in ("coalitions", "coalition_groups", "coalition_seed"):
+                d.pop(key)
         return d
 
 
@@ -115,6 +143,8 @@ class ChunkRun:
 
     def __init__(self, model: "HookedViT", images: ImageSet, cfg: CAAPRunConfig, out_dir: str | os.PathLike):
         self.model, self.images, self.cfg, self.out_dir = model, images, cfg, Path(out_dir)
+        if cfg.coalitions:  # before any chunk is computed: k x k blocks must tile the grid
+            check_block_size(cfg.coalition_groups, tuple(model.cfg.grid_size), "coalition_groups")
         self.settings = cfg.fingerprinted(model.cfg.n_layers)
         self.base = {"model": model_digest(model), "settings": self.settings, "version": __version__}
         self.chunks = chunk_ranges(len(images), cfg.chunk_size)
@@ -176,7 +206,8 @@ class ChunkRun:
             return None
         tensors, meta = read
         cfg = self.model.cfg
-        problem = validate_chunk(tensors, meta, e - s, cfg.n_classes, tuple(cfg.grid_size))
+        problem = validate_chunk(tensors, meta, e - s, cfg.n_classes, tuple(cfg.grid_size),
+                                 coalition=bool(self.cfg.coalitions))
         if problem is None and meta["batch_size"] != str(self.batch_size()):
             logger.info("chunk [%d, %d): computed with batch_size %s, this run uses %d; recomputing",
                         s, e, meta["batch_size"], self.batch_size())
@@ -188,6 +219,14 @@ class ChunkRun:
 
     def _caap(self, x: Tensor) -> Any:
         cfg = self.cfg
+        if cfg.coalitions:
+            with torch.inference_mode(), _quiet("vit_patching.patching.caap_shapley"):
+                return caap_shapley(
+                    self.model, x, None, tuple(self.settings["window"]), n_permutations=cfg.coalitions,
+                    groups=cfg.coalition_groups, seed=cfg.coalition_seed, neutral=cfg.neutral, site=cfg.site,
+                    readout=cfg.readout, include_prefix=cfg.include_prefix, direction=cfg.direction,
+                    upsample=cfg.upsample, batch_size=self.batch_size(),
+                )
         with torch.inference_mode(), _quiet("vit_patching.patching.caap"):
             return caap(
                 self.model, x, None, tuple(self.settings["window"]), neutral=cfg.neutral, site=cfg.site,
@@ -208,6 +247,9 @@ class ChunkRun:
             "source_score": torch.full((n,), float("nan")), "neutral_score": torch.full((n,), float("nan")),
             "status": torch.zeros(n, dtype=torch.uint8),
         }
+        if self.cfg.coalitions:  # coalition CAAP: each patch's standard error and the game's two ends
+            out.update({"standard_error": torch.full((n, gh, gw), float("nan")), "v_all": torch.full((n,), float("nan")),
+                        "v_empty": torch.full((n,), float("nan"))})
         rows: dict[str, list[str]] = {k: [""] * n for k in ROW_FIELDS}
 
         def fail(bad: list[int], what: str) -> None:
@@ -233,8 +275,11 @@ class ChunkRun:
                 # shape, so the other images' results keep their bits (other shapes round differently).
                 x_run[[r for r in range(n) if int(out["status"][r]) == 1]] = x[good[0]]
                 continue
-            for what, value in (("CAAP map", attr.map), ("logits", attr.source_logits),
-                                ("source score", attr.source_score), ("neutral score", attr.neutral_score)):
+            stored = [("CAAP map", attr.map), ("logits", attr.source_logits), ("source score", attr.source_score),
+                      ("neutral score", attr.neutral_score)]
+            if self.cfg.coalitions:
+                stored += [("standard error", attr.standard_error), ("v(all)", attr.v_all), ("v(empty)", attr.v_empty)]
+            for what, value in stored:
                 try:
                     check_finite(value, what)
                 except NonFiniteError as err:
@@ -248,6 +293,9 @@ class ChunkRun:
             out["source_logits"][idx] = attr.source_logits.float().cpu()[idx]
             out["source_score"][idx] = attr.source_score.float().cpu()[idx]
             out["neutral_score"][idx] = attr.neutral_score.float().cpu()[idx]
+            if self.cfg.coalitions:
+                for name in ("standard_error", "v_all", "v_empty"):  # not `key`: the chunk's image key
+                    out[name][idx] = getattr(attr, name).float().cpu()[idx]
             for r in keep:
                 rows["neutral"][r] = str(attr.neutral_choice[r])
                 rows["warning"][r] = self._warning(attr, r, s + r)

@@ -15,6 +15,12 @@ key                dtype      shape                           values
 ``thumb``          uint8      ``[n, 1 | 3, h, w]``            thumbnail for the gallery
 =================  =========  ==============================  ============================================
 
+A coalition-CAAP chunk (``CAAPRunConfig.coalitions`` > 0; ``map`` holds Shapley values) has three keys more, finite
+on rows whose status is 0: ``standard_error`` (float32 ``[n, grid_h, grid_w]``, each patch's standard error),
+``v_all`` and ``v_empty`` (float32 ``[n]``: the game's value with every player pinned and with none; the map
+sums to their difference). Single-patch chunks have none of them (chunks written before coalition CAAP existed
+stay valid).
+
 Its string metadata: ``fingerprint`` (model, settings, chunk range and the key of the inputs read),
 ``batch_size`` (rows per forward actually used), ``seconds``, and ``rows``: JSON lists of one string per
 image: ``neutral`` (the neutral context used, ``neutral="auto"``'s choice), ``warning`` (the neutral-context
@@ -39,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ROW_FIELDS", "chunk_path", "read_chunk", "read_chunk_header", "row_strings", "validate_chunk"]
+__all__ = ["COALITION_KEYS", "ROW_FIELDS", "chunk_path", "read_chunk", "read_chunk_header", "row_strings", "validate_chunk"]
 
 #: Per-image strings stored as JSON in a chunk's ``rows`` metadata.
 ROW_FIELDS = ("neutral", "warning", "error")
@@ -96,28 +102,39 @@ def read_chunk(path: Path, fingerprint: str) -> tuple[dict[str, Tensor], dict[st
         return "unreadable (" + " ".join(str(err).split()) + ")"
 
 
-def _spec(n: int, n_classes: int, grid: tuple[int, int]) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
-    return {
+#: The tensors a coalition-CAAP chunk holds besides a single-patch chunk's.
+COALITION_KEYS = ("standard_error", "v_all", "v_empty")
+
+
+def _spec(n: int, n_classes: int, grid: tuple[int, int], coalition: bool = False
+          ) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
+    spec = {
         "map": (torch.float32, (n, *grid)), "target": (torch.int64, (n,)), "label": (torch.int64, (n,)),
         "source_logits": (torch.float32, (n, n_classes)), "source_score": (torch.float32, (n,)),
         "neutral_score": (torch.float32, (n,)), "status": (torch.uint8, (n,)), "thumb": (torch.uint8, None),
     }
+    if coalition:
+        spec.update({"standard_error": (torch.float32, (n, *grid)), "v_all": (torch.float32, (n,)),
+                     "v_empty": (torch.float32, (n,))})
+    return spec
 
 
 def validate_chunk(
-    tensors: Mapping[str, Tensor], meta: Mapping[str, str], n: int, n_classes: int, grid: tuple[int, int]
+    tensors: Mapping[str, Tensor], meta: Mapping[str, str], n: int, n_classes: int, grid: tuple[int, int],
+    coalition: bool = False,
 ) -> str | None:
     """Why a loaded chunk cannot be merged (``None`` if it is complete and consistent).
 
     Checks the keys, dtypes and shapes (``n`` rows), finite values and target range on the rows explained, the
     status values, the thumbnails' layout and the per-image strings in the metadata. The fingerprint is
-    checked by the caller (it needs the run's settings and images).
+    checked by the caller (it needs the run's settings and images). ``coalition``: a coalition-CAAP chunk, which
+    holds :data:`COALITION_KEYS` too (finite, standard errors >= 0, on the rows explained).
 
     Example:
         >>> validate_chunk({}, {}, n=1, n_classes=2, grid=(1, 1))[:5]
         'keys:'
     """
-    spec = _spec(n, n_classes, grid)
+    spec = _spec(n, n_classes, grid, coalition)
     if sorted(tensors) != sorted(spec):
         return f"keys: expected {sorted(spec)}, got {sorted(tensors)}"
     for key, (dtype, shape) in spec.items():
@@ -133,9 +150,11 @@ def validate_chunk(
     if not bool(((status == 0) | (status == 1)).all()):
         return f"status: expected 0 (explained) or 1 (failed), got {sorted(set(status.tolist()))}"
     ok = status == 0
-    for key in ("map", "source_logits", "source_score", "neutral_score"):
+    for key in ("map", "source_logits", "source_score", "neutral_score") + (COALITION_KEYS if coalition else ()):
         if not bool(torch.isfinite(tensors[key][ok]).all()):
             return f"{key}: expected finite values on the explained images, got NaN or infinity"
+    if coalition and bool((tensors["standard_error"][ok] < 0).any()):
+        return "standard_error: expected values >= 0 on the explained images, got a negative one"
     target, label = tensors["target"], tensors["label"]
     if not bool(((target[ok] >= 0) & (target[ok] < n_classes)).all()):
         return f"target: expected classes in [0, {n_classes}), got {sorted(set(target[ok].tolist()))[:10]}"

@@ -125,6 +125,7 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
         window=args.window, neutral=args.neutral or DEFAULT_NEUTRAL, site=args.site,
         readout=args.readout or DEFAULT_READOUT, include_prefix=args.include_prefix, upsample=args.upsample,
         direction=args.direction, chunk_size=args.chunk_size, batch_size=args.batch_size,
+        coalitions=args.coalitions, coalition_groups=args.coalition_groups, coalition_seed=args.coalition_seed,
     )
     if args.n is not None:
         check_positive_int(args.n, "--n")
@@ -150,7 +151,8 @@ def run_dataset_command(args: argparse.Namespace, load_model: Callable[..., tupl
     try:  # a PeerWaitError (a TimeoutError: no user error) reaches the CLI, which reports it with status 1
         paths = run_caap_dataset(
             model, images, args.out, cfg, resume=not args.no_resume, progress=not args.no_progress,
-            title=args.title or f"CAAP gallery: {args.model} ({info['weights']} weights)", wait_timeout_s=timeout_s,
+            title=args.title or f"{'Coalition CAAP' if cfg.coalitions else 'CAAP'} gallery: {args.model} "
+                                f"({info['weights']} weights)", wait_timeout_s=timeout_s,
             scores=info.get("readout"),
         )
     except RunLockError as e:

@@ -91,6 +91,7 @@ def _rows(images: ImageSet, merged: dict[str, torch.Tensor], strings: dict[str, 
     probs = merged["source_logits"].softmax(-1)
     pred = probs.argmax(-1)
     m = merged["map"].flatten(1)
+    coalition = "standard_error" in merged  # coalition CAAP: the game's two ends and the mean standard error
     rows = []
     for i, name in enumerate(images.names):
         label = int(merged["label"][i])
@@ -101,7 +102,10 @@ def _rows(images: ImageSet, merged: dict[str, torch.Tensor], strings: dict[str, 
             "predicted": int(pred[i]) if ok else "", "probability": round(float(probs[i, pred[i]]), 6) if ok else "",
             "target": int(merged["target"][i]) if ok else "", "source_score": num(merged["source_score"][i]),
             "neutral_score": num(merged["neutral_score"][i]), "map_max": num(m[i].max()),
-            "map_mean": num(m[i].mean()), "map_min": num(m[i].min()), "neutral": strings["neutral"][i],
+            "map_mean": num(m[i].mean()), "map_min": num(m[i].min()),
+            **({"v_all": num(merged["v_all"][i]), "v_empty": num(merged["v_empty"][i]),
+                "mean_se": num(merged["standard_error"][i].mean())} if coalition else {}),
+            "neutral": strings["neutral"][i],
             "status": "ok" if ok else "failed", "warning": strings["warning"][i], "error": strings["error"][i],
         })
     return rows
@@ -174,7 +178,7 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery", scores: str | None = N
     rows = _rows(images, merged, strings)
     choices = Counter(r["neutral"] for r in rows if r["status"] == "ok")
     failed = [r["index"] for r in rows if r["status"] == "failed"]
-    settings = {"caap": run.settings, "scores": scores_line(run.model, scores), "model_digest": run.base["model"],
+    settings = {"method": cfg.method, "caap": run.settings, "scores": scores_line(run.model, scores), "model_digest": run.base["model"],
                 "data": images.source,
                 "chunk_size": cfg.chunk_size, "batch_size": run.batch_size(), "n_images": len(images),
                 "neutral_choice": dict(sorted(choices.items())), "failed": failed,
@@ -188,7 +192,7 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery", scores: str | None = N
         shown = {**settings, "caap": {**run.settings, "direction": cfg.direction}}
         shown_n = min(len(rows), GALLERY_MAX)
         thumbs = torch.cat([t["thumb"] for t in tensors if "thumb" in t])[:shown_n]
-        legend = f"Scores: {settings['scores']}. " + _legend(cfg.direction, choices, failed)
+        legend = f"Scores: {settings['scores']}. " + _legend(cfg.direction, choices, failed, cfg.method)
         if shown_n < len(rows):
             legend += f" Showing the first {shown_n} of {len(rows)} images; every image is in results.csv."
         write_gallery(staging / _OUTPUTS["gallery"], title, rows[:shown_n], thumbs, merged["map"][:shown_n], shown,
@@ -201,8 +205,14 @@ def merge_run(run: ChunkRun, title: str = "CAAP gallery", scores: str | None = N
     return {k: out / name for k, name in _OUTPUTS.items()}
 
 
-def _legend(direction: str, choices: Counter, failed: list[int]) -> str:
-    if direction == "noising":
+def _legend(direction: str, choices: Counter, failed: list[int], method: str = "CAAP") -> str:
+    if method != "CAAP":  # coalition CAAP: the map holds Shapley values, summing to v_all - v_empty per image
+        game = ("v(S) = the score drop with the patches in S taken from the neutral" if direction == "noising" else
+                "v(S) = the score of the neutral context with the patches in S taken from the image")
+        text = (f"Method: {method}; direction: {direction} ({game}). Each patch's map value is its Shapley value "
+                "(it sums to v_all - v_empty; mean_se: its mean standard error). Overlay: map minus its median; "
+                "blue above, red below.")
+    elif direction == "noising":
         text = ("Direction: noising (each neutral patch written into the image's run; the map is the score drop). "
                 "Overlay: map minus its median; blue = a larger drop (the patch is needed), red = a smaller one.")
     else:
