@@ -18,6 +18,7 @@ from model_helpers import images, make_pair  # noqa: E402
 
 from vit_patching import files  # noqa: E402
 from vit_patching.images import to_pixels  # noqa: E402
+from vit_patching.readouts import ZeroShotHead  # noqa: E402
 from vit_patching.plotting.features import activation_histogram, direct_effect_figure, feature_density  # noqa: E402
 from vit_patching.runs.dataset import zoo_images  # noqa: E402
 from vit_patching.sae import SAEConfig, make_sae, spliced_saes  # noqa: E402
@@ -147,17 +148,18 @@ def _pngs(text):
 def test_the_gallery_escapes_names_embeds_images_and_draws_the_activation(model, tmp_path):
     sae = _sae()
     x = images(6, seed=7)
-    acts = feature_activations(model, sae, x, k=3, latents=[20, 47], keep_images=True, labels=torch.arange(6))
+    acts = feature_activations(model, sae, x, k=3, latents=[0, 20, 47], keep_images=True, labels=torch.arange(6))
     evil = [f"<script>alert({i})</script>" for i in range(10)]
     out = feature_gallery(acts, tmp_path / "g.html", title="<b>features</b>", class_names=evil,
-                          effects=torch.randn(2, 10))
+                          effects=torch.randn(3, 10))
     text = out.read_text(encoding="utf-8")
     assert "<script" not in text and "&lt;script&gt;alert(" in text and "&lt;b&gt;features&lt;/b&gt;" in text
-    assert text.count("<section") == 2 and "http" not in text
+    assert text.count("<section") == 3 and "http" not in text
+    assert float(acts.top_values[0].max()) == 0 and "it fires on none of these images" in text  # latent 0: dead
     pngs = _pngs(text)
     assert len(pngs) == 6 and all(p.size == (32, 32) for p in pngs)
     # the first image of latent 20: full blue at its top patch, where the activation is the latent's peak
-    r, j = 0, 0
+    r, j = acts.row(20), 0
     peak_patch = int(acts.top_maps[r, j].flatten().argmax())
     row, col = divmod(peak_patch, 4)
     thumb = acts.thumbnails[r, j].float()
@@ -242,21 +244,28 @@ def test_the_direct_effect_equals_the_direct_path_by_hand(pair):
         assert torch.equal(latent_direct_effect(model, sae, x, latents=[2], positions=0), effect[:1])
 
 
-@pytest.mark.parametrize("kwargs, scale_hook", [({}, "ln_final.hook_scale"),
-                                                 (dict(global_pool="avg", fc_norm=True), "fc_norm.hook_scale")])
-def test_at_the_last_residual_stream_the_direct_effect_is_the_exact_logit_change_with_the_scale_frozen(kwargs, scale_hook):
+@pytest.mark.parametrize("kwargs, scales, readout", [
+    ({}, ["ln_final.hook_scale"], False),
+    (dict(global_pool="avg", fc_norm=True), ["fc_norm.hook_scale"], False),
+    ({}, ["ln_final.hook_scale", "readout.hook_scale"], True),  # a normalising zero-shot readout: its scale frozen too
+])
+def test_at_the_last_residual_stream_the_direct_effect_is_the_exact_logit_change_with_the_scale_frozen(
+        kwargs, scales, readout):
     model = make_pair(**kwargs)[1]
+    if readout:
+        model = model.with_readout(ZeroShotHead(torch.randn(5, model.feature_width(),
+                                                            generator=torch.Generator().manual_seed(0)), 10.0))
     hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     sae = _sae(hook)
     x = images(2, seed=6)
     effect = latent_direct_effect(model, sae, x, latents=[4, 11])
     with torch.no_grad():
-        _, cache = model.run_with_cache(x, names_filter=[scale_hook])
-        freeze = (scale_hook, lambda s, hook: cache[scale_hook])
-        base = model.run_with_hooks(x, fwd_hooks=[freeze])
+        _, cache = model.run_with_cache(x, names_filter=scales)
+        freeze = [(name, lambda s, hook: cache[hook.name]) for name in scales]
+        base = model.run_with_hooks(x, fwd_hooks=freeze)
         for row, latent in enumerate([4, 11]):
             add = (hook, lambda r, hook, d=sae.W_dec[latent]: r + d)  # activation 1 at every token
-            change = model.run_with_hooks(x, fwd_hooks=[add, freeze]) - base
+            change = model.run_with_hooks(x, fwd_hooks=[add, *freeze]) - base
             assert change.abs().max() > 0.05
             torch.testing.assert_close(effect[row], change, atol=1e-6, rtol=0)
 

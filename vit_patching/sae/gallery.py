@@ -60,7 +60,7 @@ def feature_gallery(
 
     Each image shows the latent's activation at every patch over a greyed copy of the picture, blue where it fires
     and white where it is 0, on one scale per latent (full blue = the latent's largest activation among its top
-    images), so the images of a latent compare at a glance.
+    images), so the images of a latent compare at a glance. Only images where the latent fires (> 0) are shown.
 
     Args:
         acts: From :func:`~vit_patching.sae.views.feature_activations` with ``keep_images=True``.
@@ -77,7 +77,7 @@ def feature_gallery(
         ValueError: ``acts`` has no thumbnails, a latent is not tracked, ``class_names`` or ``effects`` do not fit.
 
     Example:
-        >>> feature_gallery(acts, "g.html", title="<b>SAE</b> features").read_text().count("<section")
+        >>> feature_gallery(acts, "g.html", title="<b>SAE</b> features").read_text().count("<section")  # 2 latents
         2
     """
     if not isinstance(acts, FeatureActivations):
@@ -97,7 +97,7 @@ def feature_gallery(
     e = html.escape
     sections = []
     for k, r in zip(shown, rows):
-        n = int((acts.top_indices[r] >= 0).sum())
+        n = int((acts.top_values[r] > 0).sum())  # images where the latent fires; those at 0 are not shown
         peak = float(acts.top_values[r, 0]) if n else 0.0
         head = (f"<h2>latent {k}</h2><p class='meta'>max activation {peak:.4g}; fires on "
                 f"{float(acts.frequency[r]):.3%} of {acts.n_tokens} tokens ({e(acts.tokens)})</p>")
@@ -126,7 +126,7 @@ def feature_gallery(
                 lines.append(f"predicted {e(_class(int(acts.top_predictions[r, j]), names))}")
             cards.append(f"<figure><img src='data:image/png;base64,{img}' alt='{e(acts.top_names[r][j], quote=True)}'>"
                          f"<figcaption>{'<br>'.join(lines)}</figcaption></figure>")
-        body = "".join(cards) if cards else "<p>no images</p>"
+        body = "".join(cards) if cards else "<p>it fires on none of these images</p>"
         sections.append(f"<section id='latent-{k}'>{head}<div class='cards'>{body}</div></section>")
     page_title = title if title is not None else f"SAE features at {acts.hook_name}"
     info = {"hook": acts.hook_name, "tokens": acts.tokens, "images": acts.n_images, **dict(settings or {})}
