@@ -131,6 +131,46 @@ def test_an_image_set_streams_like_the_same_tensor_with_its_names_and_labels():
     assert torch.equal(streamed.top_labels, direct.top_labels)
     assert streamed.top_names == [[f"shapes-{i:04d}" for i in row] for row in direct.top_indices.tolist()]
     assert torch.equal(streamed.hist_counts, direct.hist_counts)
+    # a range of the set: images [2, 6), with the set's indices and names
+    part = feature_activations(model, sae, zoo_images("shapes", n=6, seed=2), k=3, batch_size=3, latents=[5, 40],
+                               span=(2, 6))
+    brute = _brute_top(_all_latents(model, sae, batch.images[2:], 4)[..., [5, 40]].amax(1), 3)
+    assert part.top_indices.tolist() == [[i + 2 for _, i in row] for row in brute] and part.n_images == 4
+    assert part.top_names == [[f"shapes-{i:04d}" for i in row] for row in part.top_indices.tolist()]
+    with pytest.raises(ValueError, match="span: expected \\(start, stop\\) with 0 <= start < stop <= 6"):
+        feature_activations(model, sae, zoo_images("shapes", n=6, seed=2), span=(4, 7))
+
+
+class _Foreign(torch.nn.Module):
+    """Not one of this project's SAEs: encode/decode only, no cfg, no d_sae."""
+
+    def __init__(self, sae):
+        super().__init__()
+        self.inner = sae
+
+    def encode(self, x):
+        return self.inner.encode(x)
+
+    def decode(self, z):
+        return self.inner.decode(z)
+
+
+def test_a_foreign_sae_spliced_already_is_used_where_it_is(model):
+    sae, x = _sae(), images(5, seed=8)
+    ours = feature_activations(model, sae, x, k=2, batch_size=2)
+    foreign = _Foreign(sae)
+    with pytest.raises(TypeError, match="sae: expected an SAE that states its hook"):
+        feature_activations(model, foreign, x)
+    model.add_sae(foreign, hook_name=HOOK)
+    try:
+        theirs = feature_activations(model, foreign, x, k=2, batch_size=2)
+        with pytest.raises(TypeError, match="sae: expected an SAE that states d_sae"):
+            feature_activations(model, foreign, x, latents=[1])
+        assert list(spliced_saes(model)) == [HOOK]  # left spliced, as it was
+    finally:
+        model.reset_saes()
+    assert theirs.latents == list(range(48)) and theirs.hook_name == HOOK
+    assert torch.equal(theirs.top_indices, ours.top_indices) and torch.equal(theirs.top_values, ours.top_values)
 
 
 def test_fewer_images_than_k_and_an_sae_on_patches_only(model):
@@ -196,6 +236,8 @@ def test_bad_arguments_are_refused_by_name_and_leave_the_model_unchanged(model, 
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             feature_activations(model, sae, x, **kwargs)
+    with pytest.raises(ValueError, match="labels: expected one label per image \\(\\[2\\]\\) with each batch"):
+        feature_activations(model, sae, [(x, torch.zeros(3, dtype=torch.long))])
     with pytest.raises(ValueError, match="images: expected normalised images"):
         feature_activations(model, sae, x[0])
     with pytest.raises(ValueError, match="tokens: expected 'all' or 'patches'"):

@@ -120,7 +120,7 @@ class FeatureActivations:
         return torch.arange(self.hist_counts.shape[1] + 1, dtype=torch.float64) * self.hist_width[r]
 
     def histogram_figure(self, latent: int, title: str | None = None) -> Any:
-        """Plotly bar chart of ``latent``'s positive activations (:func:`vit_patching.plotting.features.activation_histogram`)."""
+        """Plotly bars of ``latent``'s positive activations (``vit_patching.plotting.features.activation_histogram``)."""
         from vit_patching.plotting.features import activation_histogram
 
         r = self.row(latent)
@@ -174,15 +174,15 @@ def _d_sae(sae: nn.Module) -> int | None:
     return W.shape[0] if isinstance(W, Tensor) and W.ndim == 2 else None
 
 
-def _batches(model: HookedViT, images: Images, batch_size: int, labels: Tensor | None
+def _batches(model: HookedViT, images: Images, batch_size: int, labels: Tensor | None, span: tuple[int, int]
              ) -> Iterator[tuple[Tensor, Tensor | None, list[str] | None]]:
     """``(images, labels or None, names or None)`` chunks of at most ``batch_size`` (an iterable's own batches)."""
     if isinstance(images, Tensor):
         for s in range(0, images.shape[0], batch_size):
             yield images[s:s + batch_size], None if labels is None else labels[s:s + batch_size], None
     elif isinstance(images, ImageSet):
-        for s in range(0, len(images), batch_size):
-            e = min(s + batch_size, len(images))
+        for s in range(span[0], span[1], batch_size):
+            e = min(s + batch_size, span[1])
             chunk = images.load(model, s, e)
             yield chunk.images, chunk.labels, images.names[s:e]
     else:
@@ -210,6 +210,20 @@ def _check_images(images: Any, labels: Any) -> None:
                         f"or an iterable of batches, got {type(images).__name__}")
 
 
+def _check_span(span: Any, images: Any) -> tuple[int, int]:
+    """``(start, stop)`` of the images to stream (``(0, 0)`` stands for "all" of a tensor or an iterable)."""
+    n = len(images) if isinstance(images, ImageSet) else 0
+    if span is None:
+        return 0, n
+    if not isinstance(images, ImageSet):
+        raise ValueError(f"span: expected None unless images is an ImageSet (slice a tensor yourself), got {span!r}")
+    ok = isinstance(span, (tuple, list)) and len(span) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      for v in span)
+    if not ok or not 0 <= span[0] < span[1] <= n:
+        raise ValueError(f"span: expected (start, stop) with 0 <= start < stop <= {n} (the ImageSet's size), got {span!r}")
+    return int(span[0]), int(span[1])
+
+
 def _token_slices(model: HookedViT, positions: str, tokens: str) -> tuple[slice, slice | None, slice | None]:
     """``(counted, patches, prefix)`` slices of the SAE's token axis (``None``: not read by the SAE)."""
     n_prefix = model.cfg.n_prefix
@@ -230,8 +244,8 @@ _PER_LATENT = ("map", "prefix")  # carried fields with a latent axis ([b, L, ...
 class _Stream:
     """The running state of :func:`feature_activations` (one update per batch)."""
 
-    def __init__(self, n_latents: int, k: int, bins: int):
-        self.k, self.bins = k, bins
+    def __init__(self, n_latents: int, k: int, bins: int, first: int):
+        self.k, self.bins, self.first = k, bins, first  # first: the stream index of the first image
         self.values = torch.empty(n_latents, 0)
         self.indices = torch.empty(n_latents, 0, dtype=torch.long)
         self.carried: dict[str, Tensor] = {}  # per winner: map, prefix, label, prediction, thumbnail
@@ -249,7 +263,8 @@ class _Stream:
         # Candidates: the current winners, then this batch's images (later in the stream). Sort by index, then
         # stably by value: equal values keep the earlier image first.
         vals = torch.cat([self.values, score.T], 1)
-        idx = torch.cat([self.indices, torch.arange(self.n_images, self.n_images + b).expand(n_lat, b)], 1)
+        start = self.first + self.n_images
+        idx = torch.cat([self.indices, torch.arange(start, start + b).expand(n_lat, b)], 1)
         by_index = idx.argsort(dim=1, stable=True)
         order = by_index.gather(1, vals.gather(1, by_index).argsort(dim=1, descending=True, stable=True))[:, : self.k]
         self.values, self.indices = vals.gather(1, order), idx.gather(1, order)
@@ -299,6 +314,7 @@ def feature_activations(
     k: int = 8,
     tokens: str | None = None,
     labels: Int[Tensor, " batch"] | None = None,
+    span: tuple[int, int] | None = None,
     batch_size: int = 32,
     bins: int = 64,
     keep_images: bool = False,
@@ -317,6 +333,8 @@ def feature_activations(
         k: Images kept per latent.
         tokens: The tokens that count: ``"all"`` (default: every token the SAE reads), ``"patches"`` or ``"cls"``.
         labels: One label per image when ``images`` is a tensor.
+        span: ``(start, stop)``: stream only images ``[start, stop)`` of an ImageSet (a range of a zoo data set or
+            a folder; indices and names in the result are the set's). Default: all of them.
         batch_size: Images per forward pass (an iterable's batches are used as they come).
         bins: Histogram bins per latent.
         keep_images: Keep a thumbnail of each winner (for the gallery): ``latents * k`` thumbnails in memory.
@@ -349,6 +367,7 @@ def feature_activations(
         raise TypeError(f"sae: expected an SAE that states d_sae (to check latents={latents!r}), got "
                         f"{type(sae).__name__}")
     rows = None if d_sae is None else check_indices(latents, d_sae, "latents", "latent")
+    span = _check_span(span, images)
     counted_sl, patch_sl, prefix_sl = _token_slices(model, positions, tokens)
     gh, gw = model.cfg.grid_size
     readout = model.readout
@@ -361,8 +380,9 @@ def feature_activations(
 
     stream: _Stream | None = None
     names: dict[int, str] = {}
-    with splice, tqdm(desc="feature views", unit="img", disable=not progress, leave=False) as bar:
-        for x, y, batch_names in _batches(model, images, batch_size, labels):
+    total = images.shape[0] if isinstance(images, Tensor) else span[1] - span[0] if isinstance(images, ImageSet) else None
+    with splice, tqdm(total=total, desc="feature views", unit="img", disable=not progress, leave=False) as bar:
+        for x, y, batch_names in _batches(model, images, batch_size, labels, span):
             captured.clear()
             out = model.run_with_hooks(x.to(device=model.device, dtype=model.dtype), fwd_hooks=[(name, capture)])
             acts = captured[0]
@@ -375,6 +395,9 @@ def feature_activations(
                 raise ValueError(f"sae: expected non-negative latents (ReLU-type activations: a latent fires when > 0), "
                                  f"got {float(acts.min()):.4g} at {name!r}")
             b = acts.shape[0]
+            if y is not None and (not isinstance(y, Tensor) or tuple(y.shape) != (b,)):
+                raise ValueError(f"labels: expected one label per image ([{b}]) with each batch, got "
+                                 f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
             counted = acts[:, counted_sl]
             per_image: dict[str, Tensor] = {
                 "label": torch.full((b,), -1, dtype=torch.long) if y is None else y.long().cpu(),
@@ -392,9 +415,10 @@ def feature_activations(
                     pix = F.interpolate(pix, scale_factor=scale, mode="area")
                 per_image["thumb"] = (pix * 255).round().to(torch.uint8)
             if stream is None:
-                stream = _Stream(len(rows), k, bins)
+                stream = _Stream(len(rows), k, bins, span[0])
             if batch_names is not None:
-                names.update(zip(range(stream.n_images, stream.n_images + b), batch_names))
+                first = span[0] + stream.n_images
+                names.update(zip(range(first, first + b), batch_names))
             stream.update(counted.amax(1), counted, per_image)
             winners = set(stream.indices.flatten().tolist())
             names = {i: v for i, v in names.items() if i in winners}  # names of the winners only: memory bounded
@@ -412,6 +436,7 @@ def feature_activations(
         top_maps=None if maps is None else maps.reshape(*maps.shape[:2], gh, gw),
         top_prefix=carried.get("prefix"), top_labels=carried["label"], top_predictions=carried["prediction"],
         thumbnails=carried.get("thumb"), fire_count=stream.fire, n_tokens=stream.n_tokens, n_images=stream.n_images,
-        hist_counts=stream.counts, hist_width=torch.where(stream.fired, torch.ldexp(torch.ones(len(rows), dtype=torch.float64), stream.exp), 0.0),
+        hist_counts=stream.counts,
+        hist_width=torch.where(stream.fired, torch.ldexp(torch.ones(len(rows), dtype=torch.float64), stream.exp), 0.0),
         class_names=class_names,
     )
