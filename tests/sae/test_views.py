@@ -196,6 +196,11 @@ def test_the_gallery_escapes_names_embeds_images_and_draws_the_activation(model,
     assert "<script" not in text and "&lt;script&gt;alert(" in text and "&lt;b&gt;features&lt;/b&gt;" in text
     assert text.count("<section") == 3 and "http" not in text
     assert float(acts.top_values[0].max()) == 0 and "it fires on none of these images" in text  # latent 0: dead
+    # the inline histograms: one bar per non-empty bin of each live latent, the fullest bin full height
+    sections = text.split("<section")[1:]
+    for r, section in enumerate(sections):
+        assert section.count("<rect") == int((acts.hist_counts[r] > 0).sum())
+    assert "height='40.00'" in sections[2]
     pngs = _pngs(text)
     assert len(pngs) == 6 and all(p.size == (32, 32) for p in pngs)
     # the first image of latent 20: full blue at its top patch, where the activation is the latent's peak

@@ -39,6 +39,20 @@ _STYLE = (
 )
 
 
+def _histogram_svg(counts: Tensor, width: float) -> str:
+    """An inline SVG of a latent's activation histogram: one bar per bin, heights relative to the fullest bin."""
+    c = counts.double()
+    top = float(c.max())
+    if top <= 0:
+        return ""
+    w, h, n = 192, 40, c.shape[0]
+    bar = w / n
+    rects = "".join(f"<rect x='{i * bar:.2f}' y='{h - h * float(v) / top:.2f}' width='{bar:.2f}' "
+                    f"height='{h * float(v) / top:.2f}'/>" for i, v in enumerate(c) if v > 0)
+    return (f"<svg class='hist' width='{w}' height='{h}' fill='#2166ac'><title>positive activations, {n} bins of "
+            f"width {width:.4g} from 0 (fullest bin: {int(top)} tokens)</title>{rects}</svg>")
+
+
 def _class(index: int, names: list[str] | None) -> str:
     if index < 0:
         return "?"
@@ -58,7 +72,7 @@ def feature_gallery(
 ) -> Path:
     """Write the gallery of ``acts`` (atomically) and return its path.
 
-    Each image shows the latent's activation at every patch over a greyed copy of the picture, blue where it fires
+    Each section draws the latent's activation histogram (an inline SVG, one bar per bin). Each image shows the latent's activation at every patch over a greyed copy of the picture, blue where it fires
     and white where it is 0, on one scale per latent (full blue = the latent's largest activation among its top
     images), so the images of a latent compare at a glance. Only images where the latent fires (> 0) are shown.
 
@@ -100,7 +114,8 @@ def feature_gallery(
         n = int((acts.top_values[r] > 0).sum())  # images where the latent fires; those at 0 are not shown
         peak = float(acts.top_values[r, 0]) if n else 0.0
         head = (f"<h2>latent {k}</h2><p class='meta'>max activation {peak:.4g}; fires on "
-                f"{float(acts.frequency[r]):.3%} of {acts.n_tokens} tokens ({e(acts.tokens)})</p>")
+                f"{float(acts.frequency[r]):.3%} of {acts.n_tokens} tokens ({e(acts.tokens)})</p>"
+                f"{_histogram_svg(acts.hist_counts[r], float(acts.hist_width[r]))}")
         if effects is not None:
             eff = effects[r].detach().float().cpu()
             j = min(top_classes, eff.shape[0])
