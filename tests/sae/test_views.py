@@ -78,6 +78,7 @@ def test_streamed_top_k_maps_and_histograms_equal_a_brute_force_recomputation(mo
     counted = {None: lat, "patches": lat[:, n_prefix:], "cls": lat[:, :1]}[tokens]
     brute = _brute_top(counted.amax(1), 4)
     assert acts.latents == list(range(48)) and acts.n_images == 11 and not spliced_saes(model)
+    assert acts.prefix_labels == ("CLS",)
     assert acts.top_indices.tolist() == [[i for _, i in row] for row in brute]
     assert acts.top_values.tolist() == [[v for v, _ in row] for row in brute]
     with torch.no_grad():
@@ -190,9 +191,13 @@ def test_the_gallery_escapes_names_embeds_images_and_draws_the_activation(model,
     x = images(6, seed=7)
     acts = feature_activations(model, sae, x, k=3, latents=[0, 20, 47], keep_images=True, labels=torch.arange(6))
     evil = [f"<script>alert({i})</script>" for i in range(10)]
-    out = feature_gallery(acts, tmp_path / "g.html", title="<b>features</b>", class_names=evil,
-                          effects=torch.randn(3, 10))
+    effects = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    out = feature_gallery(acts, tmp_path / "g.html", title="<b>features</b>", class_names=evil, effects=effects)
     text = out.read_text(encoding="utf-8")
+    for r in range(3):  # the class each latent raises most is listed first, escaped
+        c = int(effects[r].argmax())
+        assert f"raises: &lt;script&gt;alert({c})&lt;/script&gt; ({float(effects[r, c]):+.3g})" in text
+    assert text.count("CLS ") == 6  # the CLS activation of each image shown
     assert "<script" not in text and "&lt;script&gt;alert(" in text and "&lt;b&gt;features&lt;/b&gt;" in text
     assert text.count("<section") == 3 and "http" not in text
     assert float(acts.top_values[0].max()) == 0 and "it fires on none of these images" in text  # latent 0: dead

@@ -118,7 +118,7 @@ def feature_gallery(
                 f"{_histogram_svg(acts.hist_counts[r], float(acts.hist_width[r]))}")
         if effects is not None:
             eff = effects[r].detach().float().cpu()
-            j = min(top_classes, eff.shape[0])
+            j = min(top_classes, max(1, eff.shape[0] // 2))  # no class listed both ways
             up = ", ".join(f"{e(_class(int(c), names))} ({float(eff[c]):+.3g})" for c in eff.topk(j).indices)
             down = ", ".join(f"{e(_class(int(c), names))} ({float(eff[c]):+.3g})" for c in eff.topk(j, largest=False).indices)
             head += f"<p class='meta'>direct effect raises: {up}; lowers: {down}</p>"
@@ -133,8 +133,8 @@ def feature_gallery(
             else:
                 img = png_base64(thumb.permute(1, 2, 0).contiguous())
             lines = [e(acts.top_names[r][j]), f"activation {float(acts.top_values[r, j]):.4g}"]
-            if acts.top_prefix is not None and acts.top_prefix.shape[-1]:
-                lines.append(f"first token {float(acts.top_prefix[r, j, 0]):.4g}")
+            if acts.top_prefix is not None:
+                lines += [f"{e(label)} {float(v):.4g}" for label, v in zip(acts.prefix_labels, acts.top_prefix[r, j])]
             if int(acts.top_labels[r, j]) >= 0:
                 lines.append(f"label {e(_class(int(acts.top_labels[r, j]), names))}")
             if int(acts.top_predictions[r, j]) >= 0:

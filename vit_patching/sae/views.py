@@ -82,6 +82,7 @@ class FeatureActivations:
         hist_counts: Positive activations per bin ``[latent, bins]``.
         hist_width: Bin width per latent (a power of two; 0 for a latent that never fired).
         class_names: The model's class names (``model.readout.class_names``), or ``None``.
+        prefix_labels: The names of ``top_prefix``'s tokens (``"CLS"``, ``"DIST"``, ``"REG0"``, ...).
     """
 
     hook_name: str
@@ -101,6 +102,7 @@ class FeatureActivations:
     hist_counts: Int[Tensor, "latent bins"]
     hist_width: Float[Tensor, " latent"]
     class_names: list[str] | None = None
+    prefix_labels: tuple[str, ...] = ()
 
     @property
     def frequency(self) -> Float[Tensor, " latent"]:
@@ -439,4 +441,6 @@ def feature_activations(
         hist_counts=stream.counts,
         hist_width=torch.where(stream.fired, torch.ldexp(torch.ones(len(rows), dtype=torch.float64), stream.exp), 0.0),
         class_names=class_names,
+        prefix_labels=() if prefix_sl is None else tuple(model.cfg.prefix_labels[prefix_sl] if positions == "all"
+                                                         else ("CLS",)),
     )
