@@ -4,7 +4,6 @@ and the direct effect equals the direct path by hand and, at the last residual s
 exact change of the logits."""
 import base64
 import io
-import os
 import sys
 from pathlib import Path
 

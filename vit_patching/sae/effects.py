@@ -41,7 +41,7 @@ RESIDUAL_WRITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_
 # Elements of one [latent, batch, pos, d_model] stack pushed through the classifier end at once (memory bound).
 _STACK_BUDGET = 1 << 24
 # The per-image scales the linearised classifier end freezes (those the model has).
-_SCALES = ("ln_final.hook_scale", "fc_norm.hook_scale", "readout.hook_scale", "hook_pooled")
+_SCALES = ("ln_final.hook_scale", "fc_norm.hook_scale", "readout.hook_scale")
 
 
 def decoder_directions(sae: nn.Module, latents: Sequence[int]) -> Float[Tensor, "latent d_in"]:

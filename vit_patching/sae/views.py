@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,8 +43,6 @@ from vit_patching.images import to_pixels
 from vit_patching.model import HookedViT
 from vit_patching.runs.dataset import ImageSet
 from vit_patching.sae.splice import spliced_saes
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["FeatureActivations", "TOKENS", "feature_activations", "resolve_splice"]
 
@@ -422,8 +419,9 @@ def feature_activations(
                 first = span[0] + stream.n_images
                 names.update(zip(range(first, first + b), batch_names))
             stream.update(counted.amax(1), counted, per_image)
-            winners = set(stream.indices.flatten().tolist())
-            names = {i: v for i, v in names.items() if i in winners}  # names of the winners only: memory bounded
+            if names:  # keep the names of the winners only: memory bounded
+                winners = set(stream.indices.flatten().tolist())
+                names = {i: v for i, v in names.items() if i in winners}
             bar.update(b)
     if stream is None:
         raise ValueError("images: expected at least one image, got none")
