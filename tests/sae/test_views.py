@@ -275,6 +275,9 @@ def test_bad_arguments_are_refused_by_name_and_leave_the_model_unchanged(model, 
         latent_direct_effect(model, _sae(positions="patches"), x, positions=0)
     with pytest.raises(ValueError, match="latents: expected latent indices"):
         latent_direct_effect(model, sae, x, latents=[-1])
+    attention_pooled = make_pair(global_pool="map")[1]
+    with pytest.raises(ValueError, match="model: expected CLS or average pooling \\(linear\\), got global_pool='map'"):
+        latent_direct_effect(attention_pooled, _sae("blocks.1.hook_resid_post"), x)
     assert not spliced_saes(model)
 
 

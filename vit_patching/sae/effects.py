@@ -73,6 +73,19 @@ def decoder_directions(sae: nn.Module, latents: Sequence[int]) -> Float[Tensor, 
     return rows
 
 
+def _check_linear_end(model: HookedViT) -> None:
+    """Refuse, before any forward pass, a classifier end that is not linear once the norm scales are frozen (the
+    cases ``head_contributions`` refuses after one)."""
+    readout = model.readout
+    if readout is not None and readout.reads != "head" and readout.linear_map() is None:
+        raise ValueError(f"model: expected a linear readout (once its scale is frozen), got {readout.describe()}: "
+                         "no direct effect exists")
+    pooled = readout is None or readout.reads != "tokens"  # a probe on the tokens does not pool
+    if pooled and not model.cfg.has_dist and model.cfg.global_pool not in ("token", "avg"):
+        raise ValueError(f"model: expected CLS or average pooling (linear), got global_pool="
+                         f"{model.cfg.global_pool!r}: no direct effect exists")
+
+
 @torch.no_grad()
 def latent_direct_effect(
     model: HookedViT,
@@ -120,6 +133,7 @@ def latent_direct_effect(
     if images.ndim != 4:
         raise ValueError(f"images: expected normalised images [batch, C, H, W], got {tuple(images.shape)}")
     batch_size = check_batch_size(batch_size)
+    _check_linear_end(model)
     n_pos, n_prefix = model.cfg.n_pos, model.cfg.n_prefix
     read = {"all": range(n_pos), "patches": range(n_prefix, n_pos), "cls": range(0, 1)}[splice_positions]
     if positions == "all":
