@@ -355,3 +355,5 @@ def test_the_gallery_overlay_draws_a_map_as_it_is_on_a_given_scale():
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"))
     # value / scale: 1 full blue, 0 white (no median centring), 0.5 half blue, 2 clipped to full blue
     assert rgb.reshape(4, 3).tolist() == [[0, 0, 255], [255, 255, 255], [128, 128, 255], [0, 0, 255]]
+    with pytest.raises(ValueError, match="scale: expected a finite number > 0, got 0"):
+        overlay_png(grey, torch.ones(2, 2), centre=False, scale=0)

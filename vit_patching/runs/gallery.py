@@ -21,6 +21,8 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
+from vit_patching.checks import check_positive_number
+
 from .sharding import atomic_write_bytes
 
 __all__ = ["overlay_png", "png_base64", "write_gallery"]
@@ -53,7 +55,7 @@ def overlay_png(
     alpha: float = 0.55,
     *,
     centre: bool = True,
-    scale: float | None = None,
+    scale: int | float | None = None,
 ) -> str:
     """Base64 PNG of the map (diverging red-white-blue, symmetric about 0 after centring on its median) over the image.
 
@@ -66,6 +68,8 @@ def overlay_png(
         >>> overlay_png(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.rand(2, 2))[:8]
         'iVBORw0K'
     """
+    if scale is not None:
+        check_positive_number(scale, "scale")
     img = thumb.float() / 255
     m = patch_map.float()
     if centre:
