@@ -21,9 +21,11 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
+from vit_patching.checks import check_positive_number
+
 from .sharding import atomic_write_bytes
 
-__all__ = ["overlay_png", "write_gallery"]
+__all__ = ["overlay_png", "png_base64", "write_gallery"]
 
 _SORT_JS = """
 function sortBy(col){const t=document.getElementById('g');const b=t.tBodies[0];const rows=[...b.rows];
@@ -33,7 +35,13 @@ const r=(isNaN(na)||isNaN(nc))?a.localeCompare(c):na-nc;return asc?r:-r;});rows.
 """
 
 
-def _png(array: Tensor) -> str:
+def png_base64(array: UInt8[Tensor, "h w channel"]) -> str:
+    """Base64 PNG of a uint8 ``[h, w, C]`` image (for a ``data:image/png;base64,`` URI).
+
+    Example:
+        >>> png_base64(torch.zeros(2, 2, 3, dtype=torch.uint8))[:8]
+        'iVBORw0K'
+    """
     from PIL import Image
 
     buf = io.BytesIO()
@@ -41,25 +49,38 @@ def _png(array: Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def overlay_png(thumb: UInt8[Tensor, "channel h w"], patch_map: Float[Tensor, "gh gw"], alpha: float = 0.55) -> str:
+def overlay_png(
+    thumb: UInt8[Tensor, "channel h w"],
+    patch_map: Float[Tensor, "gh gw"],
+    alpha: float = 0.55,
+    *,
+    centre: bool = True,
+    scale: int | float | None = None,
+) -> str:
     """Base64 PNG of the map (diverging red-white-blue, symmetric about 0 after centring on its median) over the image.
 
     Blue above the median, red below: the convention of the report's Plotly ``RdBu`` figures (low red, high blue),
-    so a gallery and a report of the same image agree.
+    so a gallery and a report of the same image agree. With ``centre=False`` the map is drawn as it is (0 white),
+    and ``scale`` (default: the map's largest absolute value) is the value drawn at full colour, so that maps of
+    one feature drawn with its largest activation share one colour scale.
 
     Example:
         >>> overlay_png(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.rand(2, 2))[:8]
         'iVBORw0K'
     """
+    if scale is not None:
+        check_positive_number(scale, "scale")
     img = thumb.float() / 255
     m = patch_map.float()
-    m = m - m.median()
-    m = m / m.abs().max().clamp_min(1e-12)  # [-1, 1]
+    if centre:
+        m = m - m.median()
+    m = m / (m.abs().max().clamp_min(1e-12) if scale is None else max(scale, 1e-12))  # [-1, 1]
+    m = m.clamp(-1, 1)
     m = torch.nn.functional.interpolate(m[None, None], size=tuple(img.shape[-2:]), mode="nearest")[0, 0]
     pos, neg = m.clamp_min(0), (-m).clamp_min(0)
     colour = torch.stack([1 - pos, 1 - pos - neg, 1 - neg])  # blue for positive, red for negative (as RdBu)
     out = (1 - alpha) * img + alpha * colour
-    return _png((out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous())
+    return png_base64((out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous())
 
 
 def write_gallery(
@@ -105,7 +126,7 @@ def write_gallery(
         else:  # a failed image (non-finite outputs) has no map to draw
             overlay = "no map"
         body.append(
-            f"<tr><td data-v='{i}'><img src='data:image/png;base64,{_png(t.permute(1, 2, 0).contiguous())}'></td>"
+            f"<tr><td data-v='{i}'><img src='data:image/png;base64,{png_base64(t.permute(1, 2, 0).contiguous())}'></td>"
             f"<td data-v='{i}'>{overlay}</td>{cells}</tr>"
         )
     doc = (
