@@ -12,6 +12,7 @@ Example:
 """
 
 from .atp import atp_heads, atp_layer_sweep
+from .atp_latents import atp_latents
 from .caap_estimate import CAAPEstimate, caap_estimate
 from .common import Verification
 from .compare import (
@@ -39,7 +40,7 @@ __all__ = [
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
     "information_flow_routes", "node_scores", "select_nodes", "NeuronCircuit", "NeuronEvaluation", "NeuronScores",
     "evaluate_neurons", "neuron_scores", "select_neurons",
-    "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
+    "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads", "atp_latents",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",
 ]
