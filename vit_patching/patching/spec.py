@@ -37,7 +37,7 @@ def hook_axes(hook: str) -> tuple[str, ...]:
     return site_axes(hook)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Site:
     """One activation slice to overwrite.
 
@@ -61,6 +61,10 @@ class Site:
     pos: int | None = None
     head: int | None = None
     latent: int | None = None
+
+    def __repr__(self) -> str:  # the latent only when set: sites of other hooks print as they always did
+        latent = "" if self.latent is None else f", latent={self.latent!r}"
+        return f"Site(hook={self.hook!r}, pos={self.pos!r}, head={self.head!r}{latent})"
 
     def index(self) -> tuple[int | None, ...]:
         axes = hook_axes(self.hook)
