@@ -63,13 +63,13 @@ def main() -> None:
 
     runs = {
         "position sweep (layer_sweep, one hook)": lambda: layer_sweep(
-            model, clean, corrupted, "logit_diff", sites="resid_pre", layers=[layer], **common),
+            model, clean, corrupted, "logit", sites="resid_pre", layers=[layer], **common),
         "latent sweep (every latent, all positions)": lambda: latent_sweep(
-            model, clean, corrupted, "logit_diff", hook=hook, **common),
+            model, clean, corrupted, "logit", hook=hook, **common),
     }
     if args.per_position_latents:
         runs[f"latent sweep ({args.per_position_latents} latents x every position)"] = lambda: latent_sweep(
-            model, clean, corrupted, "logit_diff", hook=hook, latents=range(args.per_position_latents),
+            model, clean, corrupted, "logit", hook=hook, latents=range(args.per_position_latents),
             per_position=True, **common)
     with torch.no_grad(), model.saes([sae], use_error_term=True):
         print(f"model {args.model}: {cfg.n_layers} blocks, d_model {cfg.d_model}, {cfg.n_pos} tokens; SAE top-k "

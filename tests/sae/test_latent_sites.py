@@ -154,3 +154,16 @@ def test_latent_sweep_figures(model):
                                equal_nan=True)
     facets = by_pos.plot()
     assert len(facets.data) >= 2 and "latent_sweep_by_pos" in facets.layout.title.text
+
+
+def test_latent_sweep_of_pre_activations_equals_hand_written_runs(model):
+    clean, corrupted = images(2, seed=3), images(2, seed=4)
+    pre = sae_act_name(HOOK, "acts_pre")
+    with model.saes([sae_at(arch="jumprelu")], use_error_term=True):
+        res = latent_sweep(model, clean, corrupted, "logit", hook=HOOK, point="acts_pre", latents=[0, 9],
+                           progress=False)
+        metric = target_logit(model(clean).argmax(-1))
+        assert res.labels["site"] == [pre] and (res.values - res.target_score).abs().max() > 1e-4
+        for j, k in enumerate([0, 9]):
+            torch.testing.assert_close(res.values[0, j], hand_patch(model, corrupted, clean, pre, k, None, metric),
+                                       atol=5e-7, rtol=0)
