@@ -63,7 +63,7 @@ def test_atp_latents_tracks_the_exact_latent_sweep_and_verifies_exactly(model):
     d_exact = (exact.values - exact.target_score).flatten()
     d_est = (est.values - est.target_score).flatten()
     r = torch.corrcoef(torch.stack([d_exact, d_est]))[0, 1]
-    assert r > 0.8, r  # observed 0.83 (Pearson, 4 images x 64 latents) on this random 2-block model
+    assert abs(r - 0.83) < 0.005, r  # docs/sae.md states 0.83 (Pearson, 4 images x 64 latents) for this model
     v = est.options["verification"]
     for i, (site, latent) in enumerate(v.cells):
         torch.testing.assert_close(v.exact[i], exact.values[site, latent], atol=5e-7, rtol=0)

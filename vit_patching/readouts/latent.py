@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vit_patching.checks import check_choice, is_int
-from vit_patching.hook_names import hook_layer, site_suffix, split_sae_name
+from vit_patching.hook_names import hook_layer, sae_act_name, site_suffix, split_sae_name
 from vit_patching.model.readout import Readout
 from vit_patching.sae.sites import get_splice, latent_width, token_span
 
@@ -65,7 +65,7 @@ class LatentReadout(Readout):
         sae = split_sae_name(hook)
         if sae is not None and sae[1] not in ("hook_sae_acts_post", "hook_sae_acts_pre"):
             raise ValueError(f"hook: expected an SAE's latents or the hook it is spliced at, got {hook!r}")
-        name = hook if sae is not None else f"{hook}.sae.hook_sae_acts_post"
+        name = hook if sae is not None else sae_act_name(hook)
         if hook_layer(name) is None:
             raise ValueError(f"hook: expected an SAE spliced at a block's hook (blocks.N....), got {hook!r}")
         if not is_int(latent) or latent < 0:
