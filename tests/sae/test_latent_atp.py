@@ -81,3 +81,20 @@ def test_atp_latents_refuses_bad_arguments(model):
             atp_latents(model, clean, corrupted, "logit", hook=HOOK, verify_top_k=-1)
         with pytest.raises(ValueError, match="point: expected one of"):
             atp_latents(model, clean, corrupted, "logit", hook=HOOK, point="error")
+
+
+def test_atp_latents_is_exact_where_the_metric_is_linear_in_the_latents():
+    """Known answer: an SAE at the last block's output of a model without a final norm feeds the CLS token straight
+    into the linear head, so a logit is linear in the latents and AtP equals the exact sweep."""
+    model = make_pair(final_norm=False)[1]
+    hook = "blocks.1.hook_resid_post"
+    clean, corrupted = images(2, seed=3), images(2, seed=4)
+    with model.saes([sae_at(hook, arch="standard")], use_error_term=True):
+        exact = latent_sweep(model, clean, corrupted, "logit", hook=hook, batch_size=64, progress=False)
+        est = atp_latents(model, clean, corrupted, "logit", hook=hook)
+        exact_pos = latent_sweep(model, clean, corrupted, "logit", hook=hook, latents=[1, 2, 3], per_position=True,
+                                 batch_size=64, progress=False)
+        est_pos = atp_latents(model, clean, corrupted, "logit", hook=hook, latents=[1, 2, 3], per_position=True)
+    assert (exact.values - exact.target_score).abs().max() > 0.5  # latents that move the logit
+    torch.testing.assert_close(est.values, exact.values, atol=3e-6, rtol=0)  # observed 1.2e-6
+    torch.testing.assert_close(est_pos.values, exact_pos.values, atol=1e-6, rtol=0)  # observed 2.4e-7
