@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from model_helpers import images, make_pair  # noqa: E402
 from test_latent_sites import sae_at  # noqa: E402
 
-from vit_patching.circuits import evaluate_features, feature_eap  # noqa: E402
+from vit_patching.circuits import evaluate_features, feature_eap, feature_faithfulness_curve  # noqa: E402
 from vit_patching.patching import target_logit  # noqa: E402
 
 H = "blocks.0.hook_resid_post"
@@ -105,6 +105,22 @@ def test_evaluate_features_equals_hand_written_ablation_runs(setup, ablation, ke
     torch.testing.assert_close(ev.empty_score, run([], False), atol=5e-6, rtol=0)
     f = (ev.values.mean() - ev.empty_score.mean()) / (ev.clean_score.mean() - ev.empty_score.mean())
     torch.testing.assert_close(ev.faithfulness, f)
+
+
+def test_feature_faithfulness_curve_keeps_the_top_scored_latents(setup):
+    model, sae, clean, corrupted, metric, cc, kc = setup
+    fe = feature_eap(model, clean, corrupted, metric, hook=H, latents=[3, 7, 20, 41])
+    curve = feature_faithfulness_curve(model, clean, corrupted, metric, hook=H, scores=fe, sizes=[0, 2, 4],
+                                       keep_error=False)
+    by_score = [k for _, k in sorted(zip((-fe.node_scores[:4].mean(-1).abs()).tolist(), [3, 7, 20, 41]))]
+    assert curve.kept == [[], by_score[:2], by_score]
+    for i, kept in enumerate(curve.kept):
+        ev = evaluate_features(model, clean, corrupted, metric, hook=H, keep=kept, keep_error=False)
+        torch.testing.assert_close(curve.values[i], ev.values, atol=5e-7, rtol=0)
+    torch.testing.assert_close(curve.values[0], curve.empty_score, atol=5e-7, rtol=0)  # nothing kept
+    assert abs(float(curve.faithfulness[0])) < 1e-5
+    with pytest.raises(ValueError, match=r"sizes: expected a non-empty list of latent counts in \[0, 4\]"):
+        feature_faithfulness_curve(model, clean, corrupted, metric, hook=H, scores=fe, sizes=[5])
 
 
 def test_feature_circuits_refuse_what_they_cannot_score(setup):

@@ -18,7 +18,8 @@ the SAE are :func:`~vit_patching.circuits.eap.eap`'s. The decoder must be affine
 SAEs without ``normalize_activations`` other than ``"none"`` / ``"expected_average_only_in"``).
 
 :func:`evaluate_features` runs the clean images with every latent outside a kept set (and the error, unless kept)
-replaced by its corrupted (or zero) value, through the patching engine, and reports faithfulness.
+replaced by its corrupted (or zero) value, through the patching engine, and reports faithfulness;
+:func:`feature_faithfulness_curve` does so for the top ``n`` latents by node score, for several ``n`` at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_patching.checks import check_bool, check_choice, check_indices
+from vit_patching.checks import check_bool, check_choice, check_indices, is_int
 from vit_patching.hook_names import get_act_name, sae_act_name, site_suffix
 from vit_patching.model import HookedViT
 from vit_patching.patching import Node, PatchSpec, Site, run_patch_spec
@@ -43,7 +44,10 @@ from .eap import EDGE_FLAGS, receiver_hooks, sender_outputs, stack_receivers
 from .graph import Graph
 from .interventions import sender_hooks
 
-__all__ = ["FEATURE_ABLATIONS", "FeatureEdgeScores", "FeatureEvaluation", "evaluate_features", "feature_eap"]
+__all__ = [
+    "FEATURE_ABLATIONS", "FeatureCurve", "FeatureEdgeScores", "FeatureEvaluation", "evaluate_features", "feature_eap",
+    "feature_faithfulness_curve",
+]
 
 # Residual-stream "time" of a residual hook in the stages of Node.write_stage / read_stage: senders at a smaller
 # stage wrote before it, receivers at a larger stage read after it.
@@ -275,10 +279,28 @@ def evaluate_features(
     """
     check_pair(model, clean, corrupted)
     name = get_act_name(hook)
+    d_sae = _width(model, name)
+    kept = [] if isinstance(keep, Sequence) and len(keep) == 0 else check_indices(list(keep), d_sae, "keep", "latent")
+    values, clean_score, empty, metric_name, keep_error = _evaluate_sets(
+        model, clean, corrupted, metric, name, [kept], keep_error, ablation, batch_size)
+    return FeatureEvaluation(values[0], clean_score, empty, kept, keep_error, metric_name, ablation)
+
+
+def _width(model: HookedViT, name: str) -> int:
+    d_sae = latent_width(get_splice(model, name))
+    if d_sae is None:
+        raise ValueError(f"hook: the module spliced at {name!r} states no d_sae; expected one of this project's SAEs "
+                         f"or a module with a d_sae attribute")
+    return d_sae
+
+
+def _evaluate_sets(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | str, name: str,
+                   sets: list[list[int]], keep_error: bool, ablation: str, batch_size: int,
+                   ) -> tuple[Tensor, Tensor, Tensor, str, bool]:
+    """Metric per kept set ``[set, batch]``, the clean and empty scores, the metric name, and whether the error was
+    kept (always, without an error term): every set's run and the empty circuit's in one engine call."""
     splice = get_splice(model, name)
-    d_sae = latent_width(splice)
-    kept = [] if isinstance(keep, Sequence) and len(keep) == 0 else check_indices(list(keep), d_sae or 0, "keep",
-                                                                                  "latent")
+    d_sae = _width(model, name)
     check_bool(keep_error, "keep_error")
     check_choice(ablation, FEATURE_ABLATIONS, "ablation")
     lat, err = sae_act_name(name, "acts_post"), sae_act_name(name, "error")
@@ -292,12 +314,95 @@ def evaluate_features(
     fn, metric_name = resolve_metric(metric, clean_logits, corr_logits)
     if ablation == "zero":
         source_cache = {h: torch.zeros_like(v) for h, v in source_cache.items()}
-    ablated = [Site(lat, latent=k) for k in range(d_sae) if k not in set(kept)]
-    everything = tuple([Site(lat)] + ([Site(err)] if has_err else []))
-    variant = tuple(ablated + ([] if keep_error or not has_err else [Site(err)]))
-    variants = [everything] + ([variant] if variant else [])
+    error_sites = [] if keep_error or not has_err else [Site(err)]
+    variants = [tuple([Site(lat)] + ([Site(err)] if has_err else []))]  # the empty circuit: everything ablated
+    rows = []  # each set's variant, or None when it ablates nothing (its value is the clean run's)
+    for kept in sets:
+        ablated = tuple([Site(lat, latent=k) for k in range(d_sae) if k not in set(kept)] + error_sites)
+        rows.append(len(variants) if ablated else None)
+        if ablated:
+            variants.append(ablated)
     run = run_patch_spec(model, PatchSpec(variants), fn, target=clean, source_cache=source_cache,
                          source_logits=corr_logits, batch_size=batch_size, progress=False)
-    values = run.values[1] if variant else run.target_score
-    return FeatureEvaluation(values, run.target_score, run.values[0], kept, keep_error or not has_err,
-                             metric_name, ablation)
+    values = torch.stack([run.target_score if r is None else run.values[r] for r in rows])
+    return values, run.target_score, run.values[0], metric_name, keep_error or not has_err
+
+
+@dataclass
+class FeatureCurve:
+    """Faithfulness with the top ``n`` latents kept, for each ``n`` (see :func:`feature_faithfulness_curve`).
+
+    Attributes:
+        sizes: Latents kept per point.
+        kept: The kept latents per point (largest |node score| first).
+        values: Metric per point and image ``[size, batch]``.
+        clean_score, empty_score: Baselines ``[batch]``.
+        keep_error: Whether the error was kept.
+        metric, ablation: Names.
+
+    Example:
+        >>> curve = feature_faithfulness_curve(model, clean, corrupted, hook=hook, scores=fe, sizes=[1, 4, 16])
+        >>> curve.faithfulness                          # one value per size
+    """
+
+    sizes: list[int]
+    kept: list[list[int]]
+    values: Float[Tensor, "size batch"]
+    clean_score: Float[Tensor, " batch"]
+    empty_score: Float[Tensor, " batch"]
+    keep_error: bool
+    metric: str
+    ablation: str
+
+    @property
+    def faithfulness(self) -> Float[Tensor, " size"]:
+        """``(mean m(top n) - mean m(empty)) / (mean m(clean) - mean m(empty))`` per size."""
+        empty = self.empty_score.mean()
+        return (self.values.mean(-1) - empty) / (self.clean_score.mean() - empty)
+
+
+def feature_faithfulness_curve(
+    model: HookedViT,
+    clean: Float[Tensor, "batch channel height width"],
+    corrupted: Float[Tensor, "_batch _channel _height _width"],  # checked against clean with a clear error
+    metric: Metric | str = "logit_diff",
+    *,
+    hook: str,
+    scores: FeatureEdgeScores,
+    sizes: Sequence[int],
+    keep_error: bool = True,
+    ablation: str = "corrupted",
+    batch_size: int = 64,
+) -> FeatureCurve:
+    """:func:`evaluate_features` for the top ``n`` latents of ``scores`` (by |mean node score|), for each ``n`` in
+    ``sizes``, in one engine call.
+
+    Args:
+        model, clean, corrupted, metric, hook, keep_error, ablation, batch_size: As :func:`evaluate_features`.
+        scores: :func:`feature_eap` scores of the SAE at ``hook`` (its latent nodes are ranked; ``ERR`` is not).
+        sizes: Latent counts, each in ``[0, scored latents]``.
+
+    Returns:
+        :class:`FeatureCurve`.
+
+    Example:
+        >>> with model.saes([sae], use_error_term=True):
+        ...     fe = feature_eap(model, clean, corrupted, hook=sae.cfg.hook_name)
+        ...     curve = feature_faithfulness_curve(model, clean, corrupted, hook=sae.cfg.hook_name, scores=fe,
+        ...                                        sizes=[1, 4, 16])
+    """
+    check_pair(model, clean, corrupted)
+    name = get_act_name(hook)
+    if not isinstance(scores, FeatureEdgeScores) or scores.hook != name:
+        raise ValueError(f"scores: expected feature_eap scores of the SAE at {name!r}, got "
+                         f"{getattr(scores, 'hook', type(scores).__name__)!r}")
+    latents = scores.options["latents"]
+    n_lat = len(latents)
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not sizes \
+            or not all(is_int(n) and 0 <= n <= n_lat for n in sizes):
+        raise ValueError(f"sizes: expected a non-empty list of latent counts in [0, {n_lat}], got {sizes!r}")
+    order = torch.argsort(scores.node_scores[:n_lat].mean(-1).abs(), descending=True, stable=True).tolist()
+    sets = [[latents[j] for j in order[:n]] for n in sizes]
+    values, clean_score, empty, metric_name, kept_err = _evaluate_sets(
+        model, clean, corrupted, metric, name, sets, keep_error, ablation, batch_size)
+    return FeatureCurve(list(sizes), sets, values, clean_score, empty, kept_err, metric_name, ablation)
