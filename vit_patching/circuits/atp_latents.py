@@ -75,8 +75,9 @@ def atp_latents(
 
     Example:
         >>> with model.saes([sae], use_error_term=True):
-        ...     est = atp_latents(model, clean, corrupted, "logit_diff", hook=sae.cfg.hook_name, verify_top_k=5)
-        >>> est.options["verification"].errors()          # |estimate - exact| of the 5 largest latents
+        ...     est = atp_latents(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, verify_top_k=5)
+        >>> est.options["verification"].exact.shape       # the 5 largest estimates re-run exactly, per image
+        torch.Size([5, 2])
     """
     layout = check_pair(model, clean, corrupted)
     check_bool(per_position, "per_position")

@@ -87,8 +87,10 @@ class FeatureEdgeScores:
         metric: Metric name.
 
     Example:
-        >>> fe = feature_eap(model, clean, corrupted, "logit_diff", hook="blocks.1.hook_resid_post")
-        >>> fe.top(5)                                   # [(upstream, downstream, mean score), ...] by |score|
+        >>> with model.saes([sae], use_error_term=True):
+        ...     fe = feature_eap(model, clean, corrupted, "logit", hook="blocks.1.hook_resid_post", latents=[0, 1])
+        >>> [(u, v) for u, v, score in fe.top(2)] != []    # [(upstream, downstream, mean score), ...] by |score|
+        True
     """
 
     hook: str
@@ -138,9 +140,9 @@ def feature_eap(
 
     Example:
         >>> with model.saes([sae], use_error_term=True):
-        ...     fe = feature_eap(model, clean, corrupted, "logit_diff", hook=sae.cfg.hook_name, latents=range(16))
-        >>> fe.node_scores.shape                             # 16 latents and the error
-        torch.Size([17, 8])
+        ...     fe = feature_eap(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, latents=range(16))
+        >>> fe.node_scores.shape                             # 16 latents and the error, per image
+        torch.Size([17, 2])
     """
     check_pair(model, clean, corrupted)
     name, stage = _resid_hook(model, hook)
@@ -225,8 +227,10 @@ class FeatureEvaluation:
         metric, ablation: Names.
 
     Example:
-        >>> ev = evaluate_features(model, clean, corrupted, "logit_diff", hook=hook, keep=[3, 17])
-        >>> float(ev.faithfulness)                      # 0 = everything ablated, 1 = the clean run
+        >>> with model.saes([sae], use_error_term=True):
+        ...     ev = evaluate_features(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, keep=[3, 17])
+        >>> ev.faithfulness.shape                       # a scalar: 0 = everything ablated, 1 = the clean run
+        torch.Size([])
     """
 
     values: Float[Tensor, " batch"]
@@ -275,7 +279,9 @@ def evaluate_features(
 
     Example:
         >>> with model.saes([sae], use_error_term=True):
-        ...     ev = evaluate_features(model, clean, corrupted, hook=sae.cfg.hook_name, keep=[3, 17])
+        ...     ev = evaluate_features(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, keep=[3, 17])
+        >>> ev.kept
+        [3, 17]
     """
     check_pair(model, clean, corrupted)
     name = get_act_name(hook)
@@ -341,8 +347,12 @@ class FeatureCurve:
         metric, ablation: Names.
 
     Example:
-        >>> curve = feature_faithfulness_curve(model, clean, corrupted, hook=hook, scores=fe, sizes=[1, 4, 16])
-        >>> curve.faithfulness                          # one value per size
+        >>> with model.saes([sae], use_error_term=True):
+        ...     fe = feature_eap(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, latents=range(8))
+        ...     curve = feature_faithfulness_curve(model, clean, corrupted, "logit", hook=sae.cfg.hook_name,
+        ...                                        scores=fe, sizes=[1, 4, 8])
+        >>> curve.faithfulness.shape                    # one value per size
+        torch.Size([3])
     """
 
     sizes: list[int]
@@ -387,9 +397,11 @@ def feature_faithfulness_curve(
 
     Example:
         >>> with model.saes([sae], use_error_term=True):
-        ...     fe = feature_eap(model, clean, corrupted, hook=sae.cfg.hook_name)
-        ...     curve = feature_faithfulness_curve(model, clean, corrupted, hook=sae.cfg.hook_name, scores=fe,
-        ...                                        sizes=[1, 4, 16])
+        ...     fe = feature_eap(model, clean, corrupted, "logit", hook=sae.cfg.hook_name)
+        ...     curve = feature_faithfulness_curve(model, clean, corrupted, "logit", hook=sae.cfg.hook_name,
+        ...                                        scores=fe, sizes=[1, 4, 16])
+        >>> curve.kept[0] == curve.kept[1][:1]
+        True
     """
     check_pair(model, clean, corrupted)
     name = get_act_name(hook)

@@ -35,8 +35,9 @@ def latent_hook(model: HookedViT, hook: str, point: str = "acts_post") -> str:
     refused when no SAE is spliced there.
 
     Example:
-        >>> latent_hook(model, "blocks.1.hook_resid_post")
-        'blocks.1.hook_resid_post.sae.hook_sae_acts_post'
+        >>> with model.saes([sae]):
+        ...     print(latent_hook(model, "blocks.1.hook_resid_post"))
+        blocks.1.hook_resid_post.sae.hook_sae_acts_post
     """
     if not isinstance(hook, str):
         raise TypeError(f"hook: expected a hook name (str), got {type(hook).__name__}")
@@ -53,7 +54,13 @@ def latent_hook(model: HookedViT, hook: str, point: str = "acts_post") -> str:
 
 
 def latent_positions(model: HookedViT, name: str, n_pos: int, positions: int | Sequence[int] | None) -> list[int]:
-    """Checked model token positions among those the SAE of latent hook ``name`` covers (default all of them)."""
+    """Checked model token positions among those the SAE of latent hook ``name`` covers (default all of them).
+
+    Example:
+        >>> with model.saes([sae], positions="patches"):      # the CLS token (position 0) passes the SAE by
+        ...     print(latent_positions(model, latent_hook(model, sae.cfg.hook_name), 17, None)[:3])
+        [1, 2, 3]
+    """
     first, count = token_span(get_splice(model, split_sae_name(name)[0]), n_pos)
     if positions is None:
         return list(range(first, first + count))
@@ -114,7 +121,8 @@ def latent_sweep(
 
     Example:
         >>> with model.saes([sae], use_error_term=True):
-        ...     res = latent_sweep(model, clean, corrupted, "logit_diff", hook=sae.cfg.hook_name, latents=range(8))
+        ...     res = latent_sweep(model, clean, corrupted, "logit", hook=sae.cfg.hook_name, latents=range(8),
+        ...                        progress=False)
         >>> res.axes, res.mean().shape
         (('site', 'latent'), torch.Size([1, 8]))
         >>> fig = res.plot()                                   # site x latent heatmap

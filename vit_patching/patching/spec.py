@@ -13,12 +13,11 @@ chunk of spec rows into interventions (:func:`~vit_patching.patching.engine.comp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from jaxtyping import Int
 from torch import Tensor
-
-import math
 
 from vit_patching.hook_names import SAE_LATENT_HOOKS, hook_layer, site_axes, split_sae_name
 from vit_patching.model import HookedViT
@@ -27,8 +26,8 @@ from vit_patching.sae.sites import get_splice, latent_width, token_span
 from .memory import hook_shape
 
 __all__ = [
-    "Intervention", "PatchSpec", "Site", "Variant", "check_site", "hook_axes", "site_shape", "spec_memory", "spec_row_elements",
-    "variant_start",
+    "Intervention", "PatchSpec", "Site", "Variant", "check_site", "hook_axes", "site_shape", "spec_memory",
+    "spec_row_elements", "variant_start",
 ]
 
 
@@ -126,6 +125,7 @@ def variant_start(variant: Variant) -> int | None:
     """Earliest block a variant's sites touch (``None`` if one is in the embedding)."""
     layers = [hook_layer(s.hook) for s in variant]
     return None if any(l is None for l in layers) else min(layers)
+
 
 def site_shape(model: HookedViT, hook: str, n_pos: int | None = None) -> tuple[int, ...]:
     """Shape of one row of ``hook``'s activation (no batch axis), the hook points of spliced SAEs included.

@@ -12,10 +12,11 @@ Patching experiments must write upstream of it: CAAP refuses a window that ends 
 (:meth:`LatentReadout.max_window_end`).
 
 Example:
-    >>> model.add_sae(sae, use_error_term=True)                   # at blocks.1.hook_resid_post
+    >>> splice = model.add_sae(sae, use_error_term=True)          # at blocks.1.hook_resid_post
     >>> scored = model.with_readout(LatentReadout("blocks.1.hook_resid_post", latent=7))
     >>> scored(images).shape                                      # latent 7 summed over positions
     torch.Size([2, 1])
+    >>> model.reset_saes()                                        # scored keeps its own copy of the splice
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class LatentReadout(Readout):
             block).
 
     Example:
-        >>> scored = model.with_readout(LatentReadout(sae.cfg.hook_name, latent=3, reduce=0))   # at the CLS token
+        >>> with model.saes([sae]):
+        ...     scored = model.with_readout(LatentReadout(sae.cfg.hook_name, latent=3, reduce=0))  # at the CLS token
         >>> scored.readout.class_names
         ['F3@0']
     """
@@ -98,8 +100,8 @@ class LatentReadout(Readout):
         the SAE's, and the SAE's own block when the SAE reads its ``hook_resid_post`` (all of the block precedes it).
 
         Example:
-            >>> LatentReadout("blocks.2.hook_resid_pre", 0).max_window_end(), LatentReadout("blocks.2.hook_resid_post", 0).max_window_end()
-            (2, 3)
+            >>> [LatentReadout(f"blocks.2.hook_resid_{w}", 0).max_window_end() for w in ("pre", "post")]
+            [2, 3]
         """
         base = split_sae_name(self.hook)[0]
         return self.layer + 1 if site_suffix(base) == "hook_resid_post" else self.layer

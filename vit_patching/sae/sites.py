@@ -5,10 +5,10 @@ questions of a model with spliced SAEs (``model.add_sae``); the hook names thems
 :func:`vit_patching.hook_names.sae_act_name`.
 
 Example:
-    >>> model.add_sae(sae)
-    >>> splice = get_splice(model, sae.cfg.hook_name)
-    >>> token_span(splice, model.cfg.n_pos), latent_width(splice)      # (first token, tokens), d_sae
-    ((0, 17), 64)
+    >>> with model.saes([sae]):
+    ...     splice = get_splice(model, sae.cfg.hook_name)
+    ...     print(token_span(splice, model.cfg.n_pos), latent_width(splice))    # (first token, tokens), d_sae
+    (0, 17) 64
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def get_splice(model: HookedRootModule, hook: str) -> SAESplice:
         ValueError: no SAE is spliced there (the message lists where SAEs are spliced).
 
     Example:
-        >>> get_splice(model, "blocks.0.hook_resid_post").use_error_term
+        >>> with model.saes([sae], use_error_term=True):
+        ...     print(get_splice(model, "blocks.1.hook_resid_post").use_error_term)
         True
     """
     name = get_act_name(hook)
@@ -44,7 +45,8 @@ def token_span(splice: SAESplice, n_pos: int) -> tuple[int, int]:
     index ``p`` is the model's token ``first + p`` (``positions="patches"`` skips the prefix tokens).
 
     Example:
-        >>> token_span(splice, 17)           # positions="patches" on a model with a CLS token
+        >>> with model.saes([sae], positions="patches"):     # a model with a CLS token
+        ...     print(token_span(get_splice(model, sae.cfg.hook_name), 17))
         (1, 16)
     """
     if splice.positions == "patches":
@@ -58,7 +60,8 @@ def latent_width(splice: SAESplice) -> int | None:
     """The SAE's latent count ``d_sae`` (``None`` for a foreign module that states none).
 
     Example:
-        >>> latent_width(splice)
+        >>> with model.saes([sae]):
+        ...     print(latent_width(get_splice(model, sae.cfg.hook_name)))
         64
     """
     for owner in (splice.module, getattr(splice.module, "cfg", None)):
