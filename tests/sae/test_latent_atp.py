@@ -36,17 +36,18 @@ def hand_atp(model, sae, source, target, metric, error_term):
     return (src_lat - kept["lat"].detach()) * grad, metric(logits, torch.arange(target.shape[0])).detach()
 
 
-@pytest.mark.parametrize("error_term", [True, False])
-def test_atp_latents_equals_hand_written_autograd(model, error_term):
+@pytest.mark.parametrize("error_term, direction", [(True, "denoising"), (False, "denoising"), (True, "noising")])
+def test_atp_latents_equals_hand_written_autograd(model, error_term, direction):
     clean, corrupted = images(2, seed=3), images(2, seed=4)
     sae = sae_at(arch="standard")
     with torch.no_grad(), model.saes([sae], use_error_term=error_term):
         metric = target_logit(model(clean).argmax(-1))
-    effect, target_score = hand_atp(model, sae, clean, corrupted, metric, error_term)  # denoising
+    source, target = (clean, corrupted) if direction == "denoising" else (corrupted, clean)
+    effect, target_score = hand_atp(model, sae, source, target, metric, error_term)
     with model.saes([sae], use_error_term=error_term):
-        est = atp_latents(model, clean, corrupted, metric, hook=HOOK)
+        est = atp_latents(model, clean, corrupted, metric, hook=HOOK, direction=direction)
         by_pos = atp_latents(model, clean, corrupted, metric, hook=LAT, latents=[3, 9], per_position=True,
-                             positions=[0, 5, 16])
+                             positions=[0, 5, 16], direction=direction)
     assert est.axes == ("site", "latent") and est.kind == "atp_latents"
     torch.testing.assert_close(est.target_score, target_score, atol=2e-6, rtol=0)
     torch.testing.assert_close(est.values[0] - est.target_score, effect.sum(1).T, atol=1e-6, rtol=1e-5)
@@ -98,3 +99,16 @@ def test_atp_latents_is_exact_where_the_metric_is_linear_in_the_latents():
     assert (exact.values - exact.target_score).abs().max() > 0.5  # latents that move the logit
     torch.testing.assert_close(est.values, exact.values, atol=3e-6, rtol=0)  # observed 1.2e-6
     torch.testing.assert_close(est_pos.values, exact_pos.values, atol=1e-6, rtol=0)  # observed 2.4e-7
+
+
+def test_atp_latents_per_position_verification_re_runs_those_cells_exactly(model):
+    clean, corrupted = images(2, seed=3), images(2, seed=4)
+    with model.saes([sae_at(arch="standard", positions="patches")], use_error_term=True):
+        exact = latent_sweep(model, clean, corrupted, "logit", hook=HOOK, latents=[4, 8], per_position=True,
+                             positions=[1, 6, 16], progress=False)
+        est = atp_latents(model, clean, corrupted, "logit", hook=HOOK, latents=[4, 8], per_position=True,
+                          positions=[1, 6, 16], verify_top_k=3)
+    v = est.options["verification"]
+    assert len(v.cells) == 3 and est.options["pos_indices"] == [1, 6, 16]
+    for i, cell in enumerate(v.cells):
+        torch.testing.assert_close(v.exact[i], exact.values[cell], atol=5e-7, rtol=0)

@@ -280,7 +280,10 @@ def caap(
     """CAAP attribution maps: each patch's source activations pinned into a neutral context over a layer window.
 
     Args:
-        model: A HookedViT with a classification head (eval mode).
+        model: A HookedViT with a classification head or a readout (eval mode). With a spliced SAE's latent as
+            the readout (``model.with_readout(LatentReadout(hook, k))``, ``target=0``) the map says which patches
+            drive feature ``k``; the window must then end at or before the SAE's block
+            (:func:`check_readout_window`).
         images: Normalised source images ``[batch, C, H, W]`` at the model's input size (finite values).
         target: Class to explain per image (int or ``[batch]``); ``None`` = the model's prediction.
         window: ``(start, end)``: blocks ``start..end-1`` get the patch pinned; ``None`` = :func:`default_window`.
