@@ -37,9 +37,7 @@ from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, Site
 from vit_patching.patching.engine import result_dtype
 from vit_patching.patching.experiment import axis_labels, layout_options
 
-from .common import (
-    Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells, verify_cells,
-)
+from .common import Metric, check_pair, forward_backward, resolve_metric, source_target, top_cells, verify_cells
 from .interventions import Ablation, ablated_logits, ablation_values, resolve_ablation
 
 __all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
