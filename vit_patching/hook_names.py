@@ -11,13 +11,16 @@ Example:
     ('blocks.0.attn.hook_pattern', 'blocks.1.ln2.hook_scale', 'hook_logits')
     >>> hook_layer("blocks.11.attn.hook_z"), site_axes("blocks.11.attn.hook_z")
     (11, ('pos', 'head'))
+    >>> sae_act_name("blocks.1.hook_resid_post"), site_axes(sae_act_name("blocks.1.hook_resid_post"))
+    ('blocks.1.hook_resid_post.sae.hook_sae_acts_post', ('pos', 'latent'))
 """
 from __future__ import annotations
 
 import re
 
 __all__ = [
-    "BLOCK_ACTS", "GLOBAL_ACTS", "SITE_AXES", "get_act_name", "hook_layer", "site_axes", "site_suffix",
+    "BLOCK_ACTS", "GLOBAL_ACTS", "SAE_HOOKS", "SAE_LATENT_HOOKS", "SITE_AXES", "get_act_name", "hook_layer",
+    "sae_act_name", "site_axes", "site_suffix", "split_sae_name",
 ]
 
 #: Short name -> hook suffix inside ``blocks.{layer}.``.
@@ -76,6 +79,15 @@ SITE_AXES: dict[str, tuple[str, ...]] = {
 }
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
+#: The hook points of an SAE spliced at hook ``H`` (``vit_patching.sae.splice``), named ``{H}.sae.{point}`` as
+#: SAELens names them (``hook_sae_acts_pre`` only for this project's SAEs, ``hook_sae_error`` only with the error
+#: term).
+SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
+             "hook_sae_output")
+#: The SAE hook points with a latent axis ``[batch pos d_sae]``; the others have the spliced hook's own axes.
+SAE_LATENT_HOOKS = ("hook_sae_acts_pre", "hook_sae_acts_post")
+_SAE_INFIX = ".sae."  # the splice is the hook point's child module ``sae``
+
 
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
     """The full hook name of an activation, as TransformerLens's ``utils.get_act_name`` builds it.
@@ -124,6 +136,42 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     raise ValueError(f"name: expected one of {known} or a full hook name, got {name!r}")
 
 
+def sae_act_name(hook: str, point: str = "acts_post") -> str:
+    """The name of a hook point of the SAE spliced at ``hook``: ``{hook}.sae.hook_sae_{point}``.
+
+    Args:
+        hook: The hook the SAE is spliced at (a full name, or a short one as :func:`get_act_name` takes with no
+            layer, e.g. ``"embed"``).
+        point: ``"input"``, ``"acts_pre"``, ``"acts_post"`` (the latents, default), ``"recons"``, ``"error"``
+            or ``"output"`` (with or without the ``hook_sae_`` prefix).
+
+    Raises:
+        ValueError: an unknown ``point``, or a ``hook`` that is itself an SAE hook point.
+
+    Example:
+        >>> sae_act_name(get_act_name("resid_post", 1), "error")
+        'blocks.1.hook_resid_post.sae.hook_sae_error'
+    """
+    hook = get_act_name(hook)
+    if split_sae_name(hook) is not None:
+        raise ValueError(f"hook: expected the hook an SAE is spliced at, got the SAE hook point {hook!r}")
+    full = point if isinstance(point, str) and point.startswith("hook_sae_") else f"hook_sae_{point}"
+    if full not in SAE_HOOKS:
+        raise ValueError(f"point: expected one of {[p.removeprefix('hook_sae_') for p in SAE_HOOKS]}, got {point!r}")
+    return f"{hook}{_SAE_INFIX}{full}"
+
+
+def split_sae_name(hook: str) -> tuple[str, str] | None:
+    """``(spliced hook, SAE hook point)`` of an SAE hook name, ``None`` for any other hook.
+
+    Example:
+        >>> split_sae_name("blocks.0.hook_resid_post.sae.hook_sae_acts_post"), split_sae_name("hook_embed")
+        (('blocks.0.hook_resid_post', 'hook_sae_acts_post'), None)
+    """
+    base, sep, point = hook.rpartition(_SAE_INFIX)
+    return (base, point) if sep and point in SAE_HOOKS else None
+
+
 def site_suffix(hook: str) -> str:
     """The part of a hook name after ``blocks.{layer}.`` (the whole name for global hooks)."""
     m = _LAYER_RE.match(hook)
@@ -144,9 +192,23 @@ def hook_layer(hook: str) -> int | None:
 def site_axes(hook: str) -> tuple[str, ...]:
     """The index axes a patch of ``hook`` may address, e.g. ``("pos", "head")`` for ``attn.hook_z``.
 
+    The hook points of a spliced SAE (:func:`sae_act_name`) are patchable where the hook it is spliced at is
+    patchable per position: the latents (:data:`SAE_LATENT_HOOKS`, ``[batch pos d_sae]``) with axes
+    ``("pos", "latent")``, the others (input, reconstruction, error, output) with that hook's own axes.
+
     Raises:
         ValueError: the hook cannot be patched position- or head-wise.
     """
+    sae = split_sae_name(hook)
+    if sae is not None:
+        base, point = sae
+        base_axes = site_axes(base)
+        if point not in SAE_LATENT_HOOKS:
+            return base_axes
+        if base_axes[0] != "pos":
+            raise ValueError(f"hook: {hook!r} cannot be patched by the engine: latents are patched per position, "
+                             f"and {base!r} has axes {base_axes}")
+        return ("pos", "latent")
     axes = SITE_AXES.get(site_suffix(hook))
     if axes is None:
         raise ValueError(f"hook: {hook!r} cannot be patched by the engine; patchable suffixes: {sorted(SITE_AXES)}")

@@ -4,6 +4,8 @@ import os
 import re
 from pathlib import Path
 
+import torch
+
 from vit_patching.sae import spliced_saes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sae.md"
@@ -12,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "sae.md"
 def test_the_python_blocks_of_docs_sae_md_run(tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
     offline = [b for b in blocks if "sae_lens" not in b]
-    assert len(blocks) == 4 and len(offline) == 3
+    assert len(blocks) == 5 and len(offline) == 4
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the example writes my_sae/
     try:
@@ -25,3 +27,10 @@ def test_the_python_blocks_of_docs_sae_md_run(tmp_path):
     assert namespace["patched_logits"].shape == (1, 10)
     assert (tmp_path / "features.html").read_text(encoding="utf-8").count("<section") == 3
     assert not spliced_saes(namespace["model"])  # the with blocks removed their SAEs
+    # "Latents as sites": the latent sweep, its AtP estimate (verified exactly), a kept-feature evaluation and CAAP
+    # on a latent readout ran; the verification's exact values are the sweep's cells.
+    sweep, est = namespace["sweep"], namespace["estimate"]
+    v = est.options["verification"]
+    for i, cell in enumerate(v.cells):
+        assert torch.allclose(v.exact[i], sweep.values[cell], atol=5e-7, rtol=0)
+    assert 0 <= len(namespace["kept"].kept) == 4 and torch.isfinite(namespace["feature_map"].map).all()

@@ -12,6 +12,7 @@ Example:
 """
 
 from .atp import atp_heads, atp_layer_sweep
+from .atp_latents import atp_latents
 from .caap_estimate import CAAPEstimate, caap_estimate
 from .common import Verification
 from .compare import (
@@ -22,6 +23,9 @@ from .dataset import EdgeScoreRun, load_edge_scores, score_edges_dataset
 from .eap import eap, eap_ig
 from .evaluate import CircuitEvaluation, evaluate_circuit, faithfulness_curve
 from .exact import exact_edge_cost, exact_edge_scores
+from .features import (
+    FeatureCurve, FeatureEdgeScores, FeatureEvaluation, evaluate_features, feature_eap, feature_faithfulness_curve,
+)
 from .graph import Circuit, EdgeScores, Graph, select_circuit
 from .known import edge_auroc
 from .node_edges import atp_node_edges
@@ -39,7 +43,9 @@ __all__ = [
     "ABLATIONS", "Ablation", "ablation_values", "atp_graddrop", "derangement", "eap_ig_activations",
     "information_flow_routes", "node_scores", "select_nodes", "NeuronCircuit", "NeuronEvaluation", "NeuronScores",
     "evaluate_neurons", "neuron_scores", "select_neurons",
-    "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads",
+    "FeatureCurve", "FeatureEdgeScores", "FeatureEvaluation", "evaluate_features", "feature_eap",
+    "feature_faithfulness_curve",
+    "CAAPEstimate", "Circuit", "CircuitEvaluation", "EdgeScores", "Graph", "Verification", "atp_heads", "atp_latents",
     "atp_layer_sweep", "caap_estimate", "circuit_figure", "eap", "eap_ig", "evaluate_circuit",
     "faithfulness_curve", "faithfulness_figure", "select_circuit",
 ]

@@ -33,11 +33,11 @@ from torch import Tensor
 from vit_patching.checks import check_batch_size, check_bool, check_indices, check_names, is_int
 from vit_patching.hook_names import get_act_name
 from vit_patching.model import HookedViT
-from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, PatchSpec, Site, run_patch_spec
+from vit_patching.patching import HEAD_SITES, SWEEP_SITES, PatchingResult, Site
 from vit_patching.patching.engine import result_dtype
 from vit_patching.patching.experiment import axis_labels, layout_options
 
-from .common import Metric, Verification, check_pair, forward_backward, resolve_metric, source_target, top_cells
+from .common import Metric, check_pair, forward_backward, resolve_metric, source_target, top_cells, verify_cells
 from .interventions import Ablation, ablated_logits, ablation_values, resolve_ablation
 
 __all__ = ["atp_heads", "atp_layer_sweep", "pattern_effect_k", "pattern_effect_q"]
@@ -95,17 +95,6 @@ def _runs(model: HookedViT, clean: Tensor, corrupted: Tensor, metric: Metric | s
     target_logits, acts, grads = forward_backward(model, target, hooks, fn)
     ids = torch.arange(target.shape[0], device=target_logits.device)
     return source_cache, acts, grads, _wide(fn(source_logits, ids)).cpu(), _wide(fn(target_logits, ids)).cpu(), fn, name
-
-
-def _verify(model: HookedViT, result: PatchingResult, cells: list[tuple[int, ...]], make_site: Any,
-            fn: Metric, clean: Tensor, corrupted: Tensor, batch_size: int) -> Verification:
-    """Run the chosen cells exactly through the engine (one variant per cell)."""
-    source, target = source_target(result.direction, clean, corrupted)
-    spec = PatchSpec([(make_site(c),) for c in cells])
-    run = run_patch_spec(model, spec, fn, target=target, source=source, batch_size=batch_size, progress=False)
-    labels = [" ".join(result.labels[a][i] for a, i in zip(result.axes, c)) for c in cells]
-    estimate = torch.stack([result.values[c] for c in cells])
-    return Verification(cells, labels, estimate, _wide(run.values), run.n_forwards)
 
 
 def atp_layer_sweep(
@@ -179,7 +168,7 @@ def atp_layer_sweep(
     result = PatchingResult(values, tuple(axes), {a: axis_labels(a, v, layout) for a, v in axes.items()},
                             target_score, source_score, name, direction, "atp_layer_sweep", opts, n_forwards=0)
     if k:
-        result.options["verification"] = _verify(
+        result.options["verification"] = verify_cells(
             model, result, top_cells(values - target_score, k),
             lambda c: Site(get_act_name(site_names[c[0]], layer_ids[c[1]]), pos=pos_ids[c[2]]),
             fn, clean, corrupted, batch_size,
@@ -362,7 +351,7 @@ def atp_heads(
             hook = get_act_name(site_names[c[0]], layer_ids[c[1]])
             return Site(hook, pos=pos_ids[c[2]] if by_pos else None, head=head_ids[c[-1]])
 
-        result.options["verification"] = _verify(
+        result.options["verification"] = verify_cells(
             model, result, top_cells(values - target_score, k), make_site, fn, clean, corrupted, batch_size
         )
     return result

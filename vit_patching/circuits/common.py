@@ -17,11 +17,12 @@ from torch import Tensor
 
 from vit_patching.checks import check_finite
 from vit_patching.model import HookedViT
+from vit_patching.patching import PatchingResult, PatchSpec, run_patch_spec
 from vit_patching.patching.experiment import DIRECTIONS, METRIC_NAMES, resolve_metric, source_target
 from vit_patching.patching.experiment import check_inputs as check_pair  # the experiments' own check of a pair
 
 __all__ = ["DIRECTIONS", "METRIC_NAMES", "Verification", "check_pair", "forward_backward", "resolve_metric",
-           "source_target", "top_cells"]
+           "source_target", "top_cells", "verify_cells"]
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -112,3 +113,15 @@ def top_cells(effect: Float[Tensor, "... batch"], k: int) -> list[tuple[int, ...
     mean = effect.float().nanmean(-1).abs().nan_to_num(nan=-1.0)
     order = torch.argsort(mean.reshape(-1), descending=True, stable=True)[: min(k, mean.numel())]
     return [tuple(int(i) for i in torch.unravel_index(j, mean.shape)) for j in order]
+
+
+def verify_cells(model: HookedViT, result: PatchingResult, cells: list[tuple[int, ...]], make_site: Any,
+                 fn: Metric, clean: Tensor, corrupted: Tensor, batch_size: int) -> Verification:
+    """Run the chosen cells of an estimate exactly through the engine (one variant per cell, ``make_site(cell)``
+    its :class:`~vit_patching.patching.Site`): the ``verify_top_k`` re-runs of AtP and its latent variant."""
+    source, target = source_target(result.direction, clean, corrupted)
+    spec = PatchSpec([(make_site(c),) for c in cells])
+    run = run_patch_spec(model, spec, fn, target=target, source=source, batch_size=batch_size, progress=False)
+    labels = [" ".join(result.labels[a][i] for a, i in zip(result.axes, c)) for c in cells]
+    estimate = torch.stack([result.values[c] for c in cells])
+    return Verification(cells, labels, estimate, run.values, run.n_forwards)

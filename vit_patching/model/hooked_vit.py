@@ -360,6 +360,9 @@ class HookedViT(ImageInputs, WeightViews, HookGates, HookedRootModule):
                     f"got {tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}"
                 )
             resid = input
+        readout = self._modules.get("readout")
+        if readout is not None and readout.reads == "latent" and stop_at_layer is None:
+            return readout.run(self, resid, start)  # read inside the network: stops after the SAE's block
         prune = readout_only and start < L  # from start_at_layer=L no block runs: nothing to prune
         for block in self.blocks[start : stop - 1 if prune else stop]:
             resid = block(resid)
@@ -410,6 +413,8 @@ class HookedViT(ImageInputs, WeightViews, HookGates, HookedRootModule):
             reasons.append(f"the readout ({type(readout).__name__}) reads every token"
                            if readout is not None and readout.reads == "tokens"
                            else f"global_pool={cfg.global_pool!r} reads every token")
+        if getattr(self._modules.get("readout"), "reads", None) == "latent":
+            reasons.append("the readout reads an SAE latent inside the network, not the head's tokens")
         if cfg.parallel_attn_mlp:
             reasons.append("the last block is a parallel block")
         if cfg.use_split_qkv_input or cfg.use_attn_in:

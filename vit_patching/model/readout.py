@@ -6,6 +6,8 @@ A readout is an ``nn.Module`` with ``n_classes`` and ``class_names``. Where it r
 * ``"features"`` — the model's output features ``[batch, d_features]``: the pooled vector after ``fc_norm``, mapped
   by the projection head when ``cfg.head_kind == "projection"`` (CLIP's image embedding);
 * ``"tokens"`` — the token stream after the final norm ``[batch, pos, d_model]`` (probes on CLS and patch means).
+* ``"latent"`` — a spliced SAE's latent inside the network (:class:`vit_patching.readouts.latent.LatentReadout`,
+  whose ``run`` replaces the blocks after the SAE's).
 
 A readout whose scores are affine in its input once a per-image scale is frozen (``linear_map``; the scale
 cached at ``readout.hook_scale``) keeps direct logit attribution, residual directions and the logit lens.
@@ -20,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-READS = ("head", "features", "tokens")
+READS = ("head", "features", "tokens", "latent")
 
 
 def check_class_names(class_names: Sequence[str] | None, n_classes: int, name: str = "class_names") -> list[str] | None:

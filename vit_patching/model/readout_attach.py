@@ -32,7 +32,9 @@ def with_readout(model: nn.Module, readout: nn.Module) -> nn.Module:
         raise ValueError(f"readout: expected a readout of the model's output features (width "
                          f"{model.feature_width()}), got one that reads width {readout.d_in}")
     through_head = readout.reads == "head" or (readout.reads == "features" and model.cfg.head_kind == "projection")
-    if model.cfg.normalization_type in ("LNPre", "RMSPre") and hasattr(model, "head") and not through_head:
+    inside = readout.reads == "latent"  # read inside the network: the final norm and head do not run
+    if model.cfg.normalization_type in ("LNPre", "RMSPre") and hasattr(model, "head") and not through_head \
+            and not inside:
         raise ValueError("readout: expected a model whose final norm was not folded into its head "
                          "(process_weights_(fold_ln=True) moved its affine there, and this readout bypasses the "
                          "head), got a processed model; attach the readout to the unprocessed model")

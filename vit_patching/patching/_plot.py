@@ -15,6 +15,8 @@ _DEFAULT_KIND = {
     ("site", "layer", "head"): "layer_head",
     ("site", "layer", "pos", "head"): "head_facets",
     ("sender", "receiver"): "path",
+    ("site", "latent"): "layer_head",  # latent sweeps: the latent axis drawn as heads are
+    ("site", "pos", "latent"): "head_facets",
 }
 _HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
 MODEBAR_PX = 36  # Plotly's modebar (top right, ~30 px): the title goes below it, not under it
@@ -104,6 +106,15 @@ def plot_result(
             image=_underlay(result, image, underlay), **_grid_kwargs(result), **kwargs,
         )
         return finish_figure(fig, rows)
+    if kind == "head_facets" and axes == ("site", "pos", "latent"):  # one facet row per site, one per latent
+        idx = _sites(result, site)
+        facets = _full_positions(result, values[idx].transpose(1, 2)).transpose(1, 2)
+        kwargs.setdefault("title", f"{result.kind} ({result.direction}, {result.metric})")
+        fig = plotting.head_position_facets(
+            facets, layer_labels=[result.labels["site"][i] for i in idx], head_labels=result.labels["latent"],
+            image=_underlay(result, image, underlay), **_grid_kwargs(result), **kwargs,
+        )
+        return finish_figure(fig, facets)
     if kind == "head_facets":
         _require(axes, ("site", "layer", "pos", "head"), kind)
         idx = _sites(result, site)
@@ -121,6 +132,13 @@ def plot_result(
         fig = plotting.path_patching_heatmap(values, result.labels["sender"], result.labels["receiver"], **kwargs)
         return finish_figure(fig, values, min_width=MIN_GRID_WIDTH_PX)
     # layer_head
+    if axes == ("site", "latent"):
+        idx = _sites(result, site)
+        rows = values[idx]
+        labels = [result.labels["site"][i] for i in idx]
+        kwargs.setdefault("cell_px", grid_cell_px(rows.shape, labels))
+        fig = plotting.layer_head_grid(rows, layer_labels=labels, head_labels=result.labels["latent"], **kwargs)
+        return finish_figure(fig, rows, min_width=MIN_GRID_WIDTH_PX)
     if axes == ("site", "layer", "head"):
         idx = _sites(result, site)
         rows = values[idx].flatten(0, 1)

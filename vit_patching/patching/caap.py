@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Attribution", "CAAPContext", "DEFAULT_DIRECTION", "DEFAULT_NEUTRAL", "DEFAULT_READOUT", "DEFAULT_WARN_SHARE",
     "DIRECTIONS", "NEUTRALS", "READOUTS", "SITES", "caap", "caap_from_context", "caap_memory", "compare_attributions",
-    "default_window", "prepare_caap",
+    "check_readout_window", "default_window", "prepare_caap",
 ]
 
 UPSAMPLES: tuple[str, ...] = UPSAMPLE_MODES
@@ -133,6 +133,32 @@ def neutral_images(
 
 
 # ---------------------------------------------------------------------------------------------- the method
+def check_readout_window(model: HookedViT, window: tuple[int, int], readout: str) -> None:
+    """Refuse a window that writes downstream of a readout read inside the network (a spliced SAE's latent,
+    :class:`~vit_patching.readouts.latent.LatentReadout`), and a softmax readout of its single score.
+
+    Example:
+        >>> from vit_patching.readouts import LatentReadout
+        >>> from vit_patching.sae import SAEConfig, make_sae
+        >>> sae = make_sae(SAEConfig("standard", model.cfg.d_model, 64, hook_name="blocks.1.hook_resid_pre"))
+        >>> with model.saes([sae]):
+        ...     scored = model.with_readout(LatentReadout("blocks.1.hook_resid_pre", 0))
+        >>> scored.readout.max_window_end()            # blocks 0..0 may be pinned: window (0, 1)
+        1
+        >>> check_readout_window(scored, (0, 1), "logit")
+    """
+    inner = model.readout
+    limit = getattr(inner, "max_window_end", None)
+    if limit is None:
+        return
+    if window[1] > limit():
+        raise ValueError(f"window: expected a window that ends at or before block {limit()} (the readout reads "
+                         f"{inner.hook!r} inside the network; later blocks do not run), got {tuple(window)}")
+    if readout in ("prob", "delta_prob"):
+        raise ValueError(f"readout: expected 'logit' or 'delta_logit' for a single latent score (its softmax is "
+                         f"always 1), got {readout!r}")
+
+
 def caap_from_context(
     model: HookedViT,
     ctx: CAAPContext,
@@ -157,6 +183,7 @@ def caap_from_context(
     """
     start, end = check_window(window, model.cfg.n_layers)
     check_choice(readout, READOUTS, "readout")
+    check_readout_window(model, (start, end), readout)
     check_choice(upsample, UPSAMPLES, "upsample")
     check_batch_size(batch_size)
     check_bool(include_prefix, "include_prefix")
@@ -253,7 +280,10 @@ def caap(
     """CAAP attribution maps: each patch's source activations pinned into a neutral context over a layer window.
 
     Args:
-        model: A HookedViT with a classification head (eval mode).
+        model: A HookedViT with a classification head or a readout (eval mode). With a spliced SAE's latent as
+            the readout (``model.with_readout(LatentReadout(hook, k))``, ``target=0``) the map says which patches
+            drive feature ``k``; the window must then end at or before the SAE's block
+            (:func:`check_readout_window`).
         images: Normalised source images ``[batch, C, H, W]`` at the model's input size (finite values).
         target: Class to explain per image (int or ``[batch]``); ``None`` = the model's prediction.
         window: ``(start, end)``: blocks ``start..end-1`` get the patch pinned; ``None`` = :func:`default_window`.
@@ -299,6 +329,7 @@ def caap(
     L = model.cfg.n_layers
     window = default_window(L) if window is None else check_window(window, L)
     check_choice(readout, READOUTS, "readout")
+    check_readout_window(model, window, readout)
     check_choice(upsample, UPSAMPLES, "upsample")
     check_choice(site, list(SITES), "site")
     check_bool(include_prefix, "include_prefix")

@@ -34,13 +34,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_patching.checks import check_batch_size, check_finite
-from vit_patching.hook_names import get_act_name, hook_layer, site_suffix
+from vit_patching.hook_names import get_act_name, hook_layer, site_suffix, split_sae_name
 from vit_patching.model import HookedViT, check_scores
 
 from .memory import check_memory_args, resolve_batch_size
 from .metrics import Metric
 from .spec import (  # re-exported: the experiment data types and their memory count live there
-    Intervention, PatchSpec, Site, Variant, hook_axes, spec_memory, spec_row_elements, variant_start,
+    Intervention, PatchSpec, Site, Variant, check_site, hook_axes, site_shape, spec_memory, spec_row_elements,
+    variant_start,
 )
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,9 @@ def run_patch_spec(
     L = model.cfg.n_layers
     for h in spec.hooks:
         if h not in model.hook_dict:
-            raise ValueError(f"spec: expected hooks of this model, got unknown or switched-off hook {h!r}")
+            sae = split_sae_name(h)
+            why = f" (no SAE spliced at {sae[0]!r}: model.add_sae)" if sae else ""
+            raise ValueError(f"spec: expected hooks of this model, got unknown or switched-off hook {h!r}{why}")
         layer = hook_layer(h)
         if layer is not None and layer >= L:
             raise ValueError(f"spec: expected hooks in the model's {L} layers, got {h!r}")
@@ -264,11 +267,7 @@ def run_patch_spec(
         n_pos = model.cfg.n_pos
     for v in spec.variants:
         for s in v:
-            s.index()
-            if s.pos is not None and not 0 <= s.pos < n_pos:
-                raise ValueError(f"pos: expected a token position in [0, {n_pos}) in {s}, got {s.pos}")
-            if s.head is not None and not 0 <= s.head < model.cfg.n_heads:
-                raise ValueError(f"head: expected a head in [0, {model.cfg.n_heads}) in {s}, got {s.head}")
+            check_site(model, s, n_pos)
     if batch_size == "auto":  # rows per forward from the budget, counting the caches this call will compute
         batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory, n_pos=n_pos, **spec_memory(
             model, spec, n_pos=n_pos, target=target, source=source, target_cache=target_cache,

@@ -128,13 +128,16 @@ def layout_options(layout: TokenLayout, pixels: Tensor | None) -> dict[str, Any]
 
 
 def axis_labels(axis: str, indices: Sequence[Any], layout: TokenLayout) -> list[str]:
-    """Tick labels of an experiment axis: layers ``L3``, heads ``H1``, positions ``CLS``/``P(r,c)``."""
+    """Tick labels of an experiment axis: layers ``L3``, heads ``H1``, positions ``CLS``/``P(r,c)``, SAE latents
+    ``F7``."""
     if axis == "layer":
         return [f"L{i}" for i in indices]
     if axis == "head":
         return [f"H{i}" for i in indices]
     if axis == "pos":
         return [layout.label(i) for i in indices]
+    if axis == "latent":  # an SAE's latents (features)
+        return [f"F{i}" for i in indices]
     return [str(i) for i in indices]
 
 

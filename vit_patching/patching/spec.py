@@ -13,18 +13,21 @@ chunk of spec rows into interventions (:func:`~vit_patching.patching.engine.comp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from jaxtyping import Int
 from torch import Tensor
 
-from vit_patching.hook_names import hook_layer, site_axes
+from vit_patching.hook_names import SAE_LATENT_HOOKS, hook_layer, site_axes, split_sae_name
 from vit_patching.model import HookedViT
+from vit_patching.sae.sites import get_splice, latent_width, token_span
 
-from .memory import hook_elements
+from .memory import hook_shape
 
 __all__ = [
-    "Intervention", "PatchSpec", "Site", "Variant", "hook_axes", "spec_memory", "spec_row_elements", "variant_start",
+    "Intervention", "PatchSpec", "Site", "Variant", "check_site", "hook_axes", "site_shape", "spec_memory",
+    "spec_row_elements", "variant_start",
 ]
 
 
@@ -33,30 +36,43 @@ def hook_axes(hook: str) -> tuple[str, ...]:
     return site_axes(hook)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Site:
     """One activation slice to overwrite.
 
     Attributes:
-        hook: Full hook name, e.g. ``"blocks.3.hook_resid_pre"`` or ``"blocks.2.attn.hook_z"``.
+        hook: Full hook name, e.g. ``"blocks.3.hook_resid_pre"``, ``"blocks.2.attn.hook_z"`` or a spliced SAE's
+            latents ``"blocks.1.hook_resid_post.sae.hook_sae_acts_post"`` (``hook_names.sae_act_name``).
         pos: Token position (``None`` = every position). For ``hook_pattern``/``hook_attn_scores`` this is the
-            query (destination) position.
+            query (destination) position; for an SAE hook point, the position on the SAE's ``pos`` axis (the
+            model's token position unless the SAE applies to ``"patches"`` or ``"cls"`` only).
         head: Head index for per-head hooks (``None`` = every head).
+        latent: Latent index for an SAE's ``hook_sae_acts_post`` / ``hook_sae_acts_pre`` (``None`` = every latent);
+            it plays the role a head plays on per-head hooks.
 
     Example:
         >>> Site("blocks.1.hook_resid_pre", pos=5)
         >>> Site("blocks.0.attn.hook_z", head=2)          # head 2, all positions
+        >>> Site("blocks.1.hook_resid_post.sae.hook_sae_acts_post", latent=7)   # latent 7, all positions
     """
 
     hook: str
     pos: int | None = None
     head: int | None = None
+    latent: int | None = None
+
+    def __repr__(self) -> str:  # the latent only when set: sites of other hooks print as they always did
+        latent = "" if self.latent is None else f", latent={self.latent!r}"
+        return f"Site(hook={self.hook!r}, pos={self.pos!r}, head={self.head!r}{latent})"
 
     def index(self) -> tuple[int | None, ...]:
         axes = hook_axes(self.hook)
         if self.head is not None and "head" not in axes:
             raise ValueError(f"head: expected None, {self.hook!r} has no head axis, got {self.head!r}")
-        return tuple(self.pos if a == "pos" else self.head for a in axes)
+        if self.latent is not None and "latent" not in axes:
+            raise ValueError(f"latent: expected None, {self.hook!r} has no latent axis (only an SAE's "
+                             f"hook_sae_acts_post / hook_sae_acts_pre have one), got {self.latent!r}")
+        return tuple({"pos": self.pos, "head": self.head, "latent": self.latent}[a] for a in axes)
 
 
 Variant = tuple[Site, ...]
@@ -110,6 +126,56 @@ def variant_start(variant: Variant) -> int | None:
     layers = [hook_layer(s.hook) for s in variant]
     return None if any(l is None for l in layers) else min(layers)
 
+
+def site_shape(model: HookedViT, hook: str, n_pos: int | None = None) -> tuple[int, ...]:
+    """Shape of one row of ``hook``'s activation (no batch axis), the hook points of spliced SAEs included.
+
+    An SAE's latents are ``(tokens it covers, d_sae)``; its other hook points have the spliced hook's shape over
+    the tokens it covers (a foreign SAE that states no ``d_sae`` counts ``d_model`` latents, for memory estimates).
+
+    Example:
+        >>> site_shape(model, "blocks.1.hook_resid_post.sae.hook_sae_acts_post")  # doctest: +SKIP
+        (17, 256)
+    """
+    n = model.cfg.n_pos if n_pos is None else n_pos
+    sae = split_sae_name(hook)
+    if sae is None:
+        return hook_shape(model.cfg, hook, n)
+    base, point = sae
+    splice = get_splice(model, base)
+    n_sae = token_span(splice, n)[1]
+    if point in SAE_LATENT_HOOKS:
+        return (n_sae, latent_width(splice) or model.cfg.d_model)
+    return hook_shape(model.cfg, base, n_sae)
+
+
+def _site_elements(model: HookedViT, hook: str, n_pos: int, index: tuple[int | None, ...] = ()) -> int:
+    """Elements of one row of ``hook``, or of the slice a site's ``index`` takes (``None`` = the whole axis)."""
+    shape = site_shape(model, hook, n_pos)
+    return math.prod(d for k, d in enumerate(shape) if k >= len(index) or index[k] is None)
+
+
+def check_site(model: HookedViT, site: Site, n_pos: int) -> None:
+    """Refuse a site whose position, head or latent is out of range for ``model`` (``n_pos`` tokens), before any
+    compute, naming the argument."""
+    site.index()
+    if split_sae_name(site.hook) is None:
+        sizes = {"pos": n_pos, "head": model.cfg.n_heads}
+    else:  # the SAE's own pos axis (the tokens it covers) and its latent count
+        base, point = split_sae_name(site.hook)
+        splice = get_splice(model, base)
+        flat = getattr(getattr(splice.module, "cfg", None), "reshape_activations", "none") == "hook_z"
+        if point in SAE_LATENT_HOOKS and len(site_axes(base)) > 1 and not flat:
+            raise ValueError(f"hook: expected latents [batch pos d_sae] (an SAE at a per-head hook needs "
+                             f"reshape_activations='hook_z'), got an SAE at {base!r} that encodes each head apart")
+        sizes = {"pos": token_span(splice, n_pos)[1], "head": model.cfg.n_heads, "latent": latent_width(splice)}
+    what = {"pos": "a token position", "head": "a head", "latent": "a latent"}
+    for axis, value in (("pos", site.pos), ("head", site.head), ("latent", site.latent)):
+        size = sizes.get(axis)
+        if value is not None and size is not None and not 0 <= value < size:
+            raise ValueError(f"{axis}: expected {what[axis]} in [0, {size}) in {site}, got {value}")
+
+
 def spec_row_elements(model: HookedViT, spec: PatchSpec, n_pos: int | None = None) -> int:
     """Elements a chunk of :func:`run_patch_spec` keeps per row besides one block's activations: the gathered
     start residual, the values of the widest variant, one copy of the widest written activation (a write
@@ -121,8 +187,8 @@ def spec_row_elements(model: HookedViT, spec: PatchSpec, n_pos: int | None = Non
     """
     cfg = model.cfg
     n = cfg.n_pos if n_pos is None else n_pos
-    values = max(sum(hook_elements(cfg, s.hook, n, s.index()) for s in v) for v in spec.variants)
-    clone = max(hook_elements(cfg, h, n) for h in spec.hooks)
+    values = max(sum(_site_elements(model, s.hook, n, s.index()) for s in v) for v in spec.variants)
+    clone = max(_site_elements(model, h, n) for h in spec.hooks)
     return n * cfg.d_model + values + clone + cfg.n_classes
 
 
@@ -156,7 +222,7 @@ def spec_memory(
             batch = next(iter((source_cache or target_cache or {}).values())).shape[0]
     held = 0
     if source_cache is None or any(h not in source_cache for h in spec.hooks):
-        held += batch * sum(hook_elements(cfg, h, n) for h in spec.hooks)
+        held += batch * sum(_site_elements(model, h, n) for h in spec.hooks)
     if target_cache is None or target_layers is not None:
         n_starts = len({variant_start(v) for v in spec.variants}) if target_layers is None else target_layers
         held += batch * n_starts * n * cfg.d_model

@@ -13,10 +13,11 @@ Example:
 
 from ..model.readout import ClassifierHead, CosineReadout, ModuleReadout, Readout
 from ..model.readout_attach import current_readout, with_readout
+from .latent import LatentReadout
 from .probe import LinearProbe, model_fingerprint, probe_features
 from .zero_shot import EmbeddingSimilarity, ZeroShotHead
 
 __all__ = [
-    "ClassifierHead", "CosineReadout", "EmbeddingSimilarity", "LinearProbe", "ModuleReadout", "Readout",
+    "ClassifierHead", "CosineReadout", "EmbeddingSimilarity", "LatentReadout", "LinearProbe", "ModuleReadout", "Readout",
     "ZeroShotHead", "current_readout", "model_fingerprint", "probe_features", "with_readout",
 ]

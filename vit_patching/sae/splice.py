@@ -43,13 +43,12 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from vit_patching.checks import check_bool, check_choice
+from vit_patching.hook_names import SAE_HOOKS  # noqa: F401  (re-exported by vit_patching.sae)
 from vit_patching.model.components import is_hooked
 from vit_patching.sae.saes import POSITIONS, SAE
 
 SPLICE_NAME = "sae"  # the spliced module's attribute on the hook point, hence the ``{hook}.sae.`` prefix
-# The hook points of a splice, as SAELens names them (hook_sae_acts_pre only for this project's SAEs, hook_sae_error only with
-# the error term).
-SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
+# The hook points of a splice (SAELens's names) live with every other hook name: vit_patching.hook_names.SAE_HOOKS.
 
 
 class SAESplice(nn.Module):
