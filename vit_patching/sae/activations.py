@@ -159,7 +159,8 @@ class ModelActivations:
         if act.ndim != 3:  # per-head hooks (hook_z) would need a hook_z SAE: not trained here
             raise ValueError(f"hook: expected a hook with activations [batch, pos, d], got {self.hook!r} with shape "
                              f"{tuple(acts[0].shape)}")
-        return select_positions(act, self.positions, self.model.cfg.n_prefix).float().cpu(), loaded.labels
+        # contiguous: torch.distributed sends a tensor's memory as it lies
+        return select_positions(act, self.positions, self.model.cfg.n_prefix).float().cpu().contiguous(), loaded.labels
 
     def chunk_with_labels(self, i: int, rank: int = 0, world_size: int = 1) -> tuple[Float[Tensor, "tokens d_in"], Tensor | None]:
         """Chunk ``i``'s tokens ``[tokens, d_in]`` (image-major) and its images' labels (``None`` if unlabelled).
