@@ -333,6 +333,10 @@ def fit_sae(source: ModelActivations | TensorActivations, settings: TrainSetting
     Example:
         >>> sae, history = fit_sae(TensorActivations(torch.randn(4096, 16)), TrainSettings(k=2, d_sae=32))
     """
+    if not isinstance(source, (ModelActivations, TensorActivations)):
+        raise TypeError(f"source: expected a ModelActivations or TensorActivations, got {type(source).__name__}")
+    if not isinstance(settings, TrainSettings):
+        raise TypeError(f"settings: expected a TrainSettings, got {type(settings).__name__}")
     sae = _new_sae(settings, source.d_in, hook_name, init)
     trainer = _Trainer(sae, settings, rank, world_size)
     ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
