@@ -71,6 +71,10 @@ with the SAE spliced without the error term (`vit_patching.sae.evaluate_sae`; fu
 | accuracy change | {metrics["accuracy_change"]:+.4f} |
 | prediction agreement, spliced vs clean | {metrics["agreement"]:.4f} |
 | KL(clean readout, spliced readout), nats per image | {metrics["kl"]:.6f} |
+
+"Dead" counts the latents that fired on none of these {metrics["n_tokens"]} tokens: a latent that fires on fewer
+than about one token in a few thousand is counted dead here, so the fraction is an upper bound of the latents
+dead on the whole data distribution.
 """
 
 
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n-images", type=int, default=4096)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--recard", action="store_true",
+                        help="rewrite README.md from metrics.json and training.json (no training)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
@@ -88,11 +94,20 @@ def main() -> None:
         hook = get_act_name("resid_pre", model.cfg.n_layers // 2)
         settings = TrainSettings(**{**SETTINGS.__dict__, "d_sae": 4 * model.cfg.d_model})
         out = args.out / name
+        if args.recard:
+            record = json.loads((out / "training.json").read_text())
+            metrics = json.loads((out / "metrics.json").read_text())
+            (out / "README.md").write_text(card(name, hook, settings, record["data"]["n_images"], metrics,
+                                                record["wall_minutes_1_thread"], model.cfg.d_model))
+            continue
         start = time.perf_counter()
         res = train_sae(model, hook, SAE_DATASETS[name], settings, n_images=args.n_images, data_seed=TRAIN_SEED,
                         out_dir=out, eval_data=SAE_DATASETS[name], eval_n_images=SAE_EVAL_N,
                         eval_data_seed=SAE_EVAL_SEED, progress=args.progress)
         minutes = (time.perf_counter() - start) / 60
+        record = json.loads((out / "training.json").read_text())
+        record["wall_minutes_1_thread"] = round(minutes, 2)  # what the card states
+        (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         (out / "README.md").write_text(card(name, hook, settings, args.n_images, res.metrics, minutes,
                                             model.cfg.d_model))
         logging.info("%s: %.1f min, %s", name, minutes, json.dumps(res.metrics))
