@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from model_helpers import images, make_pair  # noqa: E402
 
 from vit_patching.sae import JumpReLUSAE, StandardSAE, TopKSAE, load_saelens  # noqa: E402
-from vit_patching.sae.activations import ModelActivations, TensorActivations, tensor_images  # noqa: E402
+from vit_patching.sae.activations import ModelActivations, TensorActivations, image_set, tensor_images  # noqa: E402
 from vit_patching.sae.train import CHECKPOINT_FILE, TrainSettings, fit_sae, train_sae  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -108,6 +108,10 @@ def test_chunks_hold_the_hook_activations_of_their_images(model):
     assert source.n_chunks == 3
     got = torch.cat([source.chunk(i) for i in range(3)])
     assert torch.equal(got, cache[HOOK][:, 0])
+    # the same images given as a list of batches that do not line up with the chunks
+    listed = ModelActivations(model, HOOK, image_set([data[:3], data[3:4], data[4:]]), "cls", chunk_images=2,
+                              forward_batch=2)
+    assert torch.equal(torch.cat([listed.chunk(i) for i in range(3)]), got)
 
 
 def _no_forward(model):
@@ -125,6 +129,8 @@ def _no_forward(model):
     (dict(data=5), "data: expected a zoo data set name"),
     (dict(data="shapes"), "n_images: expected a positive int"),
     (dict(data="no/such/folder"), "data: expected a zoo data set"),
+    (dict(data=iter([torch.zeros(2, 3, 32, 32)])), "data: expected .* one-pass iterator"),
+    (dict(data=[torch.zeros(2, 3, 32)]), "data: expected image batches"),
     (dict(stop_after=0), "stop_after: expected a positive int"),
     (dict(rank=2, world_size=2), "rank, world_size: expected 0 <= rank < world_size"),
     (dict(batch_sise=3), "batch_sise: not a training setting"),
@@ -134,7 +140,7 @@ def test_bad_arguments_are_refused_naming_them_before_any_forward(model, kwargs,
     args.update(kwargs)
     calls, handle = _no_forward(model)
     try:
-        with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(")):
+        with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
             train_sae(model, args.pop("hook"), args.pop("data"), progress=False, **args)
     finally:
         handle.remove()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ from vit_patching.zoo.datasets import TASKS
 if TYPE_CHECKING:
     from vit_patching.model import HookedViT
 
-__all__ = ["ModelActivations", "TensorActivations", "image_set", "select_positions", "tensor_images"]
+__all__ = ["ModelActivations", "TensorActivations", "batches_images", "image_set", "select_positions",
+           "tensor_images"]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -63,9 +65,43 @@ def tensor_images(images: Float[Tensor, "batch channel height width"],
                     chunk_key=lambda s, e: digest(images[s:e]), source={"data": "tensor", "n": images.shape[0]})
 
 
+def batches_images(batches: Sequence[Tensor]) -> ImageSet:
+    """An ``ImageSet`` over a sequence of image batches ``[b_i, C, H, W]`` (normalised), read batch by batch: only
+    the batches that overlap a chunk are touched, so the sequence may be a lazy one (``__len__`` and
+    ``__getitem__``). A one-pass iterator cannot be re-read for a second epoch or a resumed run and is refused.
+
+    Example:
+        >>> len(batches_images([torch.randn(3, 3, 64, 64), torch.randn(2, 3, 64, 64)]))
+        5
+    """
+    sizes = []
+    for i, b in enumerate(batches):
+        if not isinstance(b, Tensor) or b.ndim != 4:
+            raise ValueError(f"data: expected image batches [batch, channel, height, width], got item {i}: "
+                             f"{tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__}")
+        sizes.append(b.shape[0])
+    if not sizes or sum(sizes) == 0:
+        raise ValueError("data: expected at least one image, got an empty sequence of batches")
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
+
+    def rows(s: int, e: int) -> Tensor:
+        parts = [batches[i][max(s - starts[i], 0):min(e, starts[i + 1]) - starts[i]]
+                 for i in range(len(sizes)) if starts[i] < e and starts[i + 1] > s]
+        return torch.cat(parts)
+
+    def load(model: "HookedViT", s: int, e: int) -> LoadedChunk:
+        return LoadedChunk(rows(s, e).to(device=model.device, dtype=model.dtype), None, "")
+
+    return ImageSet(names=[f"image-{i:05d}" for i in range(starts[-1])], load=load,
+                    chunk_key=lambda s, e: digest(rows(s, e)), source={"data": "image batches", "n": starts[-1]})
+
+
 def image_set(data: Any, n_images: int | None = None, data_seed: int = 0) -> ImageSet:
     """The images of ``data``: a zoo data set name (``"shapes"``, ...; needs ``n_images``), an image folder
-    (``n_images``: its first files), a tensor of normalised images, or an ``ImageSet`` (returned as it is).
+    (``n_images``: its first files), a tensor of normalised images, a sequence of such tensors (image batches), or
+    an ``ImageSet`` (returned as it is).
 
     Raises:
         ValueError / TypeError: naming ``data`` (or ``n_images`` / ``data_seed``), before any image is read.
@@ -90,8 +126,14 @@ def image_set(data: Any, n_images: int | None = None, data_seed: int = 0) -> Ima
         if not Path(data).is_dir():
             raise ValueError(f"data: expected a zoo data set {sorted(TASKS)} or an image folder, got {str(data)!r}")
         return folder_images(data, n_images)
-    raise TypeError(f"data: expected a zoo data set name, an image folder, a tensor of images or an ImageSet, "
-                    f"got {type(data).__name__}")
+    if isinstance(data, Sequence):
+        images = batches_images(data)
+        if n_images is not None and n_images < len(images):
+            images.names = images.names[:n_images]
+        return images
+    raise TypeError(f"data: expected a zoo data set name, an image folder, a tensor of images, a sequence of image "
+                    f"batches or an ImageSet, got {type(data).__name__} (a one-pass iterator cannot be read again "
+                    f"for another epoch or a resumed run: pass a list)")
 
 
 def select_positions(acts: Float[Tensor, "batch pos d_in"], positions: str, n_prefix: int) -> Float[Tensor, "batch n d_in"]:
