@@ -68,7 +68,8 @@ def _rank(rank: int, folder: str, run: dict) -> None:
 
 
 def test_two_processes_give_the_weights_of_one(tmp_path):
-    mp.spawn(_rank, args=(str(tmp_path), RUN), nprocs=2, join=True)
+    # fork: the ranks start with this process's imports (spawn would import torch and vit_patching twice more)
+    mp.start_processes(_rank, args=(str(tmp_path), RUN), nprocs=2, join=True, start_method="fork")
     one = train_sae(make_pair()[1], HOOK, images(24, seed=3), **RUN)
     two = load_saelens(tmp_path / "run")
     for (name, p), q in zip(one.sae.named_parameters(), two.parameters()):
