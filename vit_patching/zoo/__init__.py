@@ -21,6 +21,9 @@ Linear probes (``PROBES``): ``toy-clip-shape``, toy-clip's image tower read with
 LayerNorm, before the projection) by a shipped ``LinearProbe`` predicting the object's shape;
 ``load_probe("toy-clip-shape")`` gives the probe, ``load_probe_model("toy-clip-shape")`` the encoder reading it.
 
+SAEs (``available_saes()``): one top-k SAE per model above at its middle block's residual stream,
+``load_sae("toy-shapes")`` (a SAELens folder in ``vit_patching/zoo/saes/``), ``sae_card(name)`` its card.
+
 Built in code, not trained: ``known_circuit_model()`` (:mod:`vit_patching.zoo.known_circuit`), a ViT whose task
 provably flows through the four edges ``KNOWN_EDGES``, with ``known_circuit_pairs(n)``; loaded lazily.
 
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from vit_patching.zoo.datasets import TASKS, ToyBatch, ToyDataset, generate
 from vit_patching.zoo.clip import CLIP_MODELS, PROBES, load_probe, load_probe_model
 from vit_patching.zoo.registry import DEFAULT_MODEL, MODEL_SPECS, WEIGHTS_DIR, ModelSpec, get_spec
+from vit_patching.zoo.saes import available_saes, load_sae, sae_card
 
 if TYPE_CHECKING:  # pragma: no cover
     from timm.models.vision_transformer import VisionTransformer
@@ -53,13 +57,16 @@ __all__ = [
     "ToyDataset",
     "available_datasets",
     "available_models",
+    "available_saes",
     "get_spec",
     "load_dataset",
     "load_model",
     "load_probe",
     "load_probe_model",
+    "load_sae",
     "load_timm_model",
     "model_card",
+    "sae_card",
     "zero_shot_models",
 ]
 
