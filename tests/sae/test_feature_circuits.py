@@ -121,6 +121,12 @@ def test_feature_faithfulness_curve_keeps_the_top_scored_latents(setup):
     assert abs(float(curve.faithfulness[0])) < 1e-5
     with pytest.raises(ValueError, match=r"sizes: expected a non-empty list of latent counts in \[0, 4\]"):
         feature_faithfulness_curve(model, clean, corrupted, metric, hook=H, scores=fe, sizes=[5])
+    # its figure, as CircuitEvaluation.plot draws a circuit's: the points in size order, counted in latents
+    fig = curve.plot(title="features <b>kept</b>")
+    assert list(fig.data[0].x) == [0, 2, 4] and list(fig.data[0].y) == curve.faithfulness.tolist()
+    assert fig.layout.xaxis.title.text == "latents kept" and fig.layout.xaxis.type == "linear"  # the empty point drawn
+    assert "latents" in fig.data[0].hovertemplate and "edges" not in fig.data[0].hovertemplate
+    assert "&lt;b&gt;kept" in fig.layout.title.text and "(error ablated)" in fig.data[0].name
 
 
 def test_feature_circuits_refuse_what_they_cannot_score(setup):

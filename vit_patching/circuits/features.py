@@ -370,6 +370,15 @@ class FeatureCurve:
         empty = self.empty_score.mean()
         return (self.values.mean(-1) - empty) / (self.clean_score.mean() - empty)
 
+    def plot(self, title: str = "faithfulness vs features kept"):
+        """Faithfulness against the number of latents kept (Plotly figure, as ``CircuitEvaluation.plot``; the
+        trace is named by whether the error was kept, so two curves can share a figure)."""
+        from vit_patching.plotting.curves import faithfulness_vs_size  # plotly: loaded on the first figure
+
+        return faithfulness_vs_size(self.sizes, self.faithfulness.tolist(), ablation=self.ablation, metric=self.metric,
+                                    title=title, unit="latents", x_title="latents kept",
+                                    name=f"top latents (error {'kept' if self.keep_error else 'ablated'})")
+
 
 def feature_faithfulness_curve(
     model: HookedViT,

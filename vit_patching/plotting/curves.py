@@ -114,11 +114,14 @@ def metric_curves(
 
 def faithfulness_vs_size(
     sizes: list[int], faithfulness: list[float], *, ablation: str, metric: str,
-    title: str = "faithfulness vs circuit size",
+    title: str = "faithfulness vs circuit size", unit: str = "edges", x_title: str | None = None,
+    name: str = "circuit",
 ) -> go.Figure:
-    """Circuit faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges, on a
-    log axis, or a linear one when a size is 0 (a log axis would drop the empty circuit's point);
-    ``CircuitEvaluation.plot`` and :func:`vit_patching.circuits.faithfulness_figure` draw with it.
+    """Circuit faithfulness (0 = empty circuit / corrupted run, 1 = clean run) against the number of edges (or of
+    ``unit``: ``FeatureCurve.plot`` counts SAE latents), on a log axis, or a linear one when a size is 0 (a log axis
+    would drop the empty circuit's point); ``CircuitEvaluation.plot`` and
+    :func:`vit_patching.circuits.faithfulness_figure` draw with it. ``x_title`` defaults to ``"{unit} in circuit"``;
+    ``name`` is the trace's legend name.
 
     Example:
         >>> fig = faithfulness_vs_size([10, 1, 100], [0.5, 0.1, 0.9], ablation="corrupted", metric="logit_diff")
@@ -127,11 +130,12 @@ def faithfulness_vs_size(
     """
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
     fig = go.Figure(go.Scatter(
-        x=[sizes[i] for i in order], y=[faithfulness[i] for i in order], mode="lines+markers", name="circuit",
-        hovertemplate="%{x} edges: faithfulness %{y:.3f}<extra></extra>",
+        x=[sizes[i] for i in order], y=[faithfulness[i] for i in order], mode="lines+markers", name=esc(name),
+        hovertemplate=f"%{{x}} {hover_safe(unit)}: faithfulness %{{y:.3f}}<extra></extra>",
     ))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
     fig.add_hline(y=0.0, line_dash="dot", annotation_text=esc(f"empty ({ablation})"))
     fig.update_layout(title=esc(title), template="plotly_white", xaxis_type="log" if min(sizes) > 0 else "linear",
-                      xaxis_title="edges in circuit", yaxis_title=f"faithfulness ({esc(metric)})")
+                      xaxis_title=esc(x_title if x_title is not None else f"{unit} in circuit"),
+                      yaxis_title=f"faithfulness ({esc(metric)})")
     return fig
