@@ -54,6 +54,10 @@ class SubstrateChoice:
         name: the chosen substrate (a name of :data:`~vit_patching.images.BASELINES`).
         start_prob: every candidate's mean start probability of the explained class, in candidate order.
         n_images: the number of images the means are over.
+
+    Example:
+        >>> SubstrateChoice("zeros", {"zeros": 0.08, "blur": 0.998}, 24).describe()
+        'auto: lowest mean start p(class) on 24 selection images: zeros 0.080 vs blur 0.998'
     """
 
     name: str
@@ -128,6 +132,13 @@ def resolve_insertion_substrate(
 
     The choice is made on the default selection images of ``data`` (see the module docstring), for the class the
     run explains (``cfg.target``), and described in ``insertion_auto``.
+
+    Example:
+        >>> from vit_patching.benchmark import zoo_data
+        >>> from vit_patching.zoo import load_model
+        >>> cfg = BenchmarkConfig(methods=["gae"], insertion_substrate="auto")
+        >>> resolve_insertion_substrate(load_model("toy-shapes"), zoo_data("toy-shapes", n=48), cfg).insertion_substrate
+        'zeros'
     """
     if cfg.insertion_substrate != AUTO_SUBSTRATE:
         return cfg
