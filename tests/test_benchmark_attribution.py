@@ -172,7 +172,7 @@ def test_table_lists_every_method_on_every_metric_with_ranks(tmp_path):
         assert (c["verdict"] == "no significant difference") == (not significant)
     assert "caap − other" in table
     csv = write_csv(result, tmp_path / "results.csv").read_text().splitlines()
-    assert csv[0] == "method,metric,higher_is_better,mean,ci95,n,rank,n_methods" and len(csv) == 1 + 3 * 10
+    assert csv[0] == "method,metric,higher_is_better,mean,ci95,n,rank,n_methods,discriminating" and len(csv) == 1 + 3 * 10
     doc = tmp_path / "bench.md"
     update_docs(doc, "tiny", "### tiny\nv1")
     update_docs(doc, "other", "### other\nw")

@@ -6,9 +6,12 @@ An application built on the attribution methods (:mod:`vit_patching.attribution`
 * :mod:`~vit_patching.benchmark.data`: the images (:func:`zoo_data`, :func:`folder_data`).
 * :mod:`~vit_patching.benchmark.config`: the metric columns and :class:`BenchmarkConfig`.
 * :mod:`~vit_patching.benchmark.scoring`: :func:`evaluate_maps`, the per-image metrics of one batch of maps.
+* :mod:`~vit_patching.benchmark.substrate`: ``insertion_substrate="auto"``, the insertion start image chosen per
+  model (:func:`choose_insertion_substrate`, :func:`resolve_insertion_substrate`).
 * :mod:`~vit_patching.benchmark.runner`: chunks, fingerprints, validated partial files, :func:`run_shard`,
   :func:`merge`.
-* :mod:`~vit_patching.benchmark.stats`: Student-t intervals, ranks, paired comparisons (:class:`BenchmarkResult`).
+* :mod:`~vit_patching.benchmark.stats`: Student-t intervals, ranks, paired comparisons (:class:`BenchmarkResult`),
+  the non-discriminating-metric flag (:func:`is_discriminating`).
 * :mod:`~vit_patching.benchmark.report`: CSV, markdown, figures, the docs section.
 
 The work is cut into fixed **chunks** of consecutive images (``chunk_size``); because chunks do not depend on the
@@ -38,7 +41,15 @@ from vit_patching.benchmark.runner import (
     validate_partial,
 )
 from vit_patching.benchmark.scoring import evaluate_maps
-from vit_patching.benchmark.stats import CAAP_METHODS, BenchmarkResult, mean_ci, selection_split, t_quantile
+from vit_patching.benchmark.stats import (
+    CAAP_METHODS,
+    BenchmarkResult,
+    is_discriminating,
+    mean_ci,
+    selection_split,
+    t_quantile,
+)
+from vit_patching.benchmark.substrate import SubstrateChoice, choose_insertion_substrate, resolve_insertion_substrate
 
 __all__ = [
     "CURVES",
@@ -47,10 +58,13 @@ __all__ = [
     "BenchmarkData",
     "BenchmarkResult",
     "MetricSpec",
+    "SubstrateChoice",
+    "choose_insertion_substrate",
     "chunk_ranges",
     "evaluate_maps",
     "figures",
     "folder_data",
+    "is_discriminating",
     "markdown_report",
     "markdown_table",
     "mean_ci",
@@ -58,6 +72,7 @@ __all__ = [
     "metric_settings",
     "missing_partials",
     "model_digest",
+    "resolve_insertion_substrate",
     "run_shard",
     "t_quantile",
     "update_docs",

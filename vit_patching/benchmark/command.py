@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from vit_patching.attribution import available_methods, get_method
-from vit_patching.benchmark.config import BenchmarkConfig
+from vit_patching.benchmark.config import AUTO_SUBSTRATE, BenchmarkConfig
 from vit_patching.benchmark.data import folder_data, zoo_data
 from vit_patching.benchmark.report import figures, markdown_report, update_docs, write_csv
 from vit_patching.benchmark.runner import merge, run_shard
@@ -81,8 +81,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=8, help="images per chunk (sharding and resume unit)")
     p.add_argument("--batch-size", type=int, default=64, help="forward rows per pass")
     p.add_argument("--pg-tolerance", type=float, default=None, help="pointing-game tolerance in px (default 15*H/224)")
-    p.add_argument("--insertion-substrate", choices=_SUBSTRATES, default="blur", metavar="{" + ",".join(BASELINES) + "}",
-                   help="insertion start image (RISE: blur; use zeros where the blurred image keeps the class)")
+    p.add_argument("--insertion-substrate", choices=(*_SUBSTRATES, AUTO_SUBSTRATE), default="blur",
+                   metavar="{" + ",".join((*BASELINES, AUTO_SUBSTRATE)) + "}",
+                   help="insertion start image (RISE: blur); auto: the one giving the explained class the lowest mean "
+                        "probability on the selection images, chosen per model before any method runs")
     p.add_argument("--deletion-substrate", choices=_SUBSTRATES, default="zeros", metavar="{" + ",".join(BASELINES) + "}",
                    help="what deleted patches become (RISE: zeros = dataset-mean colour)")
     p.add_argument("--selection-fraction", type=float, default=DEFAULT_SELECTION_FRACTION,

@@ -17,7 +17,7 @@ from vit_patching.images import BASELINES, check_baseline
 from vit_patching.runs.sharding import chunk_ranges  # re-exported: one chunking rule for every sharded run
 
 __all__ = [
-    "CURVES", "METRICS", "RISE_BLUR", "SUBSTRATE_TEXT", "BenchmarkConfig", "MetricSpec", "check_substrate",
+    "AUTO_SUBSTRATE", "CURVES", "METHOD_DEFAULTS", "METRICS", "RISE_BLUR", "SUBSTRATE_TEXT", "BenchmarkConfig", "MetricSpec", "check_substrate",
     "chunk_ranges", "pg_tolerance",
 ]
 
@@ -29,14 +29,17 @@ class MetricSpec:
     label: str
     higher_is_better: bool
     needs_masks: bool = False
+    #: The spread of the methods' means at or below which the metric cannot tell methods apart
+    #: (non-discriminating): 0.01 on the [0, 1] metrics, 1.0 on the perturbation AUCs (x 100).
+    resolution: float = 0.01
 
 
 METRICS: dict[str, MetricSpec] = {
     "insertion": MetricSpec("Insertion AUC", True),
     "deletion": MetricSpec("Deletion AUC", False),
     "ins_minus_del": MetricSpec("Ins − Del", True),
-    "pos_perturbation": MetricSpec("Pos. perturb. AUC", False),
-    "neg_perturbation": MetricSpec("Neg. perturb. AUC", True),
+    "pos_perturbation": MetricSpec("Pos. perturb. AUC", False, resolution=1.0),
+    "neg_perturbation": MetricSpec("Neg. perturb. AUC", True, resolution=1.0),
     "pointing_game": MetricSpec("Pointing game", True, True),
     "energy_pg": MetricSpec("Energy PG", True, True),
     "mask_iou": MetricSpec("Mask IoU", True, True),
@@ -46,6 +49,13 @@ METRICS: dict[str, MetricSpec] = {
 CURVES = ("insertion", "deletion", "pos_perturbation", "neg_perturbation")
 #: RISE's insertion blur (kernel, sigma), whatever the image size.
 RISE_BLUR = (11, 5.0)
+#: ``insertion_substrate="auto"``: chosen per model and image set (:mod:`vit_patching.benchmark.substrate`).
+AUTO_SUBSTRATE = "auto"
+#: The benchmark's options of a method unless ``method_options`` says otherwise. ``caap_shapley``: 8
+#: antithetic permutations (4 pairs, so every patch gets a standard error) over 2 x 2 blocks of patches: on an
+#: 8 x 8 grid that is 16 players and (8 + 1) x 16 = 144 patched rows per image, about 2.25 x single-patch CAAP's
+#: 64, where patches as players would cost 576 (9 x).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"caap_shapley": {"n_permutations": 8, "groups": 2, "seed": 0}}
 #: How each substrate (a name of :data:`vit_patching.images.BASELINES`) is described in the outputs.
 SUBSTRATE_TEXT = {
     "blur": f"blur (k={RISE_BLUR[0]}, sigma={RISE_BLUR[1]:g})",
@@ -68,7 +78,8 @@ class BenchmarkConfig:
 
     Attributes:
         methods: method names (see :func:`~vit_patching.attribution.available_methods`).
-        method_options: per-method keyword options, e.g. ``{"rise": {"n_masks": 1000}}``.
+        method_options: per-method keyword options, e.g. ``{"rise": {"n_masks": 1000}}``; over
+            :data:`METHOD_DEFAULTS` for the methods of the run (``caap_shapley``: 8 permutations, 2 x 2 groups).
         unit: faithfulness unit, ``"patch"`` (one patch per step, patch maps) or ``"pixel"`` (pixel maps).
         target: class explained, ``"predicted"`` (top-1, default) or ``"label"`` (ground truth; needs labels).
         chunk_size: images per chunk (the unit of sharding and of resuming).
@@ -76,9 +87,13 @@ class BenchmarkConfig:
         pg_tolerance: pointing-game tolerance in pixels; ``None`` = 15 px scaled by ``H / 224``.
         insertion_substrate: start image of the insertion game, a name of
             :data:`~vit_patching.images.BASELINES`: ``"blur"`` (RISE, default), ``"zeros"``, ``"black"``,
-            ``"image_mean"``.
+            ``"image_mean"``; or ``"auto"``: the one whose start image gives the explained class the lowest mean
+            probability on the selection images, resolved before any method runs
+            (:func:`~vit_patching.benchmark.substrate.resolve_insertion_substrate`).
         deletion_substrate: what deleted units become: ``"zeros"`` (RISE: the dataset-mean colour, default),
             ``"blur"``, ``"black"``, ``"image_mean"``.
+        insertion_auto: set when ``"auto"`` was resolved: how the substrate was chosen (the start probabilities of
+            every candidate), recorded in the settings and the fingerprints.
     """
 
     methods: list[str]
@@ -90,6 +105,7 @@ class BenchmarkConfig:
     pg_tolerance: int | float | None = None
     insertion_substrate: str = "blur"
     deletion_substrate: str = "zeros"
+    insertion_auto: str | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -102,11 +118,16 @@ class BenchmarkConfig:
         check_positive_int(self.batch_size, "batch_size")
         if self.pg_tolerance is not None:
             check_positive_number(self.pg_tolerance, "pg_tolerance", allow_zero=True)
-        self.insertion_substrate = check_substrate(self.insertion_substrate, "insertion_substrate")
+        if self.insertion_substrate != AUTO_SUBSTRATE:
+            self.insertion_substrate = check_substrate(self.insertion_substrate, "insertion_substrate")
         self.deletion_substrate = check_substrate(self.deletion_substrate, "deletion_substrate")
         unknown = set(self.method_options) - set(self.methods)
         if unknown:
             raise ValueError(f"method_options: options given for methods not in the run: {sorted(unknown)}")
+        self.method_options = {
+            m: {**METHOD_DEFAULTS.get(m, {}), **self.method_options.get(m, {})}
+            for m in self.methods if m in METHOD_DEFAULTS or m in self.method_options
+        }
 
 
 def pg_tolerance(cfg: BenchmarkConfig, height: int) -> float:

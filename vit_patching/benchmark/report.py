@@ -19,12 +19,15 @@ from vit_patching.benchmark.data import BenchmarkData
 from vit_patching.benchmark.stats import CAAP_METHODS, BenchmarkResult, selection_split
 from vit_patching.files import atomic_write_text
 
-__all__ = ["figures", "markdown_report", "markdown_table", "update_docs", "write_csv"]
+#: Marks a non-discriminating metric in the table header (footnote below the table).
+MARKER = "†"
+
+__all__ = ["MARKER", "figures", "markdown_report", "markdown_table", "update_docs", "write_csv"]
 
 
 def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> Path:
     """Long-format CSV: one row per (method, metric), floats written exactly (``repr``); written atomically."""
-    cols = ["method", "metric", "higher_is_better", "mean", "ci95", "n", "rank", "n_methods"]
+    cols = ["method", "metric", "higher_is_better", "mean", "ci95", "n", "rank", "n_methods", "discriminating"]
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(cols)
@@ -47,7 +50,9 @@ def markdown_table(result: BenchmarkResult, highlight: str | Sequence[str] = CAA
     """The results table in markdown: methods x metrics (mean ± 95 % CI over all images, best in bold), seconds
     per image, and for each ``highlight`` method that was run its rank per metric and its paired comparison with
     the best other method (chosen on the selection images, tested on the report images:
-    :meth:`BenchmarkResult.paired`).
+    :meth:`BenchmarkResult.paired`). A non-discriminating metric (all means within the metric's resolution:
+    :func:`~vit_patching.benchmark.stats.is_discriminating`) gets :data:`MARKER` in the header and a footnote, is
+    left out of the rank lines, and its verdicts say so; a tally counts the verdicts on the discriminating metrics.
 
     Example:
         >>> from vit_patching.benchmark.stats import summary_rows
@@ -60,7 +65,11 @@ def markdown_table(result: BenchmarkResult, highlight: str | Sequence[str] = CAA
     metrics = result.metrics()
     methods = list(result.per_image)
     highlights = [highlight] if isinstance(highlight, str) else list(highlight)
-    header = ["Method"] + [f"{METRICS[k].label} {'↑' if METRICS[k].higher_is_better else '↓'}" for k in metrics] + ["s / image"]
+    flat = [k for k in metrics if not result.is_discriminating(k)]
+    header = ["Method"] + [
+        f"{METRICS[k].label} {'↑' if METRICS[k].higher_is_better else '↓'}{' ' + MARKER if k in flat else ''}"
+        for k in metrics
+    ] + ["s / image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for m in methods:
         cells = [f"**{m}**" if m in highlights else m]
@@ -72,11 +81,19 @@ def markdown_table(result: BenchmarkResult, highlight: str | Sequence[str] = CAA
         lines.append("| " + " | ".join(cells) + " |")
     n = len(next(iter(next(iter(result.per_image.values())).values()), []))
     lines += ["", f"Means ± 95 % CI over all {n} images (the comparisons below use the report images only)."]
+    for k in flat:
+        means = [result.row(m, k)["mean"] for m in methods if math.isfinite(result.row(m, k)["mean"])]
+        d, res = _digits(k), METRICS[k].resolution
+        span = f"{min(means):.{d}f}–{max(means):.{d}f}" if means else "n/a"
+        lines += ["", f"{MARKER} {METRICS[k].label} is **non-discriminating** here: the means of all {len(methods)} "
+                  f"methods lie within {res:g} of each other ({span}), so it cannot tell the methods apart; it is "
+                  "left out of the rank summaries and its verdicts are marked."]
     for h in [h for h in highlights if h in methods]:
-        ranks = [f"{METRICS[k].label} {result.row(h, k)['rank']}/{len(methods)}" for k in metrics]
+        ranks = [f"{METRICS[k].label} {result.row(h, k)['rank']}/{len(methods)}" for k in metrics if k not in flat]
         paired = result.paired(h)
         speed = result.row(h, "seconds_per_image")["rank"]
-        lines += ["", f"Rank of `{h}` (1 = best, ties share a rank): " + "; ".join(ranks) + "."]
+        skipped = f" Not ranked (non-discriminating): {', '.join(METRICS[k].label for k in flat)}." if flat else ""
+        lines += ["", f"Rank of `{h}` (1 = best, ties share a rank): " + "; ".join(ranks) + "." + skipped]
         if paired:
             select, report = selection_split(n, result.selection_fraction, result.selection_n)
             excluded = ", ".join(f"`{m}`" for m in CAAP_METHODS)
@@ -93,6 +110,10 @@ def markdown_table(result: BenchmarkResult, highlight: str | Sequence[str] = CAA
                 d = _digits(c["metric"])
                 text = f"{c['diff']:+.{d}f} ± {c['ci95']:.{d}f}" if math.isfinite(c["ci95"]) else f"{c['diff']:+.{d}f}"
                 lines.append(f"| {METRICS[c['metric']].label} | {c['versus']} | {text} | {c['verdict']} |")
+            counted = [c for c in paired if c["discriminating"]]
+            tally = {v: sum(c["verdict"] == v for c in counted) for v in ("better", "worse", "no significant difference")}
+            lines += ["", f"On the {len(counted)} discriminating metrics `{h}` is better on {tally['better']}, worse on "
+                      f"{tally['worse']} and not significantly different on {tally['no significant difference']}."]
         lines += ["", f"Speed rank of `{h}` (seconds per image, 1 = fastest): {speed}/{len(methods)}."]
     return "\n".join(lines)
 

@@ -38,6 +38,7 @@ from vit_patching.benchmark.config import CURVES, METRICS, SUBSTRATE_TEXT, Bench
 from vit_patching.benchmark.data import BenchmarkData
 from vit_patching.benchmark.scoring import evaluate_maps
 from vit_patching.benchmark.stats import BenchmarkResult, summary_rows
+from vit_patching.benchmark.substrate import resolve_insertion_substrate
 from vit_patching.files import atomic_write_text
 from vit_patching.images import normalization
 from vit_patching.runs.sharding import digest, model_digest
@@ -54,10 +55,14 @@ def metric_settings(model: HookedViT, data: BenchmarkData, cfg: BenchmarkConfig)
     """The metric protocol of a run, as recorded in its outputs (and in every chunk's fingerprint)."""
     step = "one patch per step" if cfg.unit == "patch" else "one image row of pixels per step"
     black = normalization(model.cfg.data_config) is not None
+    if cfg.insertion_substrate not in SUBSTRATE_TEXT:
+        raise ValueError(f"insertion_substrate: expected a resolved substrate {list(SUBSTRATE_TEXT)}, got "
+                         f"{cfg.insertion_substrate!r} (resolve 'auto' with resolve_insertion_substrate first)")
+    auto = f" ({cfg.insertion_auto})" if cfg.insertion_auto else ""
     return {
         "unit": cfg.unit,
         "target": cfg.target,
-        "insertion": f"from {SUBSTRATE_TEXT[cfg.insertion_substrate]}, softmax prob of the target, {step}",
+        "insertion": f"from {SUBSTRATE_TEXT[cfg.insertion_substrate]}{auto}, softmax prob of the target, {step}",
         "deletion": f"to {SUBSTRATE_TEXT[cfg.deletion_substrate]}, softmax prob of the target, {step}",
         "perturbation": "Chefer et al.: fractions 0.1..0.9, substrate "
         + ("black" if black else "zeros (no data config)")
@@ -151,6 +156,8 @@ class _Run:
     def __init__(self, model: HookedViT, data: BenchmarkData, cfg: BenchmarkConfig, out_dir: str | os.PathLike):
         if cfg.target == "label" and data.labels is None:
             raise ValueError("target: 'label' needs ground-truth labels; this data has none (use 'predicted')")
+        # Before any method runs; the choice is part of the metric settings and so of every fingerprint.
+        cfg = resolve_insertion_substrate(model, data, cfg)
         self.model, self.data, self.cfg = model, data, cfg
         self.out_dir = Path(out_dir)
         self.methods = {m: get_method(m, model, **cfg.method_options.get(m, {})) for m in cfg.methods}

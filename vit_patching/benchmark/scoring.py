@@ -5,8 +5,9 @@ Metrics (per image; the table shows the mean over images):
 * ``insertion`` / ``deletion``: RISE games (:func:`~vit_patching.evaluation.insertion_auc` /
   :func:`~vit_patching.evaluation.deletion_auc`), by default with RISE's substrates (blur, k=11 sigma=5 /
   ``"zeros"`` = the dataset-mean colour); where the blurred image keeps the class, as on the toy models,
-  insertion from blur saturates at 1 and ``"zeros"`` is the informative choice. Softmax probability of the
-  explained class, one patch per step (``unit="patch"``) or one image row of pixels.
+  insertion from blur saturates at 1 and ``"zeros"`` is the informative choice (the benchmark's
+  ``insertion_substrate="auto"`` picks the substrate per model: :mod:`vit_patching.benchmark.substrate`).
+  Softmax probability of the explained class, one patch per step (``unit="patch"``) or one image row of pixels.
 * ``ins_minus_del``: insertion minus deletion.
 * ``pos_perturbation`` / ``neg_perturbation``: Chefer et al.'s perturbation test
   (:func:`~vit_patching.evaluation.perturbation_test`, fractions 0.1..0.9, black substrate); per image the

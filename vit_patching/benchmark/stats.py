@@ -19,12 +19,14 @@ from vit_patching.checks import check_fraction, check_positive_int
 from vit_patching.evaluation.statistics import mean_ci, t_quantile
 
 __all__ = [
-    "BenchmarkResult", "CAAP_METHODS", "DEFAULT_SELECTION_FRACTION", "mean_ci", "selection_split", "summary_rows",
+    "BenchmarkResult", "CAAP_METHODS", "DEFAULT_SELECTION_FRACTION", "NON_DISCRIMINATING", "is_discriminating", "mean_ci", "selection_split", "summary_rows",
     "t_quantile",
 ]
 
 #: The CAAP variants (denoising and noising): each is compared with the best method that is none of them.
 CAAP_METHODS: tuple[str, ...] = ("caap", "caap_noising", "caap_shapley")
+#: Appended to every verdict on a non-discriminating metric (:func:`is_discriminating`).
+NON_DISCRIMINATING = " (non-discriminating metric)"
 #: Share of the images (the first ones, by index) that chooses the best other method of each metric.
 DEFAULT_SELECTION_FRACTION = 0.5
 
@@ -88,6 +90,11 @@ class BenchmarkResult:
                 return r
         raise KeyError(f"no result for method {method!r} and metric {metric!r}")
 
+    def is_discriminating(self, metric: str) -> bool:
+        """Whether the methods' means on ``metric`` spread more than its resolution (:func:`is_discriminating`)."""
+        means = [r["mean"] for r in self.rows if r["metric"] == metric and math.isfinite(r["mean"])]
+        return is_discriminating(means, METRICS[metric].resolution)
+
     def paired(self, method: str = "caap") -> list[dict[str, Any]]:
         """``method`` against the best *other* method of every metric, chosen on the selection images and tested,
         paired, on the report images (:func:`selection_split` with :attr:`selection_fraction` /
@@ -96,7 +103,8 @@ class BenchmarkResult:
         Returns one dict per metric: ``metric, versus`` (best other method by its mean over the selection images;
         ties go to the earlier method), ``diff`` (mean of ``method - versus`` over the report images where both
         are defined), ``ci95`` (Student-t half-width), ``n`` (report images used), ``n_selection`` and ``verdict``
-        (``"better"``, ``"worse"`` or ``"no significant difference"`` at 95 %, in the metric's direction). Empty if
+        (``"better"``, ``"worse"`` or ``"no significant difference"`` at 95 %, in the metric's direction; on a
+        non-discriminating metric followed by ``" (non-discriminating metric)"``) and ``discriminating``. Empty if
         ``method`` was not run or there are fewer than 2 images (nothing to split).
 
         Example:
@@ -134,8 +142,11 @@ class BenchmarkResult:
                 verdict = "better" if sign * diff > 0 else "worse"
             else:
                 verdict = "no significant difference"
+            discriminating = self.is_discriminating(metric)
+            if not discriminating:
+                verdict += NON_DISCRIMINATING
             out.append({"metric": metric, "versus": versus, "diff": diff, "ci95": ci, "n": count,
-                        "n_selection": len(select), "verdict": verdict})
+                        "n_selection": len(select), "verdict": verdict, "discriminating": discriminating})
         return out
 
     def notes(self) -> list[str]:
@@ -151,10 +162,31 @@ class BenchmarkResult:
         return out
 
 
+def is_discriminating(means: list[float], resolution: float) -> bool:
+    """Whether a metric can tell the methods apart: the spread of their means exceeds ``resolution``.
+
+    A metric on which every method's mean lies within ``resolution`` of every other's (0.01 on the [0, 1]
+    metrics, 1.0 on the perturbation AUCs x 100: :attr:`~vit_patching.benchmark.config.MetricSpec.resolution`)
+    is **non-discriminating**: a "no significant difference" there says nothing about the methods (e.g. an
+    insertion game whose start image already gives the class). A spread of exactly ``resolution`` counts as
+    within it (up to float rounding of the subtraction); fewer than two finite means cannot discriminate.
+
+    Example:
+        >>> is_discriminating([0.981, 0.990, 0.985], 0.01), is_discriminating([0.98, 0.991], 0.01)
+        (False, True)
+        >>> is_discriminating([0.98, 0.99], 0.01)  # 0.99 - 0.98 is 0.010000000000000009 in floats
+        False
+    """
+    if len(means) < 2:
+        return False
+    return max(means) - min(means) > resolution * (1 + 1e-9)
+
+
 def summary_rows(per_image: dict[str, dict[str, list[float]]], seconds: dict[str, float], n: int) -> list[dict[str, Any]]:
     """The table rows of :class:`BenchmarkResult`: mean, CI and rank per (method, metric), then time per image.
 
-    Ties share a rank (1 + the number of strictly better methods).
+    Ties share a rank (1 + the number of strictly better methods). ``discriminating`` is
+    :func:`is_discriminating` of the metric's means over all methods (``True`` on the time rows).
 
     Example:
         >>> rows = summary_rows({"a": {"deletion": [0.2, 0.4]}, "b": {"deletion": [0.1, 0.1]}}, {"a": 1.0, "b": 4.0}, 2)
@@ -167,6 +199,8 @@ def summary_rows(per_image: dict[str, dict[str, list[float]]], seconds: dict[str
     for metric in metric_names:
         spec = METRICS[metric]
         stats = {m: mean_ci(per_image[m][metric]) for m in methods}
+        finite = [v[0] for v in stats.values() if math.isfinite(v[0])]
+        discriminating = is_discriminating(finite, spec.resolution)
         for m in methods:
             mean, ci, count = stats[m]
             better = sum(
@@ -176,11 +210,13 @@ def summary_rows(per_image: dict[str, dict[str, list[float]]], seconds: dict[str
             rows.append({
                 "method": m, "metric": metric, "higher_is_better": spec.higher_is_better, "mean": mean, "ci95": ci,
                 "n": count, "rank": 1 + better if math.isfinite(mean) else None, "n_methods": len(methods),
+                "discriminating": discriminating,
             })
     for m in methods:
         rows.append({
             "method": m, "metric": "seconds_per_image", "higher_is_better": False, "mean": seconds[m] / n, "ci95": float("nan"),
             "n": n, "rank": 1 + sum(1 for o in methods if seconds[o] < seconds[m]), "n_methods": len(methods),
+            "discriminating": True,
         })
     return rows
 
