@@ -50,9 +50,9 @@ def auxk_text(settings: TrainSettings) -> str:
     """The card's words for AuxK (empty when the run did not use it)."""
     if settings.aux_k is None:
         return ""
-    return (f", plus the AuxK auxiliary loss (Gao et al. 2024: the {settings.aux_k} largest pre-activations among the latents\n"
-            f"  that fired on none of the last {settings.dead_tokens_threshold} training tokens reconstruct the error, "
-            f"weight {settings.aux_coefficient:g})")
+    return (f", plus the AuxK auxiliary loss\n  (Gao et al. 2024: the {settings.aux_k} largest pre-activations among the "
+            f"latents that fired on none of the last\n  {settings.dead_tokens_threshold} training tokens reconstruct the "
+            f"residual error, weight {settings.aux_coefficient:g})")
 
 
 def card(name: str, hook: str, settings: TrainSettings, n_images: int, metrics: dict, minutes: float,
