@@ -40,7 +40,7 @@ def test_the_auxk_term_equals_a_hand_computation(k_aux, expected):
     plain = topk_objective(sae, X)[0]
     with_aux = topk_objective(sae, X, aux=AuxK(DEAD, k_aux=k_aux, coefficient=0.5, n_tokens=3))[0]
     assert float(plain.detach()) == 1 + 1 + 5  # the main loss, summed over tokens
-    assert float(with_aux - plain) / 3 == pytest.approx(expected, abs=1e-6)  # the trainer divides by the batch
+    assert float((with_aux - plain).detach()) / 3 == pytest.approx(expected, abs=1e-6)  # the trainer divides by the batch
 
 
 def test_only_auxk_reaches_the_encoder_of_a_dead_latent():

@@ -1,7 +1,8 @@
 """Train an SAE on a HookedViT's activations: streamed in chunks, resumable bit for bit, sharded over processes.
 
 :func:`train_sae` streams the activations at ``hook`` chunk by chunk (:mod:`vit_patching.sae.activations`), fits
-one of four architectures (:mod:`vit_patching.sae.objectives`) with Adam, resamples dead latents, evaluates the
+one of four architectures (:mod:`vit_patching.sae.objectives`) with Adam, resamples dead latents (and, for top-k and
+BatchTopK with ``aux_k``, trains them with the AuxK loss, the dead-token clock kept in the checkpoint), evaluates the
 result (:func:`vit_patching.sae.metrics.evaluate_sae`) and writes a SAELens folder with ``metrics.json`` and
 ``training.json``. :func:`fit_sae` is the loop itself, over any activation source (a tensor of activations too).
 
