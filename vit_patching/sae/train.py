@@ -82,7 +82,8 @@ class TrainSettings:
             tokens are resampled (``None``: never).
         resample_scale: Resampled encoder columns get this times the mean live encoder norm.
         aux_k: Top-k / BatchTopK only: the AuxK auxiliary loss (Gao et al. 2024) with this many dead latents per
-            token reconstructing the error (``None``: off; Gao et al. use ``d_in / 2``, 512 at their widths).
+            token reconstructing the error (``None``: off; Gao et al. use 512, EleutherAI's and SAELens's
+            implementations ``d_in // 2``).
         aux_coefficient: The AuxK term's weight (Gao et al.: 1/32).
         dead_tokens_threshold: AuxK counts a latent dead once it has fired on none of this many training tokens.
         chunk_images: Images per activation chunk (the memory bound; also the shuffling unit).
