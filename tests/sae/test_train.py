@@ -68,11 +68,13 @@ def test_a_dead_latent_is_resampled_and_fires_again():
     assert int((revived.encode(acts)[:, 5] > 0).sum()) > 0
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(model, tmp_path, arch):
+@pytest.mark.parametrize("arch, extra", [("topk", {}), ("batchtopk", {}),
+                                         ("topk", dict(aux_k=8, dead_tokens_threshold=64, resample_every=None))])
+def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(model, tmp_path, arch, extra):
     data = images(24, seed=3)
     kw = dict(architecture=arch, d_sae=64, k=4, batch_size=64, chunk_images=8, forward_batch=4, epochs=2,
               checkpoint_every=2, resample_every=3, positions="patches", progress=False)
+    kw.update(extra)  # AuxK: the dead-token clock is in the checkpoint
     whole = train_sae(model, HOOK, data, out_dir=tmp_path / "whole", **kw)
     with pytest.raises(KeyboardInterrupt):
         train_sae(model, HOOK, data, out_dir=tmp_path / "killed", stop_after=5, **kw)

@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -67,10 +68,12 @@ def _rank(rank: int, folder: str, run: dict) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_give_the_weights_of_one(tmp_path):
+@pytest.mark.parametrize("extra", [{}, dict(aux_k=8, dead_tokens_threshold=64)])  # AuxK: the batch's error spread
+def test_two_processes_give_the_weights_of_one(tmp_path, extra):
+    run = {**RUN, **extra}
     # fork: the ranks start with this process's imports (spawn would import torch and vit_patching twice more)
-    mp.start_processes(_rank, args=(str(tmp_path), RUN), nprocs=2, join=True, start_method="fork")
-    one = train_sae(make_pair()[1], HOOK, images(24, seed=3), **RUN)
+    mp.start_processes(_rank, args=(str(tmp_path), run), nprocs=2, join=True, start_method="fork")
+    one = train_sae(make_pair()[1], HOOK, images(24, seed=3), **run)
     two = load_saelens(tmp_path / "run")
     for (name, p), q in zip(one.sae.named_parameters(), two.parameters()):
         # the batch gradient is summed in two parts: equal to float32 rounding (observed max difference 6e-8 for

@@ -1,7 +1,8 @@
 """Train an SAE on a HookedViT's activations: streamed in chunks, resumable bit for bit, sharded over processes.
 
 :func:`train_sae` streams the activations at ``hook`` chunk by chunk (:mod:`vit_patching.sae.activations`), fits
-one of four architectures (:mod:`vit_patching.sae.objectives`) with Adam, resamples dead latents, evaluates the
+one of four architectures (:mod:`vit_patching.sae.objectives`) with Adam, resamples dead latents (and, for top-k and
+BatchTopK with ``aux_k``, trains them with the AuxK loss, the dead-token clock kept in the checkpoint), evaluates the
 result (:func:`vit_patching.sae.metrics.evaluate_sae`) and writes a SAELens folder with ``metrics.json`` and
 ``training.json``. :func:`fit_sae` is the loop itself, over any activation source (a tensor of activations too).
 
@@ -43,7 +44,7 @@ from vit_patching.files import PathLike, atomic_write_bytes, atomic_write_text
 from vit_patching.runs.lock import check_rank, run_lock
 from vit_patching.runs.sharding import digest, dist_rank_world, model_digest
 from vit_patching.sae.activations import ModelActivations, TensorActivations, check_hook, image_set
-from vit_patching.sae.objectives import MIN_THRESHOLD, OBJECTIVES
+from vit_patching.sae.objectives import MIN_THRESHOLD, OBJECTIVES, AuxK
 from vit_patching.sae.saelens_format import save_saelens
 from vit_patching.sae.saes import POSITIONS, SAE, SAEConfig, make_sae
 
@@ -80,6 +81,11 @@ class TrainSettings:
         resample_every: Steps per dead-latent window: at the end of each window, latents that fired on none of its
             tokens are resampled (``None``: never).
         resample_scale: Resampled encoder columns get this times the mean live encoder norm.
+        aux_k: Top-k / BatchTopK only: the AuxK auxiliary loss (Gao et al. 2024) with this many dead latents per
+            token reconstructing the error (``None``: off; Gao et al. use 512, EleutherAI's and SAELens's
+            implementations ``d_in // 2``).
+        aux_coefficient: The AuxK term's weight (Gao et al.: 1/32).
+        dead_tokens_threshold: AuxK counts a latent dead once it has fired on none of this many training tokens.
         chunk_images: Images per activation chunk (the memory bound; also the shuffling unit).
         forward_batch: Images per forward pass.
         seed: Seeds the initialisation, the shuffling and the resampling.
@@ -100,6 +106,9 @@ class TrainSettings:
     b_dec_init: str = "mean"
     resample_every: int | None = None
     resample_scale: float = 0.2
+    aux_k: int | None = None
+    aux_coefficient: float = 1 / 32
+    dead_tokens_threshold: int = 100_000
     chunk_images: int = 64
     forward_batch: int = 32
     seed: int = 0
@@ -120,6 +129,13 @@ class TrainSettings:
             check_positive_number(getattr(self, name), name, allow_zero=True)
         if self.resample_every is not None:
             check_positive_int(self.resample_every, "resample_every")
+        if self.aux_k is not None:
+            check_positive_int(self.aux_k, "aux_k")
+            if self.architecture not in ("topk", "batchtopk"):
+                raise ValueError(f"aux_k: expected None for architecture {self.architecture!r} (AuxK trains top-k and "
+                                 f"BatchTopK SAEs), got {self.aux_k!r}")
+        check_positive_number(self.aux_coefficient, "aux_coefficient", allow_zero=True)
+        check_positive_int(self.dead_tokens_threshold, "dead_tokens_threshold")
         check_seed(self.seed, "seed")
 
 
@@ -172,6 +188,7 @@ class _Trainer:
         self.params = [dict(sae.named_parameters())[n] for n in self.names]
         self.opt = torch.optim.Adam(self.params, lr=settings.lr)
         self.window_fired = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long)  # AuxK's dead-latent clock
         self.batchtopk = {"threshold": torch.tensor(float("nan"))}
         self.pos = {"step": 0, "epoch": 0, "chunk": 0, "batch": 0}
         self.history: list[dict[str, Any]] = []
@@ -183,6 +200,10 @@ class _Trainer:
         mine = torch.tensor_split(x, self.world)[self.rank]
         kwargs = {"k": s.k, "state": self.batchtopk, "l1_coefficient": s.l1_coefficient,
                   "l0_coefficient": s.l0_coefficient, "bandwidth": s.bandwidth}
+        if s.aux_k is not None:
+            reduce = _all_reduce if self.world > 1 else (lambda t: t)
+            kwargs["aux"] = AuxK(self.tokens_since_fired >= s.dead_tokens_threshold, s.aux_k, s.aux_coefficient,
+                                 x.shape[0], reduce)
         loss_sum, latents = OBJECTIVES[s.architecture](sae, mine, x, **kwargs)
         (loss_sum / x.shape[0]).backward()
         fired = (latents.detach() > 0).sum(0)
@@ -200,6 +221,8 @@ class _Trainer:
             if s.architecture == "jumprelu":
                 sae.threshold.clamp_(min=MIN_THRESHOLD)
         self.window_fired += fired
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[fired > 0] = 0
         self.pos["step"] += 1
         step = self.pos["step"]
         self.history.append({"step": step, "loss": float(stats[0]) / x.shape[0], "l0": float(stats[1]) / x.shape[0]})
@@ -230,6 +253,7 @@ class _Trainer:
             sae.W_dec[dead] = dirs
             sae.W_enc[:, dead] = dirs.T * enc_norm * scale
             sae.b_enc[dead] = 0.0
+            self.tokens_since_fired[dead] = 0  # a new direction starts AuxK's clock afresh
             if self.s.architecture == "jumprelu":
                 sae.threshold[dead] = self.s.init_threshold
             for name, p in zip(self.names, self.params):  # Adam's moments of the new weights start afresh
@@ -251,6 +275,7 @@ class _Trainer:
             for key, value in st.items():
                 tensors[f"opt.{i}.{key}"] = value.detach().clone().reshape(value.shape).contiguous()
         tensors["window_fired"] = self.window_fired.clone()
+        tensors["tokens_since_fired"] = self.tokens_since_fired.clone()
         tensors["batchtopk_threshold"] = self.batchtopk["threshold"].clone().reshape(1)
         state = {"digest": run_digest, "pos": self.pos, "param_groups": opt["param_groups"],
                  "history": self.history, "resampled": self.resampled}
@@ -277,8 +302,15 @@ class _Trainer:
                 opt_state.setdefault(int(i), {})[name] = value
         self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.window_fired = tensors["window_fired"].clone()
+        self.tokens_since_fired = tensors["tokens_since_fired"].clone()
         self.batchtopk["threshold"] = tensors["batchtopk_threshold"].reshape(())
         self.pos, self.history, self.resampled = state["pos"], state["history"], state["resampled"]
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
