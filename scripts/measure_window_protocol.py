@@ -92,10 +92,40 @@ def markdown(res: dict, top: int) -> str:
     return "\n".join(lines)
 
 
+def decisions(results: list[dict]) -> str:
+    """One row per model x variant: the candidates, the best confirmation difference and the decision."""
+    lines = ["| model | variant | default | candidates (selection order) | best confirmation diff to default "
+             "| Holm p | decision |", "|---|---|---|---|---:|---:|---|"]
+    for res in results:
+        d = res["decision"]
+        lab = lambda w: f"[{w[0]}, {w[1]})"  # noqa: E731
+        best = max(d["evidence"], key=lambda e: e["diff"])
+        verdict = f"use {lab(d['window'])}" if d["better"] else f"keep {lab(res['default'])}"
+        lines.append(f"| {res['model']} | {res['variant']} | {lab(res['default'])} | "
+                     f"{', '.join(lab(w) for w in d['candidates'])} | {lab(best['window'])}: "
+                     f"{fmt(best['diff'], best['diff_ci'])} | {fmt_p(best['p_holm'])} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may share --out
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+MODELS = ("toy-shapes", "toy-conjunction", "toy-relation")
+VARIANTS = ("denoising", "noising", "coalition")
+
+
+def write_tables(out: Path) -> None:
+    """Each JSON's markdown table, and decisions.md over every JSON in ``out`` (models and variants in order)."""
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    order = lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS), r["model"],  # noqa: E731
+                       VARIANTS.index(r["variant"]))
+    results.sort(key=order)
+    for res in results:
+        write_atomic(out / f"{res['model']}_{res['variant']}.md", markdown(res, res["settings"]["top"]))
+    write_atomic(out / "decisions.md", decisions(results))
 
 
 def main() -> None:
@@ -115,14 +145,19 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5, help="selection rows in the markdown table")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="window_protocol")
+    ap.add_argument("--from-json", action="store_true",
+                    help="only rewrite the .md files and decisions.md from the JSON files in --out")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.from_json:
+        write_tables(out)
+        return
     torch.set_num_threads(args.threads)
 
     from vit_patching.patching.caap import default_window
     from vit_patching.patching.window_protocol import confirm_window
     from vit_patching.zoo import get_spec, load_dataset, load_model
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.model.split(","):
         model = load_model(name)
@@ -166,7 +201,7 @@ def main() -> None:
             }
             stem = out / f"{name}_{variant}"
             write_atomic(stem.with_suffix(".json"), json.dumps(res, indent=1, default=float))
-            write_atomic(stem.with_suffix(".md"), markdown(res, args.top))
+            write_tables(out)
             print(f"{name} {variant}: {seconds:.0f} s, load {load0[0]:.2f} -> {load1[0]:.2f}: {dec.message}",
                   flush=True)
 
