@@ -6,7 +6,8 @@ faithfulness metrics, patch by patch (``unit="patch"``): insertion AUC (higher i
 (lower is better), both on the softmax probability of the explained class and both with the zero (= dataset-mean
 colour) substrate by default; plus the pointing game where evidence masks are given. The recommended window
 maximises the criterion (default: insertion - deletion) averaged over the images. Select on held-out images,
-never on the images you report.
+never on the images you report. ``coalitions=N`` scores coalition CAAP maps (:mod:`.caap_shapley`) instead, and
+:func:`~vit_patching.patching.window_protocol.confirm_window` confirms a choice on a second split.
 
 Why not RISE's blurred insertion substrate by default: on the shipped toy models the blurred image alone already
 scores the class at probability 0.9998 (32 held-out toy-shapes images), so every map, random ones included, gets
