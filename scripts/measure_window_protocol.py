@@ -107,6 +107,16 @@ def decisions(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_table(results: list[dict]) -> str:
+    """Wall time and machine load of each run (1-minute load averages at its start and end)."""
+    lines = ["| model | variant | windows compared | wall time | load average at start / end |", "|---|---|---|---:|---:|"]
+    for res in results:
+        n = len(res["selection"])
+        lines.append(f"| {res['model']} | {res['variant']} | {n} ({res['windows']}) | {res['seconds']:.0f} s | "
+                     f"{res['loadavg_start'][0]:.1f} / {res['loadavg_end'][0]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may share --out
     tmp.write_text(text)
@@ -126,6 +136,7 @@ def write_tables(out: Path) -> None:
     for res in results:
         write_atomic(out / f"{res['model']}_{res['variant']}.md", markdown(res, res["settings"]["top"]))
     write_atomic(out / "decisions.md", decisions(results))
+    write_atomic(out / "runs.md", runs_table(results))
 
 
 def main() -> None:
