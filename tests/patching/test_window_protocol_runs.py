@@ -1,4 +1,5 @@
-"""scripts/measure_window_protocol.py: its decision is confirm_window's on the same splits."""
+"""scripts/measure_window_protocol.py: its decision is confirm_window's on the same splits, and the tables in
+docs/caap_defaults.md are the ones it writes from the committed JSON results (docs/window_protocol/)."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +14,7 @@ from vit_patching.patching.window_protocol import confirm_window
 from vit_patching.zoo import load_dataset, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "window_protocol"
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +50,19 @@ def test_the_script_records_confirm_windows_decision(script, tmp_path, monkeypat
     summary = (tmp_path / "decisions.md").read_text().splitlines()
     assert [row.split(" | ")[1] for row in summary[2:]] == ["denoising", "coalition"]
 
+
+def test_docs_tables_are_the_committed_results(script):
+    """Every table of the section "Window protocol (issue 25)" is regenerated from the JSON it reports."""
+    doc = (ROOT / "docs" / "caap_defaults.md").read_text()
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    assert sorted((r["model"], r["variant"]) for r in results) == sorted(
+        (m, v) for m in script.MODELS for v in script.VARIANTS)
+    for res in results:
+        assert res["settings"]["n"] >= 64 and res["decision"]["settings"]["n_confirmation"] >= 64
+        assert script.markdown(res, res["settings"]["top"]) in doc, (res["model"], res["variant"])
+    results.sort(key=lambda r: (script.MODELS.index(r["model"]), script.VARIANTS.index(r["variant"])))
+    assert script.decisions(results) in doc and script.runs_table(results) in doc
+    followup = [json.loads(p.read_text()) for p in sorted((RESULTS / "followup").glob("*.json"))]
+    assert [(r["model"], r["variant"], r["windows"]) for r in followup] == [("toy-relation", "coalition", "0:1")]
+    assert script.markdown(followup[0], 5) in doc
+    assert script.runs_table(followup).splitlines()[-1] in doc
