@@ -87,3 +87,22 @@ def test_bad_coalition_arguments_are_named(model, data, kwargs, message):
     with pytest.raises(ValueError) as err:
         select_window(model, data[0], WINDOWS, **kwargs)
     assert message in str(err.value)
+
+
+def test_window_0_1_coalitions_are_the_composite_images_insertion_scores(model, data):
+    """docs/caap_defaults.md: at [0, 1) and resid_pre, pinning a coalition's patch tokens into the zeros neutral is
+    running the model on the image with those patches and the zero image elsewhere (insertion's composite)."""
+    images, _ = data
+    attr = caap_shapley(model, images, window=(0, 1), n_permutations=2, seed=1)
+    keys = sorted(set(attr.prefix_rows.flatten().tolist()))
+    members = {r: set() for r in keys}
+    for p, rows in zip(attr.permutations.tolist(), attr.prefix_rows.tolist()):
+        for k, r in enumerate(rows):
+            members[r] = set(p[: k + 1])
+    for r in keys[:6]:
+        mask = torch.zeros(1, 1, 32, 32)
+        for i in members[r]:
+            mask[..., 8 * (i // 4): 8 * (i // 4) + 8, 8 * (i % 4): 8 * (i % 4) + 8] = 1.0
+        with torch.no_grad():
+            composite = model(images * mask)  # zeros elsewhere: the "zeros" substrate and neutral
+        torch.testing.assert_close(attr.coalition_logits[r], composite, rtol=0, atol=1e-6)  # batching: 5e-7
