@@ -58,7 +58,7 @@ def test_coalition_windows_are_scored_on_caap_shapley_maps(model, data, directio
     assert (sel.options["n_permutations"], sel.options["groups"], sel.options["seed"]) == (4, 2, 3)
     assert sel.options["direction"] == direction
     drop = " drop" if direction == "noising" else ""
-    assert sel._value_label() == f"Shapley value (logit{drop})"
+    assert sel.slider(0).layout.coloraxis.colorbar.title.text == f"Shapley value (logit{drop})"
 
 
 def test_confirm_window_runs_the_coalition_variant(model, data):
