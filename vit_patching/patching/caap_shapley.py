@@ -357,6 +357,7 @@ def caap_shapley(
     warn_share: float = DEFAULT_WARN_SHARE,
     batch_size: int = 64,
     progress: bool = False,
+    log_warnings: bool = True,
 ) -> ShapleyAttribution:
     """Coalition CAAP: each patch's Shapley value in the game of pinning sets of patches over the window.
 
@@ -375,6 +376,7 @@ def caap_shapley(
             ``readout(source) - readout(patched)`` (noising).
         batch_size: Rows (coalition x image) per forward pass.
         progress: Show a tqdm bar.
+        log_warnings: Log the neutral-context warnings (``select_window`` collects them and logs each once).
 
     Returns:
         :class:`ShapleyAttribution` (``map`` = Shapley values, summing per image to ``v_all - v_empty``;
@@ -396,6 +398,7 @@ def caap_shapley(
     check_choice(readout, READOUTS, "readout")
     check_choice(upsample, UPSAMPLE_MODES, "upsample")
     check_bool(include_prefix, "include_prefix")
+    check_bool(log_warnings, "log_warnings")
     check_batch_size(batch_size)
     warn_share = check_positive_number(warn_share, "warn_share", allow_zero=True)
     model.check_images(images)
@@ -453,7 +456,7 @@ def caap_shapley(
         patch_player[patches] = j
     p0 = neutral_logits.softmax(-1)
     warns = neutral_warnings(neutral_logits, source_logits, tgt, options["neutral"], warn_share, "", ctx.direction)
-    for w in warns:
+    for w in warns if log_warnings else ():
         logger.warning(w)
     n_rows = len(coalitions) * b
     return ShapleyAttribution(

@@ -64,6 +64,8 @@ class WindowDecision:
             ``p``, ``p_holm``, ``n``, ``better``.
         message: The decision in words.
         settings: ``criterion``, ``higher_is_better``, ``alpha``, ``n_candidates``, split sizes.
+        selection, confirmation: The :class:`~vit_patching.patching.windows.WindowSelection` of each split
+            (set by :func:`confirm_window`, for tables and figures; ``None`` from :func:`decide_window`).
     """
 
     window: Window
@@ -76,6 +78,8 @@ class WindowDecision:
     evidence: list[dict[str, Any]]
     message: str
     settings: dict[str, Any] = field(default_factory=dict)
+    selection: Any = None
+    confirmation: Any = None
 
     def to_dataframe(self):
         """The evidence as a ``pandas.DataFrame`` (one row per candidate)."""
@@ -210,13 +214,17 @@ def confirm_window(
         criterion: A :data:`~vit_patching.patching.windows.CRITERIA` name.
         n_candidates, alpha: As for :func:`decide_window`.
         **select_kwargs: CAAP and metric options for ``select_window`` (``neutral``, ``direction``, ``eval_kwargs``,
-            ``batch_size``, ...), the same on both splits.
+            ``batch_size``, ``coalitions``, ...), the same on both splits.
+
+    Returns:
+        A :class:`WindowDecision` whose ``selection`` and ``confirmation`` are the two splits'
+        :class:`~vit_patching.patching.windows.WindowSelection` (every window's scores, maps and intervals).
 
     Example:
         >>> dec = confirm_window(model, images[:2], images[2:4], [(0, 1), (0, 2), (1, 2)], n_candidates=1,
         ...                      eval_kwargs={"step": 8})   # a 4-block model: default [0, 2)
-        >>> dec.default, len(dec.evidence), dec.settings["n_confirmation"]
-        ((0, 2), 1, 2)
+        >>> dec.default, len(dec.evidence), dec.settings["n_confirmation"], len(dec.confirmation.table)
+        ((0, 2), 1, 2, 2)
     """
     check_choice(criterion, list(CRITERIA), "criterion")
     L = model.cfg.n_layers
@@ -235,5 +243,7 @@ def confirm_window(
                            higher_is_better=higher, criterion=criterion).candidates
     second = select_window(model, confirmation_images, [*ranked, default], target=confirmation_target,
                            masks=confirmation_masks, criterion=criterion, **select_kwargs)
-    return decide_window(sel, _per_window(second, metric), default, n_candidates=n_candidates, alpha=alpha,
-                         higher_is_better=higher, criterion=criterion)
+    decision = decide_window(sel, _per_window(second, metric), default, n_candidates=n_candidates, alpha=alpha,
+                             higher_is_better=higher, criterion=criterion)
+    decision.selection, decision.confirmation = first, second
+    return decision

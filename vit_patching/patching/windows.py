@@ -6,7 +6,8 @@ faithfulness metrics, patch by patch (``unit="patch"``): insertion AUC (higher i
 (lower is better), both on the softmax probability of the explained class and both with the zero (= dataset-mean
 colour) substrate by default; plus the pointing game where evidence masks are given. The recommended window
 maximises the criterion (default: insertion - deletion) averaged over the images. Select on held-out images,
-never on the images you report.
+never on the images you report. ``coalitions=N`` scores coalition CAAP maps (:mod:`.caap_shapley`) instead, and
+:func:`~vit_patching.patching.window_protocol.confirm_window` confirms a choice on a second split.
 
 Why not RISE's blurred insertion substrate by default: on the shipped toy models the blurred image alone already
 scores the class at probability 0.9998 (32 held-out toy-shapes images), so every map, random ones included, gets
@@ -33,7 +34,9 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_patching.checks import check_choice, check_fraction, check_positive_number, check_window
+from vit_patching.checks import (
+    check_choice, check_fraction, check_positive_int, check_positive_number, check_seed, check_window,
+)
 from vit_patching.evaluation import deletion_auc, insertion_auc, make_substrate, pointing_game
 from vit_patching.evaluation.perturbation import describe_substrate
 from vit_patching.evaluation.statistics import mean_ci, paired_ci
@@ -45,6 +48,7 @@ from .caap import (
     caap_from_context, caap_memory, prepare_caap,
 )
 from .caap_results import centred_maps
+from .caap_shapley import caap_shapley, player_groups
 from .memory import check_memory_args, resolve_batch_size
 
 logger = logging.getLogger(__name__)
@@ -241,6 +245,9 @@ class WindowSelection:
 
     def _value_label(self) -> str:
         readout = self.options["readout"]
+        if self.options.get("method") == "caap_shapley":
+            drop = " drop" if self.options.get("direction") == "noising" else ""
+            return f"Shapley value ({readout.removeprefix('delta_')}{drop})"
         return f"{readout.removeprefix('delta_')} drop" if self.options.get("direction") == "noising" else readout
 
     def __repr__(self) -> str:
@@ -275,6 +282,9 @@ def select_window(
     batch_size: int | str = 64,
     max_memory: int | None = None,
     progress: bool = False,
+    coalitions: int | None = None,
+    coalition_groups: int | Int[Tensor, "grid_h grid_w"] | None = None,
+    coalition_seed: int = 0,
 ) -> WindowSelection:
     """Score CAAP maps of every candidate layer window and recommend one.
 
@@ -301,18 +311,29 @@ def select_window(
             (:func:`~vit_patching.patching.caap.caap_memory`); resolved once for every window.
         max_memory: Budget in bytes for ``batch_size="auto"`` (default a share of the free memory).
         progress: Show a tqdm bar over the windows.
+        coalitions: ``None`` (default) scores single-patch CAAP maps; an even number ``N`` scores coalition CAAP
+            maps instead (:func:`~vit_patching.patching.caap_shapley.caap_shapley` with ``n_permutations=N``, one
+            call per window, the same permutations for every window), in ``direction``'s game.
+        coalition_groups: Coalition CAAP's players (``groups`` of ``caap_shapley``: ``None`` = every patch, ``k`` =
+            k x k blocks, or a ``[grid_h, grid_w]`` label tensor); only with ``coalitions``.
+        coalition_seed: Seed of coalition CAAP's permutations.
 
     Returns:
         A :class:`WindowSelection`.
 
     Raises:
         ValueError: a bad window (naming ``windows``), an unknown criterion, ``criterion="pointing_game"``
-            without masks, masks of the wrong shape, or any CAAP input error.
+            without masks, masks of the wrong shape, an odd ``coalitions``, ``coalition_groups`` without
+            ``coalitions``, or any CAAP input error.
 
     Example:
         >>> sel = select_window(model, images, [(0, 1), (0, 2), (1, 3)], masks=masks, eval_kwargs={"step": 8})
         >>> sel.recommended in [(0, 1), (0, 2), (1, 3)], list(sel.table.columns)[:3]
         (True, ['start', 'end', 'width'])
+        >>> shap = select_window(model, images, [(0, 2), (1, 3)], coalitions=2, coalition_groups=2,
+        ...                      eval_kwargs={"step": 8})                  # coalition CAAP maps, 2 permutations
+        >>> shap.options["method"], shap.options["n_permutations"]
+        ('caap_shapley', 2)
     """
     import pandas as pd
 
@@ -344,6 +365,19 @@ def select_window(
         raise ValueError("masks: criterion='pointing_game' needs evidence masks, got None")
     for sub in (insertion_substrate, deletion_substrate):  # fail before any CAAP run
         make_substrate(images[:1], sub[:1] if isinstance(sub, Tensor) and sub.ndim == 4 else sub)
+    if coalitions is None:
+        if coalition_groups is not None:
+            raise ValueError(f"coalition_groups: only used with coalitions=N (coalition CAAP), got {coalition_groups!r} "
+                             "with coalitions=None")
+    else:
+        coalitions = check_positive_int(coalitions, "coalitions")
+        if coalitions % 2:
+            raise ValueError(f"coalitions: expected an even number of permutations (antithetic pairs), got {coalitions}")
+        coalition_seed = check_seed(coalition_seed, "coalition_seed")
+        try:  # a bad player argument fails here, before any run, under select_window's name for it
+            player_groups(model.grid_size_for(images), coalition_groups)
+        except ValueError as err:
+            raise ValueError(f"coalition_{err}") from None
     tolerance = model.cfg.patch_size[0] / 2 if pg_tolerance is None else pg_tolerance
     eval_kwargs = dict(eval_kwargs or {})
     reserved = {"mode", "unit", "score", "targets", "batch_size", "substrate"} & set(eval_kwargs)
@@ -354,19 +388,29 @@ def select_window(
         check_choice(site, list(SITES), "site")
         batch_size = resolve_batch_size(batch_size, model, max_memory=max_memory,
                                         **caap_memory(model, images, windows, site, include_prefix))
-    ctx = prepare_caap(
-        model, images, starts=[w[0] for w in windows], layers=range(min(w[0] for w in windows), max(w[1] for w in windows)),
-        target=target, neutral=neutral, site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size,
-        direction=direction,
-    )
-    targets = ctx.target.to(images.device)
+    ctx = None
+    if coalitions is None:  # one source run and one neutral prefix per start, shared by every window
+        ctx = prepare_caap(
+            model, images, starts=[w[0] for w in windows],
+            layers=range(min(w[0] for w in windows), max(w[1] for w in windows)), target=target, neutral=neutral,
+            site=site, reference=reference, blur_sigma=blur_sigma, batch_size=batch_size, direction=direction,
+        )
     rows, per_image, maps, zmid, warns = [], [], {}, {}, []
     pixels = None
     for w in tqdm(windows, desc="windows", disable=not progress, leave=False):
-        attr = caap_from_context(
-            model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample, batch_size=batch_size,
-            warn_share=warn_share, log_warnings=False,
-        )
+        if ctx is not None:
+            attr = caap_from_context(
+                model, ctx, w, readout=readout, include_prefix=include_prefix, upsample=upsample,
+                batch_size=batch_size, warn_share=warn_share, log_warnings=False,
+            )
+        else:  # caap_shapley itself, so the scored maps are exactly its maps
+            attr = caap_shapley(
+                model, images, target, w, n_permutations=coalitions, groups=coalition_groups, seed=coalition_seed,
+                neutral=neutral, site=site, readout=readout, include_prefix=include_prefix, direction=direction,
+                reference=reference, blur_sigma=blur_sigma, upsample=upsample, warn_share=warn_share,
+                batch_size=batch_size, log_warnings=False,
+            )
+        targets = attr.target.to(images.device)  # the same for every window (the source run's prediction)
         # The colour-scale centre is the window's own (it depends on the start for mean_activations; 0 for noising).
         pixels, zmid[w] = attr.pixels, [attr.zmid(b) for b in range(images.shape[0])]
         warns += [m for m in attr.warnings if m not in warns]
@@ -388,8 +432,9 @@ def select_window(
     values = torch.where(values.isnan(), torch.tensor(-torch.inf if higher else torch.inf, dtype=torch.float64), values)
     best = int(values.argmax() if higher else values.argmin())  # first best row on ties
     recommended = windows[best]
-    options = dict(ctx.options)
+    options = dict(ctx.options) if ctx is not None else dict(attr.settings)
     options.update(
+        method="caap" if ctx is not None else "caap_shapley",
         readout=readout, include_prefix=include_prefix, upsample=upsample, score=score, unit="patch",
         warn_share=warn_share, insertion_substrate=describe_substrate(insertion_substrate),
         deletion_substrate=describe_substrate(deletion_substrate),
@@ -402,5 +447,5 @@ def select_window(
     return WindowSelection(
         table=table, per_image=pd.DataFrame(per_image), recommended=recommended, criterion=criterion,
         n_layers=L, maps=maps, pixels=pixels, options=options, zmid=zmid,
-        warnings=warns, neutral_choice=list(ctx.neutral_choice),
+        warnings=warns, neutral_choice=list(attr.neutral_choice),
     )
