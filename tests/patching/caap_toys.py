@@ -29,6 +29,16 @@ def tiny_images(batch: int = 2, seed: int = 1, size: int = 32) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def window_images_and_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three tiny images with one rectangular evidence mask each (the window-selection tests' data)."""
+    images = tiny_images(3, seed=7)
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[0, 0:8, 8:16] = True
+    masks[1, 20:30, 4:12] = True
+    masks[2, 10:14, 22:30] = True
+    return images, masks
+
+
 def readout(logits: torch.Tensor, target: int, kind: str, neutral_logits: torch.Tensor) -> float:
     def score(lg: torch.Tensor) -> float:
         lg = lg.double()

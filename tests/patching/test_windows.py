@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from caap_toys import tiny_images, tiny_model
+from caap_toys import tiny_images, tiny_model, window_images_and_masks
 from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
 from vit_patching.patching.caap import caap
 from vit_patching.patching.windows import all_windows, select_window
@@ -20,12 +20,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def data():
-    images = tiny_images(3, seed=7)
-    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
-    masks[0, 0:8, 8:16] = True
-    masks[1, 20:30, 4:12] = True
-    masks[2, 10:14, 22:30] = True
-    return images, masks
+    return window_images_and_masks()
 
 
 @pytest.fixture(scope="module")

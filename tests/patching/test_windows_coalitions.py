@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from caap_toys import tiny_images, tiny_model
+from caap_toys import tiny_images, tiny_model, window_images_and_masks
 
 from vit_patching.evaluation import deletion_auc, insertion_auc, pointing_game
 from vit_patching.patching.caap_shapley import caap_shapley
@@ -21,12 +21,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def data():
-    images = tiny_images(3, seed=7)
-    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
-    masks[0, 0:8, 8:16] = True
-    masks[1, 20:30, 4:12] = True
-    masks[2, 10:14, 22:30] = True
-    return images, masks
+    return window_images_and_masks()
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
