@@ -142,17 +142,6 @@ def _one_line_error(capsys, argv: list[str], expected: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a model is built: these errors must come before any compute."""
-    import vit_patching.cli as cli
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built before the argument error")
-
-    monkeypatch.setattr(cli, "_load_model", refuse)
-
-
 def test_unusable_out_and_device_fail_before_any_model_is_built(tmp_path, capsys, no_model):
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("x")

@@ -159,16 +159,6 @@ def _one_line(capsys, argv, expected, status=2):
     assert "Traceback" not in err
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    import vit_patching.cli as cli
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built before the argument error")
-
-    monkeypatch.setattr(cli, "_load_model", refuse)
-
-
 @pytest.mark.parametrize("source", [["--sample", "0"], ["--dataset", "shapes", "--n", "2"]])
 @pytest.mark.parametrize("extra, expected", [
     (["--coalitions", "3"], "--coalitions: expected 0 (single-patch CAAP) or an even number >= 4"),

@@ -31,17 +31,6 @@ def _error_line(capsys, argv: list[str], expected: str, status: int = 2) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a model is built: these errors must come before any compute."""
-    import vit_patching.cli as cli
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built before the argument error")
-
-    monkeypatch.setattr(cli, "_load_model", refuse)
-
-
 def _save_png(path: Path, seed: int = 0, size: int = 64) -> None:
     Image.fromarray((np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8")).save(path)
 

@@ -23,7 +23,8 @@ from typing import Any
 
 __all__ = [
     "NonFiniteError", "OneLineArgumentParser", "check_finite", "check_finite_number", "check_bool", "check_batch_size",
-    "check_block_size", "check_choice", "check_coalitions", "check_fraction", "check_indices", "check_names",
+    "check_block_size", "check_choice", "check_coalition_settings", "check_coalitions", "check_fraction", "check_indices",
+    "check_names",
     "check_positive_int", "check_positive_number", "check_seed", "check_window", "is_int",
 ]
 
@@ -179,6 +180,29 @@ def check_coalitions(value: Any, name: str = "coalitions") -> int:
         raise ValueError(f"{name}: expected 0 (single-patch CAAP) or an even number >= 4 of permutations (antithetic "
                          f"pairs; the standard error needs two pairs), got {value!r}")
     return value
+
+
+def check_coalition_settings(
+    coalitions: Any, groups: Any, seed: Any,
+    names: tuple[str, str, str] = ("coalitions", "coalition_groups", "coalition_seed"),
+) -> None:
+    """Coalition CAAP's three settings, as a run configuration or the CLI takes them (``names`` in that order).
+
+    ``groups`` (k x k patch blocks as players) and ``seed`` only mean something with ``coalitions`` > 0, so a
+    changed one without it is refused rather than silently ignored.
+
+    Example:
+        >>> check_coalition_settings(8, 2, 0)
+        >>> check_coalition_settings(0, 2, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: coalition_groups/coalition_seed: they set coalition CAAP; add coalitions N (N >= 4)
+    """
+    check_coalitions(coalitions, names[0])
+    check_positive_int(groups, names[1])
+    check_seed(seed, names[2])
+    if not coalitions and (groups != 1 or seed != 0):
+        raise ValueError(f"{names[1]}/{names[2]}: they set coalition CAAP; add {names[0]} N (N >= 4)")
 
 
 def check_block_size(value: Any, grid: Sequence[int], name: str = "groups") -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vit_patching.checks import check_block_size, check_coalitions, check_positive_int, check_seed
+from vit_patching.checks import check_block_size, check_coalition_settings
 
 __all__ = ["add_coalition_arguments", "check_coalition_options", "coalition_label", "coalition_sections",
            "run_single", "single_settings"]
@@ -57,11 +57,8 @@ def check_coalition_options(args: argparse.Namespace, dataset: bool) -> None:
         ...
         ValueError: --coalitions: expected 0 (single-patch CAAP) or an even number >= 4 of permutations (antithetic pairs; the standard error needs two pairs), got 3
     """
-    check_coalitions(args.coalitions, "--coalitions")
-    check_positive_int(args.coalition_groups, "--coalition-groups")
-    check_seed(args.coalition_seed, "--coalition-seed")
-    if not args.coalitions and (args.coalition_groups != 1 or args.coalition_seed != 0):
-        raise ValueError("--coalition-groups/--coalition-seed: they set coalition CAAP; add --coalitions N (N >= 4)")
+    check_coalition_settings(args.coalitions, args.coalition_groups, args.coalition_seed,
+                             ("--coalitions", "--coalition-groups", "--coalition-seed"))
     if args.interactions:
         if dataset:
             raise ValueError(f"--interactions: single-image reports only (a dataset run stores maps), got {args.interactions}")

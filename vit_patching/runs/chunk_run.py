@@ -32,8 +32,8 @@ from torch import Tensor
 
 from vit_patching import __version__
 from vit_patching.checks import (
-    NonFiniteError, check_block_size, check_bool, check_choice, check_coalitions, check_finite, check_positive_int,
-    check_seed,
+    NonFiniteError, check_block_size, check_bool, check_choice, check_coalition_settings, check_finite,
+    check_positive_int,
 )
 from vit_patching.images import to_pixels
 from vit_patching.patching.caap import (
@@ -96,11 +96,7 @@ class CAAPRunConfig:
         check_positive_int(self.chunk_size, "chunk_size")
         if self.batch_size != "auto":
             check_positive_int(self.batch_size, "batch_size")
-        check_coalitions(self.coalitions, "coalitions")
-        check_positive_int(self.coalition_groups, "coalition_groups")
-        check_seed(self.coalition_seed, "coalition_seed")
-        if not self.coalitions and (self.coalition_groups != 1 or self.coalition_seed != 0):
-            raise ValueError("coalition_groups/coalition_seed: they set coalition CAAP; set coalitions (>= 4) too")
+        check_coalition_settings(self.coalitions, self.coalition_groups, self.coalition_seed)
 
     @property
     def method(self) -> str:
